@@ -1,0 +1,165 @@
+"""The optimizer of Goyal et al. §5.1: Nesterov SGD with masked, coupled L2 weight decay.
+
+    g ← ∇L(w) + λ · mask ⊙ w           (weight decay inside the loss gradient, Remark 1)
+    u ← m · u + g                      (optax.sgd's momentum form)
+    w ← w − η_t · (g + m · u)          (Nesterov), or w − η_t · u
+
+Because optax's momentum buffer `u` holds gradients, not learning-rate-scaled updates, a change
+of η_t needs no momentum correction (Remark 2): the update already equals Goyal's corrected
+form v ← m · (η_{t+1}/η_t) · v + η_{t+1} · g.
+"""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from recipe import checks, masks, schedules
+
+_INJECTED_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+class Optimizer(NamedTuple):
+    """An optax transformation with the learning-rate schedule that drives it."""
+
+    tx: optax.GradientTransformation
+    schedule: schedules.GoyalSchedule
+
+
+def goyal_sgd(
+    learning_rate: float | optax.Schedule,
+    *,
+    weight_decay: float = 1e-4,
+    weight_decay_mask: Any = None,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    accumulation_steps: int = 1,
+) -> optax.GradientTransformation:
+    """`chain(add_decayed_weights(λ, mask), sgd(η_t, momentum, nesterov))`, lr readable.
+
+    The SGD is wrapped in `optax.inject_hyperparams`, so the learning rate of the latest update
+    is in the optimizer state (`current_learning_rate`). With `accumulation_steps` = a > 1 the
+    chain is wrapped in `optax.MultiSteps`: gradients of a micro-batches are averaged and the
+    chain runs once, so the schedule (and the weight decay) count real updates.
+
+    Args:
+      learning_rate: a float or a schedule of the update count.
+      weight_decay: λ >= 0 (1e-4 in the paper).
+      weight_decay_mask: a bool pytree or callable (see `recipe.masks.weight_decay_mask`);
+        None decays every parameter.
+      momentum: m in [0, 1) (0.9 in the paper).
+      nesterov: Nesterov momentum (§5.1).
+      accumulation_steps: micro-batches per optimizer update, >= 1.
+
+    >>> import jax.numpy as jnp
+    >>> tx = goyal_sgd(0.1)
+    >>> state = tx.init({'w': jnp.ones(2)})
+    >>> float(current_learning_rate(state))
+    0.10000000149011612
+    """
+    checks.check_non_negative("weight_decay", weight_decay)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    checks.check_positive_int("accumulation_steps", accumulation_steps)
+    tx = optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        optax.inject_hyperparams(optax.sgd)(
+            learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
+        ),
+    )
+    if accumulation_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps).gradient_transformation()
+    return tx
+
+
+def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
+    """The learning rate of the latest update (before the first one: the step-0 rate).
+
+    Reads the `inject_hyperparams` state inside `goyal_sgd`'s state, under any wrapping
+    (`MultiSteps`, `nnx.Optimizer`).
+    """
+
+    def is_injected(node: Any) -> bool:
+        return isinstance(node, _INJECTED_STATES)
+
+    injected = [
+        node
+        for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_injected)
+        if is_injected(node)
+    ]
+    if len(injected) != 1 or "learning_rate" not in injected[0].hyperparams:
+        raise ValueError("opt_state must hold exactly one injected learning_rate (use goyal_sgd)")
+    return jnp.asarray(injected[0].hyperparams["learning_rate"])
+
+
+def build_optimizer(
+    model_or_variables: Any,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    epochs: float,
+    base_lr: float = 0.1,
+    base_batch_size: int = 256,
+    warmup: str = "gradual",
+    warmup_epochs: float = 5,
+    decay: str = "step",
+    decay_epochs: Sequence[float] = (30, 60, 80),
+    decay_factor: float = 0.1,
+    weight_decay: float = 1e-4,
+    decay_bias: bool = True,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    accumulation_steps: int = 1,
+) -> Optimizer:
+    """The whole §5.1 optimizer for a model: schedule, BN-free weight-decay mask, Nesterov SGD.
+
+    The keyword arguments mirror a config section, so `build_optimizer(variables,
+    **config.optimizer, batch_size=..., steps_per_epoch=..., epochs=...)` works.
+
+    Under gradient accumulation, the linear scaling rule and the schedule use the *effective*
+    batch: an update sees `batch_size · accumulation_steps` examples, and an epoch has
+    `steps_per_epoch // accumulation_steps` updates.
+
+    Args:
+      model_or_variables: linen variables (with 'batch_stats') or an NNX module, for the mask.
+      batch_size: global batch of one micro-batch (all devices and hosts).
+      steps_per_epoch: micro-batches per epoch.
+      epochs, base_lr, base_batch_size, warmup, warmup_epochs, decay, decay_epochs,
+        decay_factor: see `recipe.schedules.goyal_schedule`.
+      weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`.
+      decay_bias: False excludes biases from weight decay too.
+
+    Returns:
+      `Optimizer(tx, schedule)`.
+    """
+    checks.check_positive_int("accumulation_steps", accumulation_steps)
+    checks.check_positive_int("steps_per_epoch", steps_per_epoch)
+    updates_per_epoch = steps_per_epoch // accumulation_steps
+    if updates_per_epoch == 0:
+        raise ValueError(
+            f"accumulation_steps ({accumulation_steps}) must not exceed the micro-batches per "
+            f"epoch ({steps_per_epoch})"
+        )
+    schedule = schedules.goyal_schedule(
+        batch_size=batch_size * accumulation_steps,
+        steps_per_epoch=updates_per_epoch,
+        epochs=epochs,
+        base_lr=base_lr,
+        base_batch_size=base_batch_size,
+        warmup=warmup,
+        warmup_epochs=warmup_epochs,
+        decay=decay,
+        decay_epochs=decay_epochs,
+        decay_factor=decay_factor,
+    )
+    tx = goyal_sgd(
+        schedule,
+        weight_decay=weight_decay,
+        weight_decay_mask=masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias),
+        momentum=momentum,
+        nesterov=nesterov,
+        accumulation_steps=accumulation_steps,
+    )
+    return Optimizer(tx=tx, schedule=schedule)

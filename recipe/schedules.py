@@ -1,0 +1,362 @@
+"""Learning-rate schedules of Goyal et al. 2017 as optax schedules.
+
+Every schedule here is a pure function of the optimizer-update count `step` (an int or an int
+array; under gradient accumulation it counts real updates, not micro-batches), works under
+`jax.jit`, and returns a float32 scalar. Because the schedule position *is* the step, a resumed
+run that restores the optimizer state continues exactly where it stopped.
+
+The pieces:
+
+* the linear scaling rule (§2.1): `scaled_learning_rate`;
+* warmups (§2.2): `gradual_warmup`, `constant_warmup`, and `warmup_multiplier_schedule` with the
+  semantics of the study note's PyTorch `GradualWarmupScheduler`;
+* after-schedules: `step_decay`, `cosine_decay`, `polynomial_decay`;
+* `goyal_schedule`, the whole recipe from the global batch and the epoch counts (§5.1).
+
+Durations given in epochs are converted to steps in one place, `epochs_to_steps`.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from recipe import checks
+
+WARMUP_KINDS = ("gradual", "constant", "none")
+DECAY_KINDS = ("step", "cosine", "linear", "constant")
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int = 256) -> float:
+    """The linear scaling rule (Goyal et al. §2.1).
+
+    When the minibatch is multiplied by k, multiply the learning rate by k:
+
+        lr = base_lr · batch_size / base_batch_size
+
+    The paper's reference is base_lr = 0.1 at base_batch_size = 256, so 3.2 at kn = 8192.
+
+    Args:
+      base_lr: learning rate that works at `base_batch_size`; > 0.
+      batch_size: the global minibatch kn (under gradient accumulation, the effective batch of one
+        optimizer update); > 0.
+      base_batch_size: the batch size `base_lr` was tuned for; > 0.
+
+    Returns:
+      The scaled learning rate.
+
+    >>> scaled_learning_rate(0.1, 8192)
+    3.2
+    """
+    checks.check_positive("base_lr", base_lr)
+    checks.check_positive_int("batch_size", batch_size)
+    checks.check_positive_int("base_batch_size", base_batch_size)
+    return base_lr * batch_size / base_batch_size
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int, *, name: str = "epochs") -> int:
+    """Converts a duration in epochs to optimizer updates, rounding to the nearest step.
+
+    >>> epochs_to_steps(5, 156)
+    780
+    """
+    checks.check_non_negative(name, epochs)
+    checks.check_positive_int("steps_per_epoch", steps_per_epoch)
+    return int(round(epochs * steps_per_epoch))
+
+
+def _float32(schedule: Callable[[jax.Array], object]) -> optax.Schedule:
+    """Wraps `schedule` so it always returns a float32 array (optax's may return Python floats)."""
+    return lambda step: jnp.asarray(schedule(step), jnp.float32)
+
+
+def constant(value: float) -> optax.Schedule:
+    """lr(t) = value. A float32-returning `optax.constant_schedule`."""
+    return _float32(optax.constant_schedule(value))
+
+
+def step_decay(init_value: float, boundaries: Sequence[int], factor: float = 0.1) -> optax.Schedule:
+    """Multiplies the learning rate by `factor` at each boundary (Goyal §5.1: ÷10).
+
+        lr(t) = init_value · factor^|{b ∈ boundaries : t ≥ b}|
+
+    The decay applies *at* the boundary step. Goyal's ResNet-50 schedule is ÷10 at epochs 30, 60
+    and 80 of 90.
+
+    Args:
+      init_value: learning rate before the first boundary.
+      boundaries: steps (relative to the start of this schedule), increasing, >= 0.
+      factor: multiplier applied at each boundary; in (0, 1] for a decay.
+
+    >>> schedule = step_decay(3.2, [10, 20])
+    >>> [round(float(schedule(t)), 4) for t in (9, 10, 20)]
+    [3.2, 0.32, 0.032]
+    """
+    for i, boundary in enumerate(boundaries):
+        checks.check_non_negative_int(f"boundaries[{i}]", boundary)
+    if list(boundaries) != sorted(set(boundaries)):
+        raise ValueError(f"boundaries must be strictly increasing, got {list(boundaries)}")
+    checks.check_positive("factor", factor)
+    return _float32(
+        optax.piecewise_constant_schedule(init_value, {int(b): factor for b in boundaries})
+    )
+
+
+def cosine_decay(init_value: float, decay_steps: int, final_value: float = 0.0) -> optax.Schedule:
+    """Half-cosine from `init_value` to `final_value` over `decay_steps`, then flat.
+
+        lr(t) = final + (init − final) · ½(1 + cos(π · min(t, T) / T))
+
+    >>> round(float(cosine_decay(1.0, 10)(5)), 6)
+    0.5
+    """
+    checks.check_positive_int("decay_steps", decay_steps)
+    checks.check_non_negative("final_value", final_value)
+    return _float32(
+        lambda step: (
+            final_value
+            + (init_value - final_value)
+            * optax.cosine_decay_schedule(1.0, decay_steps, alpha=0.0)(step)
+        )
+    )
+
+
+def polynomial_decay(
+    init_value: float, decay_steps: int, final_value: float = 0.0, power: float = 1.0
+) -> optax.Schedule:
+    """Polynomial decay from `init_value` to `final_value` over `decay_steps` (power 1: linear).
+
+        lr(t) = final + (init − final) · (1 − min(t, T) / T)^power
+
+    >>> float(polynomial_decay(1.0, 10)(5))
+    0.5
+    """
+    checks.check_positive_int("decay_steps", decay_steps)
+    checks.check_non_negative("final_value", final_value)
+    checks.check_positive("power", power)
+    return _float32(optax.polynomial_schedule(init_value, final_value, power, decay_steps))
+
+
+def gradual_warmup(
+    init_value: float, peak_value: float, warmup_steps: int, after: optax.Schedule
+) -> optax.Schedule:
+    """Gradual warmup (Goyal §2.2), then `after`.
+
+    Starts at η = `init_value` (not at 0), adds (kη − η)/W every update and reaches kη =
+    `peak_value` at step W = `warmup_steps`; from there on `after` runs, seeing `step − W`
+    (so `after(0)` should be `peak_value`):
+
+        lr(t) = η + (kη − η) · t / W    for t < W
+        lr(t) = after(t − W)            for t ≥ W
+
+    Built as `optax.join_schedules([optax.linear_schedule(η, kη, W), after], [W])`.
+
+    Args:
+      init_value: η, the learning rate at step 0.
+      peak_value: kη, reached at step `warmup_steps`.
+      warmup_steps: W >= 0; 0 means no warmup (`after` from step 0).
+      after: the schedule that follows, counted from its own step 0.
+
+    >>> schedule = gradual_warmup(0.1, 3.2, 4, constant(3.2))
+    >>> [round(float(schedule(t)), 4) for t in range(6)]
+    [0.1, 0.875, 1.65, 2.425, 3.2, 3.2]
+    """
+    checks.check_non_negative_int("warmup_steps", warmup_steps)
+    if warmup_steps == 0:
+        return _float32(after)
+    warmup = optax.linear_schedule(init_value, peak_value, warmup_steps)
+    return _float32(optax.join_schedules([warmup, after], [warmup_steps]))
+
+
+def constant_warmup(init_value: float, warmup_steps: int, after: optax.Schedule) -> optax.Schedule:
+    """Constant warmup (Goyal §2.2): η for `warmup_steps` updates, then `after(step − W)`.
+
+    The jump from η to kη when `after` starts is what spikes the training error at large k
+    (Table 1); the paper recommends it for fine-tuning rather than for training from scratch.
+
+    >>> schedule = constant_warmup(0.1, 2, constant(3.2))
+    >>> [round(float(schedule(t)), 4) for t in range(4)]
+    [0.1, 0.1, 3.2, 3.2]
+    """
+    checks.check_non_negative_int("warmup_steps", warmup_steps)
+    if warmup_steps == 0:
+        return _float32(after)
+    return _float32(
+        optax.join_schedules([optax.constant_schedule(init_value), after], [warmup_steps])
+    )
+
+
+def warmup_multiplier_schedule(
+    base_lr: float,
+    multiplier: float,
+    warmup_steps: int,
+    after: Callable[[float], optax.Schedule] | None = None,
+) -> optax.Schedule:
+    """The study note's `GradualWarmupScheduler`, as a pure optax schedule.
+
+        lr(t) = base · ((m − 1) · t / T + 1)    for t ≤ T
+        lr(t) = after(m · base)(t − T)          for t > T
+
+    Boundary convention: at t = T the warmup formula gives m · base, and the after-schedule,
+    built from the peak m · base, has its step 0 at t = T too; both agree there, so the peak is
+    reached at T and the after-schedule takes over immediately (m · base is not held an extra
+    step). m = 1 keeps `base` flat for T steps.
+
+    Unlike the PyTorch original, the after-schedule is *built* from m · base (a cosine decays from
+    the peak, not from `base`), the multiplier is never lost when it starts, and the position is
+    the optimizer step, so a resumed run continues exactly.
+
+    Args:
+      base_lr: the learning rate at step 0.
+      multiplier: m >= 1, the peak is m · base_lr.
+      warmup_steps: T > 0, the step at which the peak is reached.
+      after: a factory `peak -> schedule`, e.g. `lambda peak: cosine_decay(peak, 1000)`; None
+        keeps the peak constant.
+
+    Raises:
+      ValueError: if `multiplier` < 1 (the original raises too) or `warmup_steps` <= 0.
+
+    >>> schedule = warmup_multiplier_schedule(0.1, 8.0, 4)
+    >>> [round(float(schedule(t)), 4) for t in (0, 2, 4, 5)]
+    [0.1, 0.45, 0.8, 0.8]
+    """
+    checks.check_positive("base_lr", base_lr)
+    if not multiplier >= 1.0:
+        raise ValueError(f"multiplier must be >= 1 (peak = multiplier · base_lr), got {multiplier}")
+    checks.check_positive_int("warmup_steps", warmup_steps)
+    peak = multiplier * base_lr
+    after_schedule = constant(peak) if after is None else after(peak)
+    return gradual_warmup(base_lr, peak, warmup_steps, after_schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class GoyalSchedule:
+    """The resolved learning-rate recipe; call it like an optax schedule.
+
+    Attributes:
+      base_lr: η, the learning rate at `base_batch_size` and the warmup start.
+      peak_lr: kη = η · batch / base_batch (the linear scaling rule).
+      warmup: 'gradual', 'constant' or 'none'.
+      warmup_steps: updates spent in warmup.
+      decay: 'step', 'cosine', 'linear' or 'constant'.
+      decay_boundaries: absolute steps at which the 'step' decay multiplies by `decay_factor`.
+      decay_factor: the 'step' decay multiplier.
+      total_steps: updates in the whole run.
+      steps_per_epoch: optimizer updates per epoch.
+    """
+
+    base_lr: float
+    peak_lr: float
+    warmup: str
+    warmup_steps: int
+    decay: str
+    decay_boundaries: tuple[int, ...]
+    decay_factor: float
+    total_steps: int
+    steps_per_epoch: int
+    schedule: optax.Schedule = dataclasses.field(repr=False, compare=False)
+
+    def __call__(self, step: jax.Array | int) -> jax.Array:
+        return self.schedule(step)
+
+
+def goyal_schedule(
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    epochs: float,
+    base_lr: float = 0.1,
+    base_batch_size: int = 256,
+    warmup: str = "gradual",
+    warmup_epochs: float = 5,
+    decay: str = "step",
+    decay_epochs: Sequence[float] = (30, 60, 80),
+    decay_factor: float = 0.1,
+) -> GoyalSchedule:
+    """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
+
+    The peak is kη = `base_lr` · `batch_size` / `base_batch_size`; the warmup ('gradual': η → kη
+    linearly per update; 'constant': η flat; 'none') lasts `warmup_epochs`; then the decay runs
+    until `epochs`:
+
+    * 'step': kη · `decay_factor`^i after the i-th of `decay_epochs` (absolute epochs, counted
+      from the start of training, warmup included: Goyal's 30, 60, 80 of 90);
+    * 'cosine' / 'linear': from kη to 0 over the epochs after warmup;
+    * 'constant': kη.
+
+    Args:
+      batch_size: global batch of one optimizer update (kn).
+      steps_per_epoch: optimizer updates per epoch.
+      epochs: length of training in epochs.
+      base_lr: η at `base_batch_size`.
+      base_batch_size: reference batch (256 in the paper).
+      warmup: one of `WARMUP_KINDS`.
+      warmup_epochs: warmup length in epochs (may be fractional).
+      decay: one of `DECAY_KINDS`.
+      decay_epochs: for 'step', the epochs at which to decay.
+      decay_factor: for 'step', the multiplier.
+
+    Returns:
+      A `GoyalSchedule`: callable on the step, and carrying the resolved numbers.
+
+    >>> schedule = goyal_schedule(batch_size=8192, steps_per_epoch=156, epochs=90)
+    >>> schedule.peak_lr, schedule.warmup_steps, schedule.decay_boundaries
+    (3.2, 780, (4680, 9360, 12480))
+    """
+    checks.check_choice("warmup", warmup, WARMUP_KINDS)
+    checks.check_choice("decay", decay, DECAY_KINDS)
+    peak_lr = scaled_learning_rate(base_lr, batch_size, base_batch_size)
+    total_steps = epochs_to_steps(epochs, steps_per_epoch)
+    checks.check_positive_int("epochs × steps_per_epoch", total_steps)
+    warmup_steps = (
+        0
+        if warmup == "none"
+        else epochs_to_steps(warmup_epochs, steps_per_epoch, name="warmup_epochs")
+    )
+    if warmup_steps > total_steps:
+        raise ValueError(
+            f"warmup_epochs ({warmup_epochs}) must not exceed epochs ({epochs}): warmup would "
+            f"take {warmup_steps} of {total_steps} steps"
+        )
+    boundaries: tuple[int, ...] = ()
+    if decay == "step":
+        boundaries = tuple(
+            epochs_to_steps(e, steps_per_epoch, name=f"decay_epochs[{i}]")
+            for i, e in enumerate(decay_epochs)
+        )
+        if any(b < warmup_steps or b > total_steps for b in boundaries):
+            raise ValueError(
+                f"decay_epochs must lie between warmup_epochs ({warmup_epochs}) and epochs "
+                f"({epochs}), got {tuple(decay_epochs)}"
+            )
+        after = step_decay(peak_lr, [b - warmup_steps for b in boundaries], decay_factor)
+    elif decay in ("cosine", "linear"):
+        decay_steps = max(total_steps - warmup_steps, 1)
+        after = (
+            cosine_decay(peak_lr, decay_steps)
+            if decay == "cosine"
+            else polynomial_decay(peak_lr, decay_steps)
+        )
+    else:
+        after = constant(peak_lr)
+
+    if warmup == "gradual":
+        schedule = gradual_warmup(base_lr, peak_lr, warmup_steps, after)
+    elif warmup == "constant":
+        schedule = constant_warmup(base_lr, warmup_steps, after)
+    else:
+        schedule = after
+    return GoyalSchedule(
+        base_lr=base_lr,
+        peak_lr=peak_lr,
+        warmup=warmup,
+        warmup_steps=warmup_steps,
+        decay=decay,
+        decay_boundaries=boundaries,
+        decay_factor=decay_factor,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        schedule=schedule,
+    )
