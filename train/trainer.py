@@ -1,0 +1,321 @@
+"""The training loop: the Goyal et al. recipe on a TFDS dataset, data-parallel over devices.
+
+Read top to bottom: `build` resolves a config into the model, optimizer and data layout (no
+compilation, no data loading); `train_and_evaluate` sets up devices, data, state and
+checkpoints, then runs the loop with periodic evaluation, logging and checkpointing.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from recipe import masks, models, optim
+from recipe.data import datasets, pipeline
+from train import checkpoints, config_checks, plots, steps
+from train.metrics import MetricsWriter, read_metrics
+
+# Config fields that may change between a run and its resumption: they do not affect the result.
+RESUMABLE_FIELDS = (
+    "data_dir",
+    "runner",
+    "distributed",
+    "log_every_steps",
+    "sync_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "progress_bar",
+    "eval_batch_size",
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A config resolved against the devices: everything but data and compiled functions."""
+
+    spec: datasets.DatasetSpec
+    model: models.ResNet
+    variables: Any
+    optimizer: optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int
+    per_device_batch: int
+    device_count: int
+    image_shape: tuple[int, int, int]
+
+
+def build(config: ml_collections.ConfigDict, device_count: int) -> Setup:
+    """Validates `config` and resolves the model, initial variables, optimizer and batch layout."""
+    config_checks.check_config(config, device_count)
+    spec = datasets.get_dataset_spec(config.dataset)
+    size = config.image_size
+    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
+    bn = config.bn
+    model = models.create_model(
+        config.model,
+        num_classes=spec.num_classes,
+        num_filters=config.num_filters,
+        bn_axis_name=steps.AXIS if bn.scope == "global" else None,
+        ghost_batch_size=bn.ghost_batch_size if bn.scope == "ghost" else None,
+        bn_momentum=bn.momentum,
+        dtype=jax.numpy.dtype(config.dtype),
+        zero_init_last_bn=config.zero_init_last_bn,
+    )
+    variables = steps.init_variables(model, image_shape, config.seed)
+    steps_per_epoch = pipeline.steps_per_epoch(spec.num_train, config.batch_size)
+    optimizer = optim.build_optimizer(
+        variables,
+        **config.optimizer,
+        batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        epochs=config.num_epochs,
+        accumulation_steps=config.accumulation_steps,
+    )
+    return Setup(
+        spec=spec,
+        model=model,
+        variables=variables,
+        optimizer=optimizer,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=config.num_epochs * steps_per_epoch,
+        per_device_batch=config.batch_size // device_count,
+        device_count=device_count,
+        image_shape=image_shape,
+    )
+
+
+def describe(config: ml_collections.ConfigDict, workdir: pathlib.Path | None = None) -> str:
+    """The resolved recipe as text; with `workdir`, also saves the lr schedule as a PNG there."""
+    setup = build(config, jax.device_count())
+    schedule = setup.optimizer.schedule
+    report = masks.decay_report(setup.variables, decay_bias=config.optimizer.decay_bias)
+    bn = config.bn
+    bn_scope = {
+        "device": f"per device, over {setup.per_device_batch} examples (Goyal §2.3)",
+        "global": f"across all devices, over {config.batch_size} examples",
+        "ghost": f"ghost batches of {bn.ghost_batch_size} examples within each device",
+    }[bn.scope]
+    lines = [
+        f"dataset            {setup.spec.name}: {setup.spec.num_train} train / "
+        f"{setup.spec.num_test} test, {setup.spec.num_classes} classes, images {setup.image_shape}",
+        f"model              {config.model} (width {config.num_filters}, dtype {config.dtype}, "
+        f"zero-γ last BN {config.zero_init_last_bn})",
+        f"global batch       {config.batch_size} = {setup.device_count} devices × "
+        f"{setup.per_device_batch} per device"
+        + (
+            f" (× {config.accumulation_steps} accumulated)" if config.accumulation_steps > 1 else ""
+        ),
+        f"learning rate      {schedule.base_lr} × {config.batch_size * config.accumulation_steps}"
+        f" / {config.optimizer.base_batch_size} = {schedule.peak_lr:g} (linear scaling rule)",
+        f"warmup             {schedule.warmup}, {schedule.warmup_steps} updates "
+        f"({config.optimizer.warmup_epochs} epochs) from {schedule.warmup_lr:g}",
+        f"decay              {schedule.decay}"
+        + (
+            f" ×{schedule.decay_factor} at updates {list(schedule.decay_boundaries)}"
+            if schedule.decay == "step"
+            else ""
+        ),
+        f"updates            {schedule.total_steps} ({config.num_epochs} epochs × "
+        f"{schedule.steps_per_epoch} per epoch)",
+        f"optimizer          SGD, momentum {config.optimizer.momentum}, nesterov "
+        f"{config.optimizer.nesterov}, weight decay {config.optimizer.weight_decay} (coupled L2)",
+        f"batch norm         {bn_scope}, momentum {bn.momentum}",
+        f"label smoothing    {config.label_smoothing}",
+        f"runner             {config.runner}",
+        f"weight decay on    {len(report.decayed)} tensors: {', '.join(report.decayed)}",
+        f"no weight decay on {len(report.not_decayed)} tensors: {', '.join(report.not_decayed)}",
+    ]
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "lr_schedule.png"
+        plots.plot_schedule(schedule, schedule.total_steps, schedule.steps_per_epoch, path)
+        lines.append(f"schedule plot      {path}")
+    return "\n".join(lines)
+
+
+def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config fields a checkpoint must agree with to be resumed (JSON-normalised)."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS}
+    return json.loads(json.dumps(fields))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
+
+    Returns:
+      The final evaluation metrics (accuracy, loss, top5 when classes > 10).
+    """
+    # ---- Devices and the resolved recipe (validated before any compile or data loading).
+    workdir_path = pathlib.Path(workdir)
+    config_checks.check_workdir(workdir_path)
+    runner = steps.RUNNERS[config.runner]()
+    setup = build(config, jax.device_count())
+    is_writer = jax.process_index() == 0
+
+    # ---- Data.
+    train_source = datasets.load_source(config.dataset, setup.spec.train_split, config.data_dir)
+    test_source = datasets.load_source(config.dataset, setup.spec.test_split, config.data_dir)
+    layout = dict(
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        local_device_count=jax.local_device_count(),
+        image_size=config.image_size,
+    )
+
+    # ---- State: fresh, or restored from the latest checkpoint.
+    state = steps.TrainState.create(setup.variables, setup.optimizer.tx)
+    checkpointer = checkpoints.Checkpointer(
+        workdir_path / "checkpoints", keep=config.keep_checkpoints
+    )
+    identity = run_identity(config)
+    restored = checkpointer.restore_latest(state, identity)
+    start_step = 0
+    if restored is not None:
+        start_step, state = restored
+    writer = MetricsWriter(workdir_path, enabled=is_writer)
+    writer.drop_after(start_step)
+
+    # ---- Compiled, device-mapped functions.
+    train_step = runner.map(
+        functools.partial(
+            steps.train_step,
+            model=setup.model,
+            tx=setup.optimizer.tx,
+            label_smoothing=config.label_smoothing,
+            skip_nonfinite=config.on_nonfinite == "skip",
+        ),
+        donate_argnums=(0,),
+    )
+    eval_step = runner.map(
+        functools.partial(steps.eval_step, model=setup.model, num_classes=setup.spec.num_classes)
+    )
+    average_batch_stats = runner.map(steps.average_batch_stats, donate_argnums=(0,))
+    device_state = runner.replicate(state)
+
+    def evaluate(device_state) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for batch in pipeline.eval_batches(
+            test_source, setup.spec, global_batch=config.eval_batch_size, **layout
+        ):
+            out = steps.fetch_first(eval_step(device_state, runner.put(_model_inputs(batch))))
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        count = sums.pop("count")
+        result = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("top1") / count}
+        result.update({key: value / count for key, value in sums.items()})
+        return result
+
+    def save(step: int, device_state) -> None:
+        checkpointer.save(step, steps.fetch_first(device_state), identity)
+
+    # ---- The loop.
+    train_batches = pipeline.train_batches(
+        train_source,
+        setup.spec,
+        seed=config.seed,
+        global_batch=config.batch_size,
+        start_step=start_step,
+        num_steps=setup.total_steps - start_step,
+        augment=config.augment,
+        **layout,
+    )
+    progress = tqdm.tqdm(
+        total=setup.total_steps,
+        initial=start_step,
+        disable=not (config.progress_bar and is_writer),
+        unit="step",
+        dynamic_ncols=True,
+    )
+    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched
+    window: list[dict[str, float]] = []  # fetched metrics since the last log record
+    window_start = time.perf_counter()
+    eval_every = config.eval_every_epochs * setup.steps_per_epoch
+    last_checkpoint = start_step if restored is not None else None
+    final_eval: dict[str, float] = {}
+    step = start_step
+    for batch in train_batches:
+        device_state, metrics = train_step(device_state, runner.put(_model_inputs(batch)))
+        step += 1
+        pending.append((step, metrics))
+        progress.update(1)
+        is_last = step == setup.total_steps
+        log_now = step % config.log_every_steps == 0 or is_last
+        eval_now = step % eval_every == 0 or is_last
+        checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
+        if not (log_now or eval_now or checkpoint_now or len(pending) >= config.sync_every_steps):
+            continue
+
+        # Sync: fetching the metrics waits for the devices (bounding the queue of collectives).
+        for pending_step, device_metrics in pending:
+            fetched = {k: float(v) for k, v in steps.fetch_first(device_metrics).items()}
+            if not fetched.pop("finite") and config.on_nonfinite == "stop":
+                progress.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {pending_step} (loss "
+                    f"{fetched['loss']}); the last good checkpoint is "
+                    + (
+                        f"step {last_checkpoint} in {workdir_path / 'checkpoints'}"
+                        if last_checkpoint is not None
+                        else "none (no checkpoint was written yet)"
+                    )
+                    + ". Lower the learning rate, or set --config.on_nonfinite=skip."
+                )
+            window.append(fetched)
+        pending.clear()
+
+        if log_now and window:
+            elapsed = time.perf_counter() - window_start
+            record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+            record["learning_rate"] = window[-1]["learning_rate"]
+            record["images_per_sec"] = len(window) * config.batch_size / elapsed
+            record["epoch"] = step / setup.steps_per_epoch
+            writer.write(step, "train", record)
+            progress.set_postfix(
+                loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
+            )
+            window.clear()
+            window_start = time.perf_counter()
+
+        if eval_now or checkpoint_now:
+            # Per-device BN running statistics are averaged before they are used or saved; the
+            # training forward pass never reads them, so this leaves the trajectory unchanged.
+            device_state = average_batch_stats(device_state)
+        if eval_now:
+            final_eval = evaluate(device_state)
+            writer.write(step, "eval", {**final_eval, "epoch": step / setup.steps_per_epoch})
+            progress.write(
+                f"epoch {step / setup.steps_per_epoch:g}: test accuracy "
+                f"{100 * final_eval['accuracy']:.2f}%, loss {final_eval['loss']:.4f}"
+            )
+        if checkpoint_now:
+            save(step, device_state)
+            last_checkpoint = step
+        window_start = time.perf_counter() if (eval_now or checkpoint_now) else window_start
+    progress.close()
+
+    # ---- Results.
+    if not final_eval:  # resumed from a checkpoint of the last step
+        final_eval = evaluate(device_state)
+    if is_writer:
+        plots.plot_run(
+            read_metrics(workdir_path), setup.steps_per_epoch, workdir_path / "curves.png"
+        )
+    writer.close()
+    checkpointer.close()
+    return final_eval
+
+
+def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays the steps read (drops the loader's bookkeeping such as 'index')."""
+    return {k: v for k, v in batch.items() if k in ("image", "label", "mask")}
