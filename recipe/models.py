@@ -1,0 +1,445 @@
+"""ResNet v1 (v1.5 bottleneck, Goyal et al. 2017 §5.1) and its batch norm, in Flax linen.
+
+Naming convention (the weight-decay mask and the tests rely on it):
+
+* Every batch-norm layer is a :class:`BatchNorm`. It owns the ``batch_stats`` variables ``mean``
+  and ``var`` and the params ``scale`` (γ) and ``bias`` (β), so "a module with ``batch_stats``"
+  identifies exactly the BN layers, and their params are exactly the BN params.
+* :class:`ResNet` children: ``stem_conv``, ``stem_bn``, the blocks ``stage{s}_block{b}``
+  (1-based, e.g. ``stage1_block1``) and the classifier ``fc``.
+* Block children: the residual branch ``conv1``, ``bn1``, ``conv2`` (:class:`BasicBlock`) or
+  ``conv1``, ``bn1``, ``conv2``, ``bn2``, ``conv3`` (:class:`BottleneckBlock`), then the branch's
+  last BN, always named :data:`LAST_BN_NAME` (``"bn_last"``); its γ starts at 0 when
+  ``zero_init_last_bn`` (Goyal §5.1). A projection shortcut, when present, is ``proj_conv`` and
+  ``proj_bn`` (γ = 1, like every BN other than ``bn_last``).
+
+So ``params["stage2_block1"]["bn_last"]["scale"]`` is the zero-initialised γ of the first block of
+the second stage.
+
+>>> import jax, jax.numpy as jnp
+>>> model = create_model("resnet20", num_filters=4)
+>>> variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
+>>> model.apply(variables, jnp.zeros((2, 8, 8, 3)), train=False).shape
+(2, 10)
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.typing import Dtype, Initializer
+
+from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
+
+LAST_BN_NAME = "bn_last"
+"""Name of the last BN of every residual block's residual branch (γ = 0 at init, Goyal §5.1)."""
+
+ModuleFactory = Callable[..., nn.Module]
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation with per-device, cross-device or ghost-batch statistics.
+
+    In training mode each feature (last axis) is normalised with statistics of the current batch:
+
+        y = γ · (x − μ_B) / sqrt(σ²_B + ε) + β,
+        running_mean ← momentum · running_mean + (1 − momentum) · μ_B   (likewise for var),
+
+    where σ²_B is the biased batch variance E[x²] − μ_B² (as Flax's BatchNorm) and momentum = 0.9
+    (Goyal §2.3). The batch B is one of three scopes:
+
+    * per device (``axis_name=None``, the default): the examples on this device. Goyal §2.3
+      computes BN statistics per worker over n = 32 examples, not across workers.
+    * cross-device (``axis_name="batch"`` etc.): μ and E[x²] are ``lax.pmean``-ed over the named
+      axis, so all devices share the statistics of the concatenated batch.
+    * ghost batches (``ghost_batch_size=n``): each group of n consecutive examples on this device
+      is normalised with its own statistics, e.g. to keep Goyal's n = 32 while a device holds
+      more. The running averages are updated with the mean over groups of the group means and
+      of the group variances.
+
+    Statistics and the normalisation are computed in float32 whatever ``dtype`` is. In
+    evaluation mode (``use_running_average=True``) the running averages are used instead. The
+    running averages are not updated while the module is being initialised.
+
+    Attributes:
+        use_running_average: Use the running averages instead of batch statistics; may instead
+            be passed to ``__call__``.
+        axis_name: Mapped axis to average statistics over (cross-device BN), or None.
+        ghost_batch_size: Examples per ghost batch, or None; must divide the per-device batch.
+            Cannot be combined with ``axis_name``.
+        momentum: Decay of the running averages.
+        epsilon: Added to the variance for numerical stability.
+        dtype: Output dtype; None keeps the input's dtype.
+        param_dtype: Dtype of γ and β.
+        scale_init: Initializer of γ (see :func:`recipe.inits.bn_scale_init`).
+        bias_init: Initializer of β.
+
+    >>> import jax, jax.numpy as jnp
+    >>> bn = BatchNorm(ghost_batch_size=2)
+    >>> x = jnp.arange(8.0).reshape(4, 2)
+    >>> variables = bn.init(jax.random.key(0), x, use_running_average=True)
+    >>> y, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    >>> y[:, 0].round(3).tolist()
+    [-1.0, 1.0, -1.0, 1.0]
+    """
+
+    use_running_average: bool | None = None
+    axis_name: str | None = None
+    ghost_batch_size: int | None = None
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    scale_init: Initializer = bn_scale_init()
+    bias_init: Initializer = jax.nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Normalises ``x`` of shape ``(batch, ..., features)``.
+
+        Args:
+            x: Input; the batch axis first, the features last.
+            use_running_average: Overrides the attribute of the same name (exactly one of the two
+                must be set).
+
+        Returns:
+            The normalised input, in ``dtype`` (or ``x.dtype`` if ``dtype`` is None).
+
+        Raises:
+            ValueError: If both ``ghost_batch_size`` and ``axis_name`` are set, if
+                ``ghost_batch_size`` is not positive, or if it does not divide the batch.
+        """
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        if self.ghost_batch_size is not None:
+            if self.axis_name is not None:
+                raise ValueError(
+                    f"BatchNorm: ghost_batch_size={self.ghost_batch_size} and "
+                    f"axis_name={self.axis_name!r} cannot be combined; ghost batches are "
+                    "normalised within one device."
+                )
+            if self.ghost_batch_size <= 0:
+                raise ValueError(
+                    f"BatchNorm: ghost_batch_size must be positive, got {self.ghost_batch_size}."
+                )
+
+        features = x.shape[-1]
+        running_mean = self.variable(
+            "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)
+        )
+        running_var = self.variable(
+            "batch_stats", "var", lambda: jnp.ones((features,), jnp.float32)
+        )
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        out_dtype = x.dtype if self.dtype is None else self.dtype
+
+        if use_running_average:
+            y = _normalize(
+                x.astype(jnp.float32),
+                running_mean.value,
+                running_var.value,
+                scale,
+                bias,
+                self.epsilon,
+            )
+            return y.astype(out_dtype)
+
+        batch_size = x.shape[0]
+        group_size = batch_size if self.ghost_batch_size is None else self.ghost_batch_size
+        if batch_size % group_size:
+            raise ValueError(
+                f"BatchNorm: ghost_batch_size={group_size} does not divide the per-device batch "
+                f"size {batch_size}."
+            )
+        # (groups, group_size, ..., features); without ghost batches there is one group.
+        groups = x.astype(jnp.float32).reshape((batch_size // group_size, group_size, *x.shape[1:]))
+        reduction_axes = tuple(range(1, groups.ndim - 1))
+        mean = groups.mean(reduction_axes, keepdims=True)
+        mean_of_squares = jnp.square(groups).mean(reduction_axes, keepdims=True)
+        if self.axis_name is not None:
+            mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
+        # E[x²] − E[x]² can round below zero.
+        var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+        y = _normalize(groups, mean, var, scale, bias, self.epsilon).reshape(x.shape)
+
+        if not self.is_initializing():
+            # Average over the ghost batches (a no-op for a single group).
+            batch_mean = mean.reshape(-1, features).mean(axis=0)
+            batch_var = var.reshape(-1, features).mean(axis=0)
+            m = self.momentum
+            running_mean.value = m * running_mean.value + (1.0 - m) * batch_mean
+            running_var.value = m * running_var.value + (1.0 - m) * batch_var
+        return y.astype(out_dtype)
+
+
+def _normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    epsilon: float,
+) -> jax.Array:
+    """Returns γ · (x − mean) / sqrt(var + ε) + β in float32 (features on the last axis)."""
+    multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var + epsilon)
+    return (x - mean) * multiplier + bias.astype(jnp.float32)
+
+
+def _projection_shortcut(
+    x: jax.Array, features: int, strides: int, conv: ModuleFactory, norm: ModuleFactory
+) -> jax.Array:
+    """Returns ``x`` if its shape is kept, else a 1×1 strided conv + BN ("option B", He 2016)."""
+    if strides == 1 and x.shape[-1] == features:
+        return x
+    x = conv(features, (1, 1), strides=strides, padding=0, name="proj_conv")(x)
+    return norm(name="proj_bn")(x)
+
+
+class BasicBlock(nn.Module):
+    """ResNet v1 basic block: two 3×3 convs, y = ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)).
+
+    The first conv carries the stride. The shortcut is the identity, or a projection (1×1 conv +
+    BN) when the stride or the width changes; the CIFAR ResNets of He et al. 2016 use a
+    zero-padding identity ("option A") there, this one uses the projection everywhere.
+
+    Attributes:
+        filters: Output channels of both convs.
+        strides: Stride of the first conv (and of the projection).
+        conv: Conv factory (``nn.Conv`` with the kernel init, no bias, dtype bound).
+        norm: BN factory (:class:`BatchNorm` with its mode and statistic scope bound).
+        zero_init_last_bn: Whether γ of ``bn_last`` starts at 0 (Goyal §5.1).
+    """
+
+    filters: int
+    strides: int
+    conv: ModuleFactory
+    norm: ModuleFactory
+    zero_init_last_bn: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the block to ``x`` of shape ``(batch, height, width, channels)``."""
+        shortcut = _projection_shortcut(x, self.filters, self.strides, self.conv, self.norm)
+        y = self.conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.filters, (3, 3), padding=1, name="conv2")(y)
+        y = self.norm(scale_init=bn_scale_init(zero=self.zero_init_last_bn), name=LAST_BN_NAME)(y)
+        return nn.relu(y + shortcut)
+
+
+class BottleneckBlock(nn.Module):
+    """ResNet v1.5 bottleneck block: 1×1, 3×3 (strided), 1×1 convs with 4× expansion.
+
+    y = ReLU(BN(conv1×1(ReLU(BN(conv3×3(ReLU(BN(conv1×1(x))))))) + shortcut(x)), output channels
+    4 · ``filters``. The stride sits on the 3×3 conv, as in Goyal §5.1 (and torchvision), not on
+    the first 1×1 conv as in the original ResNet v1. The shortcut is the identity, or a
+    projection (1×1 conv + BN) when the stride or the width changes.
+
+    Attributes:
+        filters: Channels of the bottleneck (the block outputs ``4 * filters``).
+        strides: Stride of the 3×3 conv (and of the projection).
+        conv: Conv factory (``nn.Conv`` with the kernel init, no bias, dtype bound).
+        norm: BN factory (:class:`BatchNorm` with its mode and statistic scope bound).
+        zero_init_last_bn: Whether γ of ``bn_last`` starts at 0 (Goyal §5.1).
+    """
+
+    filters: int
+    strides: int
+    conv: ModuleFactory
+    norm: ModuleFactory
+    zero_init_last_bn: bool = True
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the block to ``x`` of shape ``(batch, height, width, channels)``."""
+        out_features = self.filters * self.expansion
+        shortcut = _projection_shortcut(x, out_features, self.strides, self.conv, self.norm)
+        y = self.conv(self.filters, (1, 1), padding=0, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(out_features, (1, 1), padding=0, name="conv3")(y)
+        y = self.norm(scale_init=bn_scale_init(zero=self.zero_init_last_bn), name=LAST_BN_NAME)(y)
+        return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+    """ResNet v1 for ImageNet (He et al. 2016, torchvision layout) or CIFAR-sized images.
+
+    stem → stages of residual blocks (stage s has width ``num_filters · 2^s``; the first block of
+    every stage but the first has stride 2) → global average pool → fully-connected layer.
+    Convs have no bias (a BN follows each) and use :func:`recipe.inits.conv_kernel_init`; the
+    fully-connected layer uses :func:`recipe.inits.fc_kernel_init` with a zero bias (Goyal §5.1).
+    Padding is symmetric as in torchvision, so weights map one to one.
+
+    Attributes:
+        stage_sizes: Number of blocks in each stage.
+        block_cls: :class:`BasicBlock` or :class:`BottleneckBlock`.
+        num_classes: Number of logits.
+        num_filters: Width of the stem and the first stage (64 for ImageNet, 16 for CIFAR).
+        stem: ``"imagenet"`` (7×7/2 conv, BN, ReLU, 3×3/2 max pool) or ``"cifar"`` (3×3/1 conv,
+            BN, ReLU).
+        bn_axis_name: Axis name for cross-device BN statistics, or None for per-device
+            statistics (Goyal §2.3).
+        ghost_batch_size: Examples per BN ghost batch within a device, or None.
+        bn_momentum: Momentum of the BN running averages (0.9, Goyal §2.3).
+        dtype: Computation dtype (e.g. ``jnp.bfloat16``); params and BN statistics stay float32,
+            and the logits are returned in float32.
+        zero_init_last_bn: Whether the last BN of each residual block starts with γ = 0.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_classes=3, num_filters=4,
+    ...                stem="cifar")
+    >>> x = jnp.ones((2, 8, 8, 1))
+    >>> variables = model.init(jax.random.key(0), x, train=False)
+    >>> logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    >>> logits.shape, logits.dtype
+    ((2, 3), dtype('float32'))
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: type[BasicBlock] | type[BottleneckBlock]
+    num_classes: int = 1000
+    num_filters: int = 64
+    stem: str = "imagenet"
+    bn_axis_name: str | None = None
+    ghost_batch_size: int | None = None
+    bn_momentum: float = 0.9
+    dtype: Dtype = jnp.float32
+    zero_init_last_bn: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Computes the logits.
+
+        Args:
+            x: Images of shape ``(batch, height, width, channels)``.
+            train: Use batch statistics in BN and update its running averages (the caller must
+                then pass ``mutable=["batch_stats"]``); else use the running averages.
+
+        Returns:
+            float32 logits of shape ``(batch, num_classes)``.
+
+        Raises:
+            ValueError: If ``stem`` is unknown, or as :class:`BatchNorm` for the BN settings.
+        """
+        conv = partial(
+            nn.Conv,
+            use_bias=False,
+            kernel_init=conv_kernel_init(),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
+        norm = partial(
+            BatchNorm,
+            use_running_average=not train,
+            axis_name=self.bn_axis_name,
+            ghost_batch_size=self.ghost_batch_size,
+            momentum=self.bn_momentum,
+            dtype=self.dtype,
+        )
+        if self.stem == "imagenet":
+            x = conv(self.num_filters, (7, 7), strides=2, padding=3, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        elif self.stem == "cifar":
+            x = conv(self.num_filters, (3, 3), padding=1, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+        else:
+            raise ValueError(f"Unknown stem {self.stem!r}; expected 'imagenet' or 'cifar'.")
+
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                x = self.block_cls(
+                    filters=self.num_filters * 2**stage,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    conv=conv,
+                    norm=norm,
+                    zero_init_last_bn=self.zero_init_last_bn,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x)
+
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes,
+            kernel_init=fc_kernel_init(),
+            bias_init=jax.nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="fc",
+        )(x)
+        return x.astype(jnp.float32)
+
+
+def _cifar_config(depth: int) -> dict[str, Any]:
+    """CIFAR ResNet-``depth`` of He et al. 2016 §4.2: 3 stages of (depth − 2) / 6 basic blocks."""
+    return {
+        "stage_sizes": ((depth - 2) // 6,) * 3,
+        "block_cls": BasicBlock,
+        "num_classes": 10,
+        "num_filters": 16,
+        "stem": "cifar",
+    }
+
+
+def _imagenet_config(
+    stage_sizes: tuple[int, ...], block_cls: type[BasicBlock] | type[BottleneckBlock]
+) -> dict[str, Any]:
+    """ImageNet ResNet of He et al. 2016 Table 1 (torchvision layout)."""
+    return {
+        "stage_sizes": stage_sizes,
+        "block_cls": block_cls,
+        "num_classes": 1000,
+        "num_filters": 64,
+        "stem": "imagenet",
+    }
+
+
+_CONFIGS: dict[str, dict[str, Any]] = {
+    # ResNet-8 (one block per stage) is not in He et al.; it keeps tests and quick runs small.
+    **{f"resnet{depth}": _cifar_config(depth) for depth in (8, 20, 32, 44, 56, 110)},
+    "resnet18": _imagenet_config((2, 2, 2, 2), BasicBlock),
+    "resnet34": _imagenet_config((3, 4, 6, 3), BasicBlock),
+    "resnet50": _imagenet_config((3, 4, 6, 3), BottleneckBlock),
+    "resnet101": _imagenet_config((3, 4, 23, 3), BottleneckBlock),
+    "resnet152": _imagenet_config((3, 8, 36, 3), BottleneckBlock),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_CONFIGS)
+"""Names accepted by :func:`create_model`: CIFAR ``resnet8``–``resnet110``, ImageNet
+``resnet18``–``resnet152``."""
+
+
+def create_model(name: str, **kwargs: Any) -> ResNet:
+    """Builds a registered ResNet.
+
+    CIFAR models (``resnet20/32/44/56/110``): basic blocks, 3 stages of (depth − 2) / 6 blocks,
+    widths 16/32/64, 3×3 stem, 10 classes. ImageNet models (``resnet18/34`` basic,
+    ``resnet50/101/152`` bottleneck v1.5): 4 stages, widths 64–512, 7×7 stem + max pool, 1000
+    classes.
+
+    Args:
+        name: One of :data:`MODEL_NAMES`.
+        **kwargs: Override any :class:`ResNet` field, e.g. ``num_classes``, ``num_filters``,
+            ``stem="cifar"`` (an ImageNet ResNet for small images), ``dtype``,
+            ``bn_axis_name``, ``ghost_batch_size``, ``bn_momentum``, ``zero_init_last_bn``.
+
+    Returns:
+        The (unbound) :class:`ResNet`.
+
+    Raises:
+        ValueError: If ``name`` is not registered.
+
+    >>> create_model("resnet50", num_classes=10).num_classes
+    10
+    """
+    if name not in _CONFIGS:
+        raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
+    return ResNet(**{**_CONFIGS[name], **kwargs})
