@@ -156,8 +156,8 @@ class Runner:
     map: Callable[..., Callable[..., Any]]
 
     def replicate(self, tree: Any) -> Any:
-        """Copies a host pytree to every local device (leading device axis)."""
-        count = jax.local_device_count()
+        """Copies a host pytree to each of this process's devices (leading device axis)."""
+        count = sum(d.process_index == jax.process_index() for d in self.devices)
         return self.put(jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * count), tree))
 
 
@@ -166,23 +166,23 @@ def fetch_first(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
 
-def pmap_runner() -> Runner:
-    """`jax.pmap` over this process's devices (what the notebooks use)."""
-    devices = tuple(jax.local_devices())
+def pmap_runner(devices: list[jax.Device] | None = None) -> Runner:
+    """`jax.pmap` over this process's devices (what the notebooks use), or over `devices`."""
+    devices = tuple(devices or jax.local_devices())
     sharding = NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), P(AXIS))
 
     def put(tree):
         return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
     def map_(fn, donate_argnums=()):
-        return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums)
+        return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums, devices=devices)
 
     return Runner(name="pmap", devices=devices, put=put, map=map_)
 
 
-def shard_map_runner() -> Runner:
-    """`jax.shard_map` inside `jax.jit` over a 1-D mesh of all (global) devices."""
-    devices = tuple(jax.devices())
+def shard_map_runner(devices: list[jax.Device] | None = None) -> Runner:
+    """`jax.shard_map` inside `jax.jit` over a 1-D mesh of all (global) devices, or `devices`."""
+    devices = tuple(devices or jax.devices())
     mesh = jax.sharding.Mesh(np.array(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
     sharding = NamedSharding(mesh, P(AXIS))
 

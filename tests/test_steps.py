@@ -1,0 +1,129 @@
+"""The per-device train step under pmap and shard_map on forced CPU devices."""
+
+import functools
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from recipe import models, optim
+from train import steps
+
+NUM_DEVICES = 4
+BATCH = 16
+IMAGE_SHAPE = (8, 8, 1)
+
+
+def _batch(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.normal(size=(BATCH, *IMAGE_SHAPE)).astype(np.float32),
+        "label": rng.integers(0, 10, size=BATCH).astype(np.int32),
+    }
+
+
+def _setup(bn_scope: str):
+    model = models.create_model(
+        "resnet8",
+        num_classes=10,
+        num_filters=4,
+        bn_axis_name=steps.AXIS if bn_scope == "global" else None,
+    )
+    variables = steps.init_variables(model, IMAGE_SHAPE, seed=0)
+    optimizer = optim.build_optimizer(
+        variables,
+        batch_size=BATCH,
+        steps_per_epoch=4,
+        epochs=2,
+        base_lr=0.4,
+        warmup_epochs=1,
+        decay_epochs=(1.5,),
+    )
+    step = functools.partial(
+        steps.train_step,
+        model=model,
+        tx=optimizer.tx,
+        label_smoothing=0.1,
+        skip_nonfinite=False,
+    )
+    return steps.TrainState.create(variables, optimizer.tx), step
+
+
+def _run(runner: steps.Runner, state, step_fn, num_steps: int = 2):
+    """Runs `num_steps` steps with the batch split over the runner's devices."""
+    train_step = runner.map(step_fn)
+    device_state = runner.replicate(state)
+    losses = []
+    for i in range(num_steps):
+        batch = jax.tree_util.tree_map(
+            lambda x: x.reshape(len(runner.devices), -1, *x.shape[1:]), _batch(i)
+        )
+        device_state, metrics = train_step(device_state, runner.put(batch))
+        losses.append(float(steps.fetch_first(metrics)["loss"]))
+    return device_state, losses
+
+
+def test_global_bn_k_devices_equals_one_device_on_the_whole_batch():
+    state, step_fn = _setup("global")
+    sharded, sharded_losses = _run(steps.pmap_runner(jax.devices()[:NUM_DEVICES]), state, step_fn)
+    single, single_losses = _run(steps.pmap_runner(jax.devices()[:1]), state, step_fn)
+    np.testing.assert_allclose(sharded_losses, single_losses, atol=1e-5)
+    chex.assert_trees_all_close(
+        steps.fetch_first(sharded.params), steps.fetch_first(single.params), atol=1e-5
+    )
+    chex.assert_trees_all_close(
+        steps.fetch_first(sharded.batch_stats), steps.fetch_first(single.batch_stats), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("bn_scope", ["device", "global"])
+def test_pmap_and_shard_map_runners_agree(bn_scope):
+    state, step_fn = _setup(bn_scope)
+    devices = jax.devices()[:NUM_DEVICES]
+    by_pmap, pmap_losses = _run(steps.pmap_runner(devices), state, step_fn)
+    by_shard_map, shard_map_losses = _run(steps.shard_map_runner(devices), state, step_fn)
+    np.testing.assert_allclose(pmap_losses, shard_map_losses, rtol=1e-6)
+    chex.assert_trees_all_close(
+        jax.device_get(by_pmap), jax.device_get(by_shard_map), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("bn_scope, expect_equal", [("device", False), ("global", True)])
+def test_bn_statistics_per_device_or_shared(bn_scope, expect_equal):
+    state, step_fn = _setup(bn_scope)
+    device_state, _ = _run(steps.pmap_runner(jax.devices()[:NUM_DEVICES]), state, step_fn, 1)
+    means = np.asarray(device_state.batch_stats["stem_bn"]["mean"])  # (devices, channels)
+    assert means.shape[0] == NUM_DEVICES
+    spread = np.abs(means - means[0]).max()
+    if expect_equal:
+        assert spread < 1e-6, spread
+    else:
+        assert spread > 1e-3, f"per-device BN statistics should differ, spread {spread}"
+    # The parameters stay identical on every device: the gradients are averaged.
+    kernel = np.asarray(device_state.params["stem_conv"]["kernel"])
+    np.testing.assert_array_equal(kernel, np.broadcast_to(kernel[0], kernel.shape))
+
+
+def test_average_batch_stats_makes_devices_agree():
+    state, step_fn = _setup("device")
+    runner = steps.pmap_runner(jax.devices()[:NUM_DEVICES])
+    device_state, _ = _run(runner, state, step_fn, 1)
+    before = np.asarray(device_state.batch_stats["stem_bn"]["var"])
+    averaged = runner.map(steps.average_batch_stats)(device_state)
+    after = np.asarray(averaged.batch_stats["stem_bn"]["var"])
+    np.testing.assert_allclose(after, np.broadcast_to(before.mean(0), before.shape), rtol=1e-6)
+
+
+def test_skip_nonfinite_keeps_the_old_state():
+    state, step_fn = _setup("device")
+    runner = steps.pmap_runner(jax.devices()[:1])
+    skip_step = runner.map(functools.partial(step_fn, skip_nonfinite=True))
+    batch = _batch()
+    batch["image"][0, 0, 0, 0] = np.nan
+    device_state = runner.replicate(state)
+    new_state, metrics = skip_step(
+        device_state, runner.put(jax.tree_util.tree_map(lambda x: x[None], batch))
+    )
+    assert float(steps.fetch_first(metrics)["finite"]) == 0.0
+    chex.assert_trees_all_equal(jax.device_get(new_state), jax.device_get(device_state))
