@@ -1,0 +1,59 @@
+"""recipe: Goyal et al. 2017 large-minibatch SGD plus label smoothing, for JAX/Flax.
+
+The library a Flax project imports: learning-rate schedules (linear scaling rule, gradual and
+constant warmup), the label-smoothed loss, the BatchNorm-free weight-decay mask, the Goyal
+initialisers, ResNets and the optimizer builder. Datasets and the input pipeline live in
+`recipe.data` (imported on demand: it pulls in TensorFlow Datasets and grain).
+"""
+
+from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
+from recipe.losses import cross_entropy, per_example_cross_entropy, smooth_labels
+from recipe.masks import DecayReport, decay_report, weight_decay_mask
+from recipe.models import MODEL_NAMES, BatchNorm, ResNet, create_model
+from recipe.optim import Optimizer, build_optimizer, current_learning_rate, goyal_sgd
+from recipe.schedules import (
+    GoyalSchedule,
+    constant,
+    constant_warmup,
+    cosine_decay,
+    epochs_to_steps,
+    goyal_schedule,
+    gradual_warmup,
+    polynomial_decay,
+    scaled_learning_rate,
+    step_decay,
+    warmup_multiplier_schedule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_NAMES",
+    "BatchNorm",
+    "DecayReport",
+    "GoyalSchedule",
+    "Optimizer",
+    "ResNet",
+    "bn_scale_init",
+    "build_optimizer",
+    "constant",
+    "constant_warmup",
+    "conv_kernel_init",
+    "cosine_decay",
+    "create_model",
+    "cross_entropy",
+    "current_learning_rate",
+    "decay_report",
+    "epochs_to_steps",
+    "fc_kernel_init",
+    "goyal_schedule",
+    "goyal_sgd",
+    "gradual_warmup",
+    "per_example_cross_entropy",
+    "polynomial_decay",
+    "scaled_learning_rate",
+    "smooth_labels",
+    "step_decay",
+    "warmup_multiplier_schedule",
+    "weight_decay_mask",
+]

@@ -111,14 +111,17 @@ def describe(config: ml_collections.ConfigDict, workdir: pathlib.Path | None = N
         f"{setup.spec.num_test} test, {setup.spec.num_classes} classes, images {setup.image_shape}",
         f"model              {config.model} (width {config.num_filters}, dtype {config.dtype}, "
         f"zero-γ last BN {config.zero_init_last_bn})",
-        f"global batch       {config.batch_size} = {setup.device_count} devices × "
+        f"global batch       {config.batch_size} = {setup.device_count} device"
+        f"{'s' if setup.device_count > 1 else ''} × "
         f"{setup.per_device_batch} per device"
         + (
             f" (× {config.accumulation_steps} accumulated)" if config.accumulation_steps > 1 else ""
         ),
         f"learning rate      {schedule.base_lr} × {config.batch_size * config.accumulation_steps}"
         f" / {config.optimizer.base_batch_size} = {schedule.peak_lr:g} (linear scaling rule)",
-        f"warmup             {schedule.warmup}, {schedule.warmup_steps} updates "
+        "warmup             none"
+        if schedule.warmup == "none"
+        else f"warmup             {schedule.warmup}, {schedule.warmup_steps} updates "
         f"({config.optimizer.warmup_epochs} epochs) from {schedule.warmup_lr:g}",
         f"decay              {schedule.decay}"
         + (
