@@ -4,54 +4,13 @@ import shutil
 
 import chex
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+import tiny_config as tiny
+from conftest import checkpoint_state
+from tensorboard.backend.event_processing import event_file_loader
 
-from configs import default
 from train import trainer
 from train.metrics import read_metrics
-
-TOTAL_STEPS = 12  # 3 epochs of 4,000 / 1,000
-
-
-def tiny_config(data_dir: str, **overrides):
-    """The default recipe on a tiny model and large batches: 4 steps per epoch."""
-    config = default.get_config()
-    config.data_dir = data_dir
-    config.model = "resnet8"
-    config.num_filters = 4
-    config.image_size = 14
-    config.batch_size = 1000
-    config.eval_batch_size = 1000
-    config.num_epochs = 3
-    config.optimizer.warmup_epochs = 1
-    config.optimizer.decay_epochs = (2,)
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 4
-    config.keep_checkpoints = 5
-    config.progress_bar = False
-    config.update_from_flattened_dict(overrides)
-    return config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tensorflow_datasets"))
-
-
-@pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
-    """One uninterrupted run, shared by the tests that only read what it wrote."""
-    workdir = tmp_path_factory.mktemp("run")
-    result = trainer.train_and_evaluate(tiny_config(data_dir), str(workdir))
-    return workdir, result
-
-
-def _params(workdir, step):
-    state = ocp.StandardCheckpointer().restore(
-        (workdir / "checkpoints" / str(step) / "state").absolute()
-    )
-    return state["params"], state["opt_state"]
 
 
 def test_run_writes_checkpoints_metrics_and_plots(finished_run):
@@ -60,12 +19,18 @@ def test_run_writes_checkpoints_metrics_and_plots(finished_run):
     records = read_metrics(workdir)
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     eval_steps = [r["step"] for r in records if r["kind"] == "eval"]
-    assert train_steps == list(range(2, TOTAL_STEPS + 1, 2))
+    assert train_steps == list(range(2, tiny.TOTAL_STEPS + 1, 2))
     assert eval_steps == [4, 8, 12]  # every epoch
     first = next(r for r in records if r["kind"] == "train")
     assert {"loss", "accuracy", "learning_rate", "images_per_sec", "epoch"} <= first.keys()
     assert (workdir / "curves.png").stat().st_size > 10_000
-    assert any((workdir / "tensorboard").iterdir())
+    (event_file,) = (workdir / "tensorboard").iterdir()
+    tags = {
+        value.tag
+        for event in event_file_loader.EventFileLoader(str(event_file)).Load()
+        for value in event.summary.value
+    }
+    assert {"train/loss", "train/learning_rate", "eval/accuracy"} <= tags
     assert 0.0 <= result["accuracy"] <= 1.0
     assert result["accuracy"] == pytest.approx(records[-1]["accuracy"])
 
@@ -86,14 +51,16 @@ def test_resume_from_a_checkpoint_ends_with_the_same_params(finished_run, data_d
     shutil.copytree(workdir, resumed)
     for step in (8, 12):  # as if the run had died after writing the step-4 checkpoint
         shutil.rmtree(resumed / "checkpoints" / str(step))
-    trainer.train_and_evaluate(tiny_config(data_dir), str(resumed))
-    chex.assert_trees_all_equal(_params(resumed, TOTAL_STEPS), _params(workdir, TOTAL_STEPS))
+    trainer.train_and_evaluate(tiny.make_config(data_dir), str(resumed))
+    chex.assert_trees_all_equal(
+        checkpoint_state(resumed, tiny.TOTAL_STEPS), checkpoint_state(workdir, tiny.TOTAL_STEPS)
+    )
     steps = [(r["kind"], r["step"]) for r in read_metrics(resumed)]
     assert len(steps) == len(set(steps)), "records of redone steps must not be duplicated"
 
 
 def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):
-    text = trainer.describe(tiny_config(data_dir), tmp_path)
+    text = trainer.describe(tiny.make_config(data_dir), tmp_path)
     assert "0.1 × 1000 / 32 = 3.125 (linear scaling rule)" in text
     assert "gradual, 4 updates" in text
     assert "×0.1 at updates [8]" in text

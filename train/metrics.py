@@ -1,14 +1,23 @@
 """Metrics on disk: `metrics.jsonl` (one JSON object per record) and TensorBoard event files.
 
+Both are written to a local work dir.
+
 Only the writing process (process 0) opens files. On resume, records past the restored step are
 dropped first, so the file describes exactly the run that continues from the checkpoint.
 """
 
 import json
 import pathlib
+import sys
+import types
 from typing import Any
 
-from tensorboard.summary import Writer
+# TensorBoard's writer imports all of TensorFlow (~4 s, ~1 GB) when it is installed, only for
+# file I/O that its stub does as well on local paths. `tensorboard.compat.notf` is TensorBoard's
+# switch for its stub; set it unless TensorFlow is already loaded.
+if "tensorflow" not in sys.modules:
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+from tensorboard.summary import Writer  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 

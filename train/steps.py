@@ -72,8 +72,8 @@ def train_step(
       model: the linen model (its BatchNorm decides the statistics scope).
       tx: the optimizer.
       label_smoothing: ε of the loss.
-      skip_nonfinite: if the global loss or any gradient is not finite, keep the old state
-        (as dynamic loss scaling does) instead of applying the update.
+      skip_nonfinite: if the global loss or any update is not finite, keep the old state (as
+        dynamic loss scaling does) instead of applying the update.
 
     Returns:
       The new state and metrics averaged over all devices: loss, accuracy, learning_rate and
@@ -104,8 +104,10 @@ def train_step(
         "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), AXIS),
         "learning_rate": optim.current_learning_rate(opt_state),
     }
+    # The updates carry both failure modes: NaN/inf gradients, and finite gradients times a
+    # learning rate that overflowed.
     finite = jnp.isfinite(metrics["loss"]) & jnp.all(
-        jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+        jnp.array([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)])
     )
     metrics["finite"] = finite.astype(jnp.float32)
     if skip_nonfinite:
@@ -145,7 +147,7 @@ class Runner:
 
     Attributes:
       name: 'pmap' or 'shard_map'.
-      devices: the devices the mapped axis spans (this process's for pmap, all for shard_map).
+      devices: the devices this process places data on (pmap) or the whole mesh (shard_map).
       put: host pytree with a leading axis of this process's devices → device arrays.
       map: per-device function → mapped function over that leading axis.
     """
@@ -167,9 +169,13 @@ def fetch_first(tree: Any) -> Any:
 
 
 def pmap_runner(devices: list[jax.Device] | None = None) -> Runner:
-    """`jax.pmap` over this process's devices (what the notebooks use), or over `devices`."""
-    devices = tuple(devices or jax.local_devices())
-    sharding = NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), P(AXIS))
+    """`jax.pmap` over every process's devices (what the notebooks use), or over `devices`.
+
+    Each process feeds its own devices; the collectives span all processes' devices (pmap's
+    default), which restricting pmap to `jax.local_devices()` would silently break.
+    """
+    local_devices = tuple(devices or jax.local_devices())
+    sharding = NamedSharding(jax.sharding.Mesh(np.array(local_devices), (AXIS,)), P(AXIS))
 
     def put(tree):
         return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
@@ -177,7 +183,7 @@ def pmap_runner(devices: list[jax.Device] | None = None) -> Runner:
     def map_(fn, donate_argnums=()):
         return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums, devices=devices)
 
-    return Runner(name="pmap", devices=devices, put=put, map=map_)
+    return Runner(name="pmap", devices=local_devices, put=put, map=map_)
 
 
 def shard_map_runner(devices: list[jax.Device] | None = None) -> Runner:

@@ -16,10 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from recipe import masks, models, optim
 from recipe.data import datasets, pipeline
-from train import checkpoints, config_checks, plots, steps
+from train import checkpoints, config_checks, plots, preemption, steps
 from train.metrics import MetricsWriter, read_metrics
 
 # Config fields that may change between a run and its resumption: they do not affect the result.
@@ -34,6 +35,10 @@ RESUMABLE_FIELDS = (
     "progress_bar",
     "eval_batch_size",
 )
+
+
+class ConfigError(ValueError):
+    """A config field, the work dir or the dataset is not usable; raised before any compile."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -153,40 +158,70 @@ def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(json.dumps(fields))
 
 
+def initialize_distributed(distributed: ml_collections.ConfigDict) -> None:
+    """Joins the `jax.distributed` cluster if the config asks for it (before any jax call).
+
+    With `coordinator_address`, `num_processes` and `process_id` set, uses them (GPU hosts,
+    several processes on one machine); with them all None, lets JAX detect the cluster (Cloud
+    TPU pod slices, SLURM).
+    """
+    if not distributed.enabled or jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(
+        coordinator_address=distributed.coordinator_address,
+        num_processes=distributed.num_processes,
+        process_id=distributed.process_id,
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
 
     Returns:
       The final evaluation metrics (accuracy, loss, top5 when classes > 10).
+
+    Raises:
+      ConfigError: bad config, work dir or dataset, before anything is compiled or loaded.
+      checkpoints.IncompatibleCheckpointError: `workdir` holds another config's checkpoints.
+      NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`).
+      preemption.Preempted: SIGTERM arrived; a checkpoint was written first.
     """
-    # ---- Devices and the resolved recipe (validated before any compile or data loading).
+    # ---- Cluster, devices and bad input: everything is checked before compiling or loading.
+    initialize_distributed(config.distributed)
     workdir_path = pathlib.Path(workdir)
-    config_checks.check_workdir(workdir_path)
+    try:
+        config_checks.check_config(config, jax.device_count())
+        config_checks.check_workdir(workdir_path)
+        spec = datasets.get_dataset_spec(config.dataset)
+        train_source = datasets.load_source(config.dataset, spec.train_split, config.data_dir)
+        test_source = datasets.load_source(config.dataset, spec.test_split, config.data_dir)
+    except (ValueError, datasets.DatasetNotPreparedError) as error:
+        raise ConfigError(str(error)) from error
+    with preemption.stop_on_sigterm() as stop_request:
+        return _train(config, workdir_path, train_source, test_source, stop_request)
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    train_source: Any,
+    test_source: Any,
+    stop_request: preemption.StopRequest,
+) -> dict[str, float]:
+    # ---- The resolved recipe, and the state: fresh or restored from the latest checkpoint.
     runner = steps.RUNNERS[config.runner]()
     setup = build(config, jax.device_count())
     is_writer = jax.process_index() == 0
-
-    # ---- Data.
-    train_source = datasets.load_source(config.dataset, setup.spec.train_split, config.data_dir)
-    test_source = datasets.load_source(config.dataset, setup.spec.test_split, config.data_dir)
-    layout = dict(
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        local_device_count=jax.local_device_count(),
-        image_size=config.image_size,
-    )
-
-    # ---- State: fresh, or restored from the latest checkpoint.
     state = steps.TrainState.create(setup.variables, setup.optimizer.tx)
-    checkpointer = checkpoints.Checkpointer(
-        workdir_path / "checkpoints", keep=config.keep_checkpoints
-    )
+    checkpoint_dir = workdir / "checkpoints"
+    checkpointer = checkpoints.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
     identity = run_identity(config)
     restored = checkpointer.restore_latest(state, identity)
-    start_step = 0
+    start_step, last_checkpoint = 0, None
     if restored is not None:
         start_step, state = restored
-    writer = MetricsWriter(workdir_path, enabled=is_writer)
+        last_checkpoint = start_step
+    writer = MetricsWriter(workdir, enabled=is_writer)
     writer.drop_after(start_step)
 
     # ---- Compiled, device-mapped functions.
@@ -205,6 +240,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     average_batch_stats = runner.map(steps.average_batch_stats, donate_argnums=(0,))
     device_state = runner.replicate(state)
+    layout = dict(
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        local_device_count=jax.local_device_count(),
+        image_size=config.image_size,
+    )
 
     def evaluate(device_state) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -219,8 +260,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         result.update({key: value / count for key, value in sums.items()})
         return result
 
-    def save(step: int, device_state) -> None:
-        checkpointer.save(step, steps.fetch_first(device_state), identity)
+    def check_finite(step: int, fetched: dict[str, float]) -> None:
+        if fetched["finite"] or config.on_nonfinite == "skip":
+            return
+        progress.close()
+        kept = (
+            f"step {last_checkpoint} in {checkpoint_dir}, left intact"
+            if last_checkpoint is not None
+            else "none (no checkpoint had been written)"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss or update at step {step} (loss {fetched['loss']}); the last good "
+            f"checkpoint is {kept}. Lower the learning rate, or set --config.on_nonfinite=skip "
+            "to skip such updates."
+        )
 
     # ---- The loop.
     train_batches = pipeline.train_batches(
@@ -240,11 +293,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         unit="step",
         dynamic_ncols=True,
     )
-    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched
+    pending: list[tuple[int, Any]] = []  # (step, device metrics) not fetched yet
     window: list[dict[str, float]] = []  # fetched metrics since the last log record
     window_start = time.perf_counter()
     eval_every = config.eval_every_epochs * setup.steps_per_epoch
-    last_checkpoint = start_step if restored is not None else None
     final_eval: dict[str, float] = {}
     step = start_step
     for batch in train_batches:
@@ -256,32 +308,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log_now = step % config.log_every_steps == 0 or is_last
         eval_now = step % eval_every == 0 or is_last
         checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
-        if not (log_now or eval_now or checkpoint_now or len(pending) >= config.sync_every_steps):
+        sync_now = log_now or eval_now or checkpoint_now or len(pending) >= config.sync_every_steps
+        # One process checks SIGTERM every step; several agree on it at their common sync points.
+        if not sync_now and not (jax.process_count() == 1 and stop_request.local()):
             continue
 
-        # Sync: fetching the metrics waits for the devices (bounding the queue of collectives).
+        # Sync: fetching the metrics waits for the devices, which bounds the queue of steps with
+        # collectives (CPU collectives deadlock when too many are queued).
         for pending_step, device_metrics in pending:
             fetched = {k: float(v) for k, v in steps.fetch_first(device_metrics).items()}
-            if not fetched.pop("finite") and config.on_nonfinite == "stop":
-                progress.close()
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {pending_step} (loss "
-                    f"{fetched['loss']}); the last good checkpoint is "
-                    + (
-                        f"step {last_checkpoint} in {workdir_path / 'checkpoints'}"
-                        if last_checkpoint is not None
-                        else "none (no checkpoint was written yet)"
-                    )
-                    + ". Lower the learning rate, or set --config.on_nonfinite=skip."
-                )
+            check_finite(pending_step, fetched)
             window.append(fetched)
         pending.clear()
+        stop = stop_request.agreed()
 
         if log_now and window:
-            elapsed = time.perf_counter() - window_start
             record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
             record["learning_rate"] = window[-1]["learning_rate"]
-            record["images_per_sec"] = len(window) * config.batch_size / elapsed
+            record["images_per_sec"] = (
+                len(window) * config.batch_size / (time.perf_counter() - window_start)
+            )
             record["epoch"] = step / setup.steps_per_epoch
             writer.write(step, "train", record)
             progress.set_postfix(
@@ -290,9 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             window.clear()
             window_start = time.perf_counter()
 
-        if eval_now or checkpoint_now:
+        if eval_now or checkpoint_now or stop:
             # Per-device BN running statistics are averaged before they are used or saved; the
-            # training forward pass never reads them, so this leaves the trajectory unchanged.
+            # training forward pass never reads them, so the trajectory is unchanged.
             device_state = average_batch_stats(device_state)
         if eval_now:
             final_eval = evaluate(device_state)
@@ -301,22 +347,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"epoch {step / setup.steps_per_epoch:g}: test accuracy "
                 f"{100 * final_eval['accuracy']:.2f}%, loss {final_eval['loss']:.4f}"
             )
-        if checkpoint_now:
-            save(step, device_state)
+        if checkpoint_now or stop:
+            host_state = steps.fetch_first(device_state)
+            _check_same_on_all_processes(host_state.params)
+            checkpointer.save(step, host_state, identity)
             last_checkpoint = step
-        window_start = time.perf_counter() if (eval_now or checkpoint_now) else window_start
+        if stop:
+            progress.close()
+            raise preemption.Preempted(step, str(checkpoint_dir))
+        if eval_now or checkpoint_now:
+            window_start = time.perf_counter()  # images/s counts training time only
     progress.close()
 
     # ---- Results.
-    if not final_eval:  # resumed from a checkpoint of the last step
+    if not final_eval:  # resumed from the checkpoint of the last step
         final_eval = evaluate(device_state)
     if is_writer:
-        plots.plot_run(
-            read_metrics(workdir_path), setup.steps_per_epoch, workdir_path / "curves.png"
-        )
+        plots.plot_run(read_metrics(workdir), setup.steps_per_epoch, workdir / "curves.png")
     writer.close()
     checkpointer.close()
     return final_eval
+
+
+def _check_same_on_all_processes(params: Any) -> None:
+    """Fails loudly if the processes' weights have drifted apart (they should be identical)."""
+    if jax.process_count() > 1:
+        # float32: the all-gather runs without x64, and a float64 array would come back rounded.
+        fingerprint = np.array(
+            [np.sum(np.abs(x), dtype=np.float64) for x in jax.tree.leaves(params)], np.float32
+        )
+        multihost_utils.assert_equal(fingerprint, "the processes' parameters differ")
 
 
 def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

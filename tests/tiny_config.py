@@ -1,0 +1,36 @@
+"""The default recipe on a tiny model and large batches: 4 steps per epoch, 12 in all.
+
+Loaded in-process by the tests and by the command line in subprocesses
+(`python -m train --config tests/tiny_config.py`), so both run the same config.
+"""
+
+import ml_collections
+
+from configs import default
+
+TOTAL_STEPS = 12  # 3 epochs of 4,000 / 1,000
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.model = "resnet8"
+    config.num_filters = 4
+    config.image_size = 14
+    config.batch_size = 1000
+    config.eval_batch_size = 1000
+    config.num_epochs = 3
+    config.optimizer.warmup_epochs = 1
+    config.optimizer.decay_epochs = (2,)
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 4
+    config.keep_checkpoints = 5
+    config.progress_bar = False
+    return config
+
+
+def make_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+    """`get_config()` reading data from `data_dir`, with flattened overrides applied."""
+    config = get_config()
+    config.data_dir = data_dir
+    config.update_from_flattened_dict(overrides)
+    return config
