@@ -295,13 +295,16 @@ def _train(
     )
     pending: list[tuple[int, Any]] = []  # (step, device metrics) not fetched yet
     window: list[dict[str, float]] = []  # fetched metrics since the last log record
-    window_start = time.perf_counter()
+    # Throughput: steps dispatched since `timer_start`, which restarts after each log record,
+    # evaluation and checkpoint so that images/s counts training time only.
+    timer_start, timed_steps = time.perf_counter(), 0
     eval_every = config.eval_every_epochs * setup.steps_per_epoch
     final_eval: dict[str, float] = {}
     step = start_step
     for batch in train_batches:
         device_state, metrics = train_step(device_state, runner.put(_model_inputs(batch)))
         step += 1
+        timed_steps += 1
         pending.append((step, metrics))
         progress.update(1)
         is_last = step == setup.total_steps
@@ -326,7 +329,7 @@ def _train(
             record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
             record["learning_rate"] = window[-1]["learning_rate"]
             record["images_per_sec"] = (
-                len(window) * config.batch_size / (time.perf_counter() - window_start)
+                timed_steps * config.batch_size / (time.perf_counter() - timer_start)
             )
             record["epoch"] = step / setup.steps_per_epoch
             writer.write(step, "train", record)
@@ -334,7 +337,7 @@ def _train(
                 loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
             )
             window.clear()
-            window_start = time.perf_counter()
+            timer_start, timed_steps = time.perf_counter(), 0
 
         if eval_now or checkpoint_now or stop:
             # Per-device BN running statistics are averaged before they are used or saved; the
@@ -356,7 +359,7 @@ def _train(
             progress.close()
             raise preemption.Preempted(step, str(checkpoint_dir))
         if eval_now or checkpoint_now:
-            window_start = time.perf_counter()  # images/s counts training time only
+            timer_start, timed_steps = time.perf_counter(), 0
     progress.close()
 
     # ---- Results.
