@@ -12,12 +12,11 @@ from orbax.checkpoint._src.path import atomicity
 
 from train.__main__ import main
 
-KILL_STEP = os.environ["KILL_DURING_SAVE_OF_STEP"]
 _finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
 
 async def _finalize_or_die(self, *args, **kwargs):
-    if KILL_STEP in self.get_final().parts:
+    if os.environ["KILL_DURING_SAVE_OF_STEP"] in self.get_final().parts:
         os.kill(os.getpid(), signal.SIGKILL)
     return await _finalize(self, *args, **kwargs)
 
