@@ -1,21 +1,22 @@
-"""PNG plots of a run: learning rate, loss and accuracy against steps and epochs."""
+"""PNG plots of a run: learning rate, loss and accuracy against steps and epochs.
+
+Figures are built without pyplot, so importing this module leaves a notebook's backend alone.
+"""
 
 import pathlib
 from collections.abc import Callable
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: pathlib.Path) -> None:
     """Three panels from `metrics.jsonl` records: lr, training loss, train/test accuracy."""
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for ax, key, title in (
         (axes[0], "learning_rate", "learning rate"),
         (axes[1], "loss", "training loss (label-smoothed)"),
@@ -42,7 +43,6 @@ def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: pathlib.
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_schedule(
@@ -51,7 +51,8 @@ def plot_schedule(
     """The learning rate at every optimizer update of the run."""
     steps = np.arange(total_steps + 1)
     lrs = [float(schedule(step)) for step in steps]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(steps, lrs)
     ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate")
@@ -60,7 +61,6 @@ def plot_schedule(
     _epoch_axis(ax, steps_per_epoch)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
