@@ -8,9 +8,10 @@ device mesh; both runners hold the state with a leading device axis (per-device 
 differ between devices) and take batches shaped (devices, per-device batch, ...).
 """
 
+import collections
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -156,6 +157,16 @@ class Runner:
     devices: tuple[jax.Device, ...]
     put: Callable[[Any], Any]
     map: Callable[..., Callable[..., Any]]
+
+    def prefetch(self, batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
+        """Places each host batch on the devices `size − 1` batches ahead of its use, so the
+        transfer overlaps the running step."""
+        queue: collections.deque = collections.deque()
+        for batch in batches:
+            queue.append(self.put(batch))
+            if len(queue) == size:
+                yield queue.popleft()
+        yield from queue
 
     def replicate(self, tree: Any) -> Any:
         """Copies a host pytree to each of this process's devices (leading device axis)."""

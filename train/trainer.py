@@ -276,7 +276,7 @@ def _train(
         )
 
     # ---- The loop.
-    train_batches = pipeline.train_batches(
+    host_batches = pipeline.train_batches(
         train_source,
         setup.spec,
         seed=config.seed,
@@ -301,8 +301,8 @@ def _train(
     eval_every = config.eval_every_epochs * setup.steps_per_epoch
     final_eval: dict[str, float] = {}
     step = start_step
-    for batch in train_batches:
-        device_state, metrics = train_step(device_state, runner.put(_model_inputs(batch)))
+    for batch in runner.prefetch(map(_model_inputs, host_batches)):
+        device_state, metrics = train_step(device_state, batch)
         step += 1
         timed_steps += 1
         pending.append((step, metrics))
