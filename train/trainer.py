@@ -1,8 +1,9 @@
 """The training loop: the Goyal et al. recipe on a TFDS dataset, data-parallel over devices.
 
-Read top to bottom: `build` resolves a config into the model, optimizer and data layout (no
-compilation, no data loading); `train_and_evaluate` sets up devices, data, state and
-checkpoints, then runs the loop with periodic evaluation, logging and checkpointing.
+Read top to bottom: `build` resolves a config into the model, its initial variables, the
+optimizer and the batch layout (no data loading); `describe` prints that; `train_and_evaluate`
+checks the input, joins the cluster, opens the data, then `_train` restores or creates the
+state and runs the loop with periodic evaluation, logging and checkpointing.
 """
 
 import dataclasses
@@ -42,7 +43,7 @@ class ConfigError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or a gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss or an update became NaN/inf; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
