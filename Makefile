@@ -22,3 +22,19 @@ test: lint
 
 train: $(INSTALLED)
 	$(PY) -m train --config configs/default.py --workdir runs/default
+
+# Benchmarks (BENCHMARKS.md sections 1–4; PyTorch comes from the `bench` extra) and the
+# small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).
+BENCH_INSTALLED := $(VENV)/.bench-installed
+
+.PHONY: bench reproduce
+
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install --quiet -e '.[test,cpu,bench]'
+	touch $@
+
+bench: $(BENCH_INSTALLED)
+	$(PY) -m bench.run_all
+
+reproduce: $(INSTALLED)
+	$(PY) -m bench.reproduce

@@ -1,0 +1,1 @@
+"""Benchmarks and the small-scale reproduction; see BENCHMARKS.md."""

@@ -1,0 +1,263 @@
+"""The JAX train steps the benchmarks time: the project's own `train.steps.train_step` with the
+full recipe, built exactly as `train.trainer.build` builds it, and stripped-down variants.
+
+Variants (each a per-device function mapped by a `train.steps` runner, state donated):
+
+* ``full``: `steps.train_step` with `recipe.optim.build_optimizer` (gradual warmup + step decay
+  schedule, Nesterov, weight decay masked off BN), label smoothing 0.1, the Goyal init
+  (zero-γ last BN) — what `python -m train` runs.
+* ``bare``: plain `optax.sgd(0.1, momentum=0.9)` (constant lr, no weight decay, no mask),
+  `optax.softmax_cross_entropy_with_integer_labels`, γ = 1 everywhere, loss as the only metric.
+* the ladder between them, adding one piece at a time to ``bare``: ``+smoothing`` (the
+  recipe's label-smoothed loss), ``+decay_mask`` (masked coupled weight decay, Nesterov),
+  ``+schedule`` (the Goyal schedule through `inject_hyperparams`: the recipe's optimizer).
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+
+from configs import default
+from recipe import losses, masks, models, optim
+from recipe.data import datasets, pipeline
+from train import steps
+
+VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
+
+
+def config_for(**overrides: Any) -> ml_collections.ConfigDict:
+    """configs/default.py with dotted-key overrides (e.g. {'optimizer.base_lr': 0.2})."""
+    config = default.get_config()
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@dataclasses.dataclass
+class Setup:
+    model: models.ResNet
+    variables: Any
+    optimizer: optim.Optimizer
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    label_smoothing: float
+
+
+def build(
+    config: ml_collections.ConfigDict, *, stem: str | None = None, zero_init_last_bn=None
+) -> Setup:
+    """What `train.trainer.build` resolves (model, variables, optimizer), plus a `stem` override
+    (the config has none: the 'CIFAR ResNet-18' of the torch comparison needs stem='cifar')."""
+    spec = datasets.get_dataset_spec(config.dataset)
+    size = config.image_size
+    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
+    kwargs = {"stem": stem} if stem else {}
+    model = models.create_model(
+        config.model,
+        num_classes=spec.num_classes,
+        num_filters=config.num_filters,
+        bn_momentum=config.bn.momentum,
+        dtype=jnp.dtype(config.dtype),
+        zero_init_last_bn=(
+            config.zero_init_last_bn if zero_init_last_bn is None else zero_init_last_bn
+        ),
+        **kwargs,
+    )
+    variables = steps.init_variables(model, image_shape, config.seed)
+    optimizer = optim.build_optimizer(
+        variables,
+        **config.optimizer,
+        batch_size=config.batch_size,
+        steps_per_epoch=pipeline.steps_per_epoch(spec.num_train, config.batch_size),
+        epochs=config.num_epochs,
+        accumulation_steps=config.accumulation_steps,
+    )
+    return Setup(model, variables, optimizer, image_shape, spec.num_classes, config.label_smoothing)
+
+
+def _ladder_step(state, batch, *, model, tx, label_smoothing):
+    """`bare` and the ladder: the minimal data-parallel step (loss is the only metric)."""
+
+    def loss_fn(params):
+        logits, new_model_state = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        if label_smoothing is None:
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        else:
+            loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
+        return loss, new_model_state["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, steps.AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = steps.TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    return new_state, {"loss": lax.pmean(loss, steps.AXIS)}
+
+
+def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
+    """(per-device step function, initial host TrainState) of a variant."""
+    if variant == "full":
+        tx = setup.optimizer.tx
+        fn = functools.partial(
+            steps.train_step,
+            model=setup.model,
+            tx=tx,
+            label_smoothing=setup.label_smoothing,
+            skip_nonfinite=False,
+        )
+        return fn, steps.TrainState.create(setup.variables, tx)
+    base = bare_setup or setup
+    mask = masks.weight_decay_mask(base.variables)
+    if variant in ("bare", "+smoothing"):
+        tx = optax.sgd(0.1, momentum=0.9)
+    elif variant == "+decay_mask":
+        tx = optim.goyal_sgd(0.1, weight_decay=1e-4, weight_decay_mask=mask)
+    elif variant == "+schedule":
+        tx = setup.optimizer.tx
+    else:
+        raise ValueError(variant)
+    smoothing = None if variant == "bare" else setup.label_smoothing
+    model = base.model if variant == "bare" else setup.model
+    variables = base.variables if variant == "bare" else setup.variables
+    fn = functools.partial(_ladder_step, model=model, tx=tx, label_smoothing=smoothing)
+    return fn, steps.TrainState.create(variables, tx)
+
+
+def synthetic_batch(
+    device_count: int, batch_size: int, image_shape, num_classes: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A fixed batch laid out as the loader lays it out: (devices, per-device batch, ...)."""
+    rng = np.random.default_rng(seed)
+    per_device = batch_size // device_count
+    return {
+        "image": rng.normal(size=(device_count, per_device, *image_shape)).astype(np.float32),
+        "label": rng.integers(0, num_classes, (device_count, per_device)).astype(np.int32),
+    }
+
+
+class Stepper:
+    """Calls a mapped, state-donating step on a fixed device batch and waits for it."""
+
+    def __init__(self, runner: steps.Runner, fn, state, batch):
+        self.step = runner.map(fn, donate_argnums=(0,))
+        self.state = runner.replicate(state)
+        self.batch = runner.put(batch)
+
+    def __call__(self) -> None:
+        self.state, metrics = self.step(self.state, self.batch)
+        jax.block_until_ready((self.state, metrics))
+
+
+def all_finite_fused(tree: Any) -> jax.Array:
+    """True iff every leaf is finite, as one fused reduction over the concatenated leaves
+    (instead of one reduction per leaf, as `train.steps.train_step` does)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in leaves])))
+
+
+def train_step_prototype(
+    state, batch, *, model, tx, label_smoothing, finite: str, l2: tuple[float, Any] | None = None
+):
+    """`train.steps.train_step` (skip_nonfinite=False) with the `finite` metric (are the loss and
+    every update finite?) computed per leaf as there ('per_leaf'), as one fused reduction over
+    the concatenated updates ('fused'), or on the loss only ('none'). With `l2 = (λ, mask)`,
+    the coupled weight decay is the gradient of (λ/2)·Σ_masked ‖w‖² added to the loss (Remark
+    1's definition) instead of `optax.add_decayed_weights` in `tx`: the same update.
+    A bench-only prototype of a possible change to train/steps.py."""
+
+    def loss_fn(params):
+        logits, new_model_state = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
+        objective = loss
+        if l2 is not None:
+            weight_decay, mask = l2
+            decayed = [
+                jnp.sum(jnp.square(p))
+                for p, m in zip(
+                    jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask), strict=True
+                )
+                if m
+            ]
+            objective = loss + 0.5 * weight_decay * sum(decayed)
+        return objective, (loss, logits, new_model_state["batch_stats"])
+
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    grads = lax.pmean(grads, steps.AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = steps.TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    metrics = {
+        "loss": lax.pmean(loss, steps.AXIS),
+        "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), steps.AXIS),
+        "learning_rate": optim.current_learning_rate(opt_state),
+    }
+    if finite == "per_leaf":
+        ok = jnp.isfinite(metrics["loss"]) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)])
+        )
+    elif finite == "fused":
+        ok = jnp.isfinite(metrics["loss"]) & all_finite_fused(updates)
+    else:
+        ok = jnp.isfinite(metrics["loss"])
+    metrics["finite"] = ok.astype(jnp.float32)
+    return new_state, metrics
+
+
+def prototype_fn(finite: str, setup: Setup, l2_in_loss: bool = False):
+    """A prototype step of the full recipe; with `l2_in_loss`, `recipe.optim.goyal_sgd`'s chain
+    without its `add_decayed_weights` (the same schedule, momentum and Nesterov), the decay
+    moved into the loss."""
+    tx, l2 = setup.optimizer.tx, None
+    if l2_in_loss:
+        config = default.get_config().optimizer
+        tx = _without_decay(setup.optimizer.schedule, config)
+        l2 = (config.weight_decay, masks.weight_decay_mask(setup.variables))
+    fn = functools.partial(
+        train_step_prototype,
+        model=setup.model,
+        tx=tx,
+        label_smoothing=setup.label_smoothing,
+        finite=finite,
+        l2=l2,
+    )
+    return fn, steps.TrainState.create(setup.variables, tx)
+
+
+def _without_decay(schedule, config) -> optax.GradientTransformation:
+    """`goyal_sgd`'s SGD (learning rate readable by `optim.current_learning_rate`), no decay."""
+    return optax.chain(
+        optax.inject_hyperparams(optax.sgd)(
+            learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov
+        )
+    )

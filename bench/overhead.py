@@ -1,0 +1,160 @@
+"""1. Recipe overhead: one train step with the full recipe vs a bare step, interleaved.
+
+Same model (configs/default.py: resnet20, width 8, MNIST-sized 28×28×1 input), batch (128),
+device (one CPU device, the pmap runner the trainer uses by default) and fixed synthetic batch;
+the variants are defined in `bench/jax_steps.py`. Each round runs one step of every variant in a
+fresh random order; the ratio of a variant is the median over rounds of its time over the bare
+step's time in the same round (95% bootstrap interval), for wall-clock and for CPU time.
+
+    python -m bench.overhead [--rounds 100] [--no-prototypes] [--no-write]
+"""
+
+import argparse
+import functools
+import json
+import sys
+import time
+
+import jax
+
+from bench import common, jax_steps
+from train import steps
+
+# Bench-only variants of the full step (bench/jax_steps.py): name → (finite check, L2 in loss).
+PROTOTYPES = {
+    "full, compiled again": ("per_leaf", False),
+    "full, no finite check": ("none", False),
+    "full, weight decay as L2 in the loss": ("per_leaf", True),
+}
+
+
+LABELS = {
+    "bare": "bare: `optax.sgd(0.1, momentum=0.9)`, integer-label cross-entropy, γ = 1",
+    "+smoothing": "+ label smoothing 0.1 (`recipe.losses.cross_entropy`), Goyal init",
+    "+decay_mask": "+ masked weight decay, Nesterov (`recipe.optim.goyal_sgd`, constant lr)",
+    "+schedule": "+ warmup/step-decay schedule (`recipe.optim.build_optimizer`)",
+    "full": "full recipe: `train.steps.train_step` (+ accuracy, lr and finite-update metrics)",
+    "full, compiled again": "A/A check: the full step compiled a second time",
+    "full, no finite check": "prototype: full, finite check on the loss only",
+    "full, weight decay as L2 in the loss": "prototype: full, weight decay as (λ/2)·Σ‖w‖² in the "
+    "loss instead of `optax.add_decayed_weights`",
+}
+
+
+def measure(rounds: int, warmup: int, prototypes: bool) -> dict:
+    config = jax_steps.config_for()
+    setup = jax_steps.build(config)
+    bare = jax_steps.build(config, zero_init_last_bn=False)
+    runner = steps.RUNNERS[config.runner](jax.devices()[:1])
+    batch = jax_steps.synthetic_batch(1, config.batch_size, setup.image_shape, setup.num_classes)
+
+    fns, compile_s = {}, {}
+    for variant in jax_steps.VARIANTS:
+        fn, state = jax_steps.step_fn(variant, setup, bare)
+        fns[variant] = jax_steps.Stepper(runner, fn, state, batch)
+    if prototypes:
+        for name, (finite, l2_in_loss) in PROTOTYPES.items():
+            if name == "full, compiled again":  # an A/A check: the method's resolution
+                fn, state = jax_steps.step_fn("full", setup)
+                fn = functools.partial(fn)  # a new function object: compiled anew
+            else:
+                fn, state = jax_steps.prototype_fn(finite, setup, l2_in_loss)
+            fns[name] = jax_steps.Stepper(runner, fn, state, batch)
+    for name, stepper in fns.items():
+        t0 = time.perf_counter()
+        stepper()
+        compile_s[name] = time.perf_counter() - t0
+        for _ in range(warmup):
+            stepper()
+
+    wall, cpu = common.time_interleaved(fns, rounds=rounds)
+    return {
+        "machine": common.machine(),
+        "config": {
+            "model": config.model,
+            "num_filters": config.num_filters,
+            "image_shape": list(setup.image_shape),
+            "batch_size": config.batch_size,
+            "runner": config.runner,
+            "devices": 1,
+            "rounds": rounds,
+        },
+        "variants": {
+            name: {
+                "wall_ms": 1e3 * common.median(wall[name]),
+                "wall_q": [1e3 * q for q in common.quartiles(wall[name])],
+                "cpu_ms": 1e3 * common.median(cpu[name]),
+                "wall_ratio": common.paired_ratio(wall, name, "bare"),
+                "cpu_ratio": common.paired_ratio(cpu, name, "bare"),
+                "first_call_s": compile_s[name],
+            }
+            for name in fns
+        },
+    }
+
+
+def render(result: dict) -> str:
+    m, c = result["machine"], result["config"]
+    rows = []
+    for name, v in result["variants"].items():
+        wr, cr = v["wall_ratio"], v["cpu_ratio"]
+        rows.append([
+            LABELS.get(name, name),
+            f"{v['wall_ms']:.1f} ({v['wall_q'][0]:.1f}–{v['wall_q'][1]:.1f})",
+            f"{wr[0]:.3f} [{wr[1]:.3f}, {wr[2]:.3f}]",
+            f"{v['cpu_ms']:.1f}",
+            f"{cr[0]:.3f} [{cr[1]:.3f}, {cr[2]:.3f}]",
+        ])  # fmt: skip
+    full = result["variants"]["full"]
+    l2 = result["variants"].get("full, weight decay as L2 in the loss")
+    return "\n".join([
+        "## 1. Recipe overhead",
+        "",
+        "Re-run: `make bench` (all of 1–4) or `.venv/bin/python -m bench.overhead` (this "
+        f"section). Run on {m['date']}: {m['cpu']}, {m['cores']} cores, jax {m['jax']}; load "
+        f"average {m['load_before']} at the start.",
+        "",
+        f"One train step of the default config's model ({c['model']}, width {c['num_filters']}, "
+        f"input {'×'.join(map(str, c['image_shape']))}, batch {c['batch_size']}, "
+        f"{c['runner']} runner, one CPU device, fixed batch on the device) with the full recipe "
+        "against a bare step, and the ladder between them (`bench/jax_steps.py`). "
+        f"{c['rounds']} rounds after compilation and warm-up; each round runs one step of every "
+        "variant in a fresh random order. Ratio = median over rounds of the variant's time over "
+        "the bare step's time in the same round, with a 95% bootstrap interval. CPU time is the "
+        "process's CPU seconds per step (both cores), which other programs on the machine "
+        "disturb far less than wall time.",
+        "",
+        common.md_table(
+            ["step", "wall ms, median (IQR)", "wall ratio [95% CI]", "CPU ms",
+             "CPU ratio [95% CI]"],
+            rows,
+        ),
+        "",
+        f"**Full recipe / bare: {full['wall_ratio'][0]:.3f}× wall, {full['cpu_ratio'][0]:.3f}× "
+        "CPU** (target ≤ 1.02×)."
+        + (
+            f" With the weight decay moved into the loss (prototype): "
+            f"{l2['wall_ratio'][0]:.3f}× wall, {l2['cpu_ratio'][0]:.3f}× CPU."
+            if l2
+            else ""
+        ),
+    ])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-prototypes", action="store_true", help="skip the bench-only variants")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    result = measure(args.rounds, args.warmup, not args.no_prototypes)
+    common.RESULTS.mkdir(exist_ok=True)
+    (common.RESULTS / "overhead.json").write_text(json.dumps(result, indent=1))
+    if not args.no_write:
+        common.update_section("overhead", render(result))
+    print(render(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

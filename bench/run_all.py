@@ -1,0 +1,165 @@
+"""`make bench`: runs benchmark families 1–4 and rewrites their sections of BENCHMARKS.md.
+
+Each family is its own command too (`python -m bench.overhead`, `bench.vs_torch`,
+`bench.loader`, `bench.runners`); this driver runs them one after another as subprocesses
+under `timeout -s KILL`, then writes the summary at the top of BENCHMARKS.md from their JSON
+results (bench/results/*.json). Section 5 is `make reproduce` (bench/reproduce.py).
+
+    python -m bench.run_all [--only overhead,loader]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from bench import common
+
+FAMILIES = {
+    # name: (argv, timeout in s)
+    "overhead": (["-m", "bench.overhead", "--rounds", "100"], 900),
+    "loader": (["-m", "bench.loader"], 600),
+    "runners": (["-m", "bench.runners"], 1200),
+    "vs_torch": (["-m", "bench.vs_torch"], 2400),
+}
+SECTIONS = ("summary", "overhead", "vs_torch", "loader", "runners", "reproduce")
+
+
+def ensure_skeleton() -> None:
+    """BENCHMARKS.md with every section's markers, in order (so sections land in order)."""
+    path = common.BENCHMARKS_MD
+    content = path.read_text() if path.exists() else common.HEADER
+    for name in SECTIONS:
+        if f"<!-- BEGIN {name} -->" not in content:
+            content = content.rstrip() + f"\n\n<!-- BEGIN {name} -->\n<!-- END {name} -->\n"
+    path.write_text(content)
+
+
+def _load(name: str) -> dict | None:
+    path = common.RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary(elapsed: dict[str, float] | None = None) -> str:
+    """The summary section from the families' JSON results (elapsed: minutes of the last
+    `make bench`, read back from bench/results/run_all.json when not given)."""
+    if elapsed is None:
+        saved = _load("run_all") or {}
+        elapsed = saved.get("elapsed", {})
+    m = common.machine()
+    lines = [
+        "## Summary",
+        "",
+        common.machine_table(m),
+        "",
+        "The machine is a 2-core VM that other jobs shared while these ran (see each section's "
+        "load average): wall times carry that noise; ratios are measured within one run, "
+        "interleaved, and CPU times are given where they help.",
+        "",
+    ]
+    rows = []
+    o = _load("overhead")
+    if o:
+        f = o["variants"]["full"]
+        rows.append([
+            "1. full recipe / bare step",
+            f"{f['wall_ratio'][0]:.3f}× wall, {f['cpu_ratio'][0]:.3f}× CPU",
+            "≤ 1.02×",
+        ])  # fmt: skip
+    t = _load("vs_torch")
+    if t:
+        for model in ("default", "resnet18"):
+            h = t["headline"][model]
+            torch_best = min(
+                (p["step_ms"] for k, p in h.items() if k.startswith("PyTorch") and "step_ms" in p),
+                default=float("nan"),
+            )
+            for label in (
+                "JAX, default XLA:CPU",
+                "JAX, Eigen convolutions",
+                "JAX, bfloat16 + Eigen convolutions",
+            ):
+                p = h.get(label, {})
+                if "step_ms" in p:
+                    rows.append([
+                        f"2. {model} model: {label} / fastest PyTorch eager",
+                        f"{p['step_ms']:.0f} ms / {torch_best:.0f} ms = "
+                        f"{p['step_ms'] / torch_best:.2f}×",
+                        "≤ 1×",
+                    ])  # fmt: skip
+    ld = _load("loader")
+    if ld:
+        rows.append([
+            "3. loader / train step (images/s)",
+            f"{ld['loader_images_per_s']:.0f} / {ld['step_images_per_s']:.0f} = "
+            f"{ld['ratio']:.0f}×",
+            "≥ 5×",
+        ])  # fmt: skip
+    r = _load("runners")
+    if r:
+        cases = r["cases"]
+
+        def step(key):
+            return common.median(cases[key]["step"]) if "step" in cases.get(key, {}) else None
+
+        for n in (1, 2):
+            a, b = step(f"pmap/{n}"), step(f"shard_map/{n}")
+            if a and b:
+                rows.append([f"4. shard_map / pmap step, {n} device(s)", f"{b / a:.2f}×", "–"])
+    rp = _load("reproduce")
+    if rp:
+        errors: dict[str, list[float]] = {}
+        for run in rp["results"]:
+            if "failed" not in run:
+                errors.setdefault(run["name"], []).append(run["test_error_precise_bn"])
+
+        def mean(name):
+            xs = errors.get(name, [])
+            return f"{sum(xs) / len(xs):.1f}" if xs else "–"
+
+        names = ("base", "no warmup", "constant warmup", "gradual warmup")
+        for suffix, label in (("", "γ = 0"), (", γ=1", "γ = 1")):
+            rows.append([
+                f"5. Table 1 test error %, {label} (base / no / constant / gradual warmup)",
+                " / ".join(mean(n + suffix) for n in names),
+                "–",
+            ])  # fmt: skip
+        rows.append(["5. `make reproduce` time", f"{rp['elapsed_s'] / 60:.1f} min", "≤ 20 min"])
+    lines += [common.md_table(["measurement", "result", "target"], rows), ""]
+    if elapsed:
+        lines.append(
+            "Last `make bench`: "
+            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in elapsed.items())
+            + f"; total {sum(elapsed.values()) / 60:.1f} min."
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default=",".join(FAMILIES))
+    args = parser.parse_args()
+    ensure_skeleton()
+    elapsed = {}
+    failed = []
+    for name in args.only.split(","):
+        argv, timeout = FAMILIES[name]
+        print(f"== {name}: {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        cmd = ["timeout", "-s", "KILL", str(timeout), common.PYTHON, *argv]
+        proc = subprocess.run(cmd, cwd=common.ROOT, env=common.worker_env())
+        elapsed[name] = time.perf_counter() - t0
+        print(f"== {name}: exit {proc.returncode}, {elapsed[name]:.0f} s", flush=True)
+        if proc.returncode:
+            failed.append(name)
+    common.RESULTS.mkdir(exist_ok=True)
+    (common.RESULTS / "run_all.json").write_text(json.dumps({"elapsed": elapsed}))
+    common.update_section("summary", summary(elapsed))
+    print(f"BENCHMARKS.md updated; total {sum(elapsed.values()):.0f} s")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
