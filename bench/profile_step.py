@@ -105,21 +105,7 @@ def profile_jax(args, num_steps: int = 3) -> dict:
     import jax
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from bench import jax_steps
-    from train import steps
-
-    config = jax_steps.config_for(
-        dataset=vs_torch.DATASETS[(args.image, args.channels)],
-        model=args.model,
-        num_filters=args.width,
-        batch_size=args.batch,
-        dtype=args.dtype,
-    )
-    setup = jax_steps.build(config, stem=args.stem)
-    fn, state = jax_steps.step_fn("full", setup)
-    runner = steps.RUNNERS[config.runner](jax.devices()[:1])
-    images, labels = vs_torch._batch(args)
-    stepper = jax_steps.Stepper(runner, fn, state, {"image": images[None], "label": labels[None]})
+    setup, stepper = vs_torch.jax_stepper(args)
     hlo = stepper.step.lower(stepper.state, stepper.batch).compile().as_text()
     instructions = _hlo_instructions(hlo)
     kernel_shapes = {

@@ -82,7 +82,9 @@ def _time(step, args) -> dict:
     }
 
 
-def jax_worker(args) -> dict:
+def jax_stepper(args):
+    """(setup, stepper): the full-recipe step of the model `args` describe, on one device, with
+    its fixed batch."""
     import jax
 
     from bench import jax_steps
@@ -100,7 +102,13 @@ def jax_worker(args) -> dict:
     runner = steps.RUNNERS[config.runner](jax.devices()[:1])
     images, labels = _batch(args)
     batch = {"image": images[None], "label": labels[None]}
-    stepper = jax_steps.Stepper(runner, fn, state, batch)
+    return setup, jax_steps.Stepper(runner, fn, state, batch)
+
+
+def jax_worker(args) -> dict:
+    import jax
+
+    setup, stepper = jax_stepper(args)
     train_step = stepper.step
 
     def step():
