@@ -7,7 +7,7 @@ initialisers, ResNets and the optimizer builder. Datasets and the input pipeline
 """
 
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
-from recipe.losses import cross_entropy, per_example_cross_entropy, smooth_labels
+from recipe.losses import cross_entropy, l2_penalty, per_example_cross_entropy, smooth_labels
 from recipe.masks import DecayReport, decay_report, weight_decay_mask
 from recipe.models import MODEL_NAMES, BatchNorm, ResNet, create_model
 from recipe.optim import Optimizer, build_optimizer, current_learning_rate, goyal_sgd
@@ -49,6 +49,7 @@ __all__ = [
     "goyal_schedule",
     "goyal_sgd",
     "gradual_warmup",
+    "l2_penalty",
     "per_example_cross_entropy",
     "polynomial_decay",
     "scaled_learning_rate",

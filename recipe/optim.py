@@ -7,25 +7,38 @@
 Because optax's momentum buffer `u` holds gradients, not learning-rate-scaled updates, a change
 of η_t needs no momentum correction (Remark 2): the update already equals Goyal's corrected
 form v ← m · (η_{t+1}/η_t) · v + η_{t+1} · g.
+
+The decay λ · mask ⊙ w can come from the optimizer (`optax.add_decayed_weights` in the chain, a
+drop-in optax transformation) or from the loss (`recipe.losses.l2_penalty`, Remark 1's own
+definition, and faster); `build_optimizer(..., weight_decay_in_loss=True)` gives the latter.
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from recipe import checks, masks, schedules
+from recipe import checks, losses, masks, schedules
 
 _INJECTED_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
 
 class Optimizer(NamedTuple):
-    """An optax transformation with the learning-rate schedule that drives it."""
+    """An optax transformation with the learning-rate schedule that drives it.
+
+    Attributes:
+      tx: the optimizer.
+      schedule: its learning-rate schedule.
+      loss_penalty: None if `tx` applies the weight decay; otherwise `tx` has none and the loss
+        must add `loss_penalty(params)`, the masked (λ/2)·Σ‖w‖² (`recipe.losses.l2_penalty`).
+    """
 
     tx: optax.GradientTransformation
     schedule: schedules.GoyalSchedule
+    loss_penalty: Callable[[Any], jax.Array] | None = None
 
 
 def goyal_sgd(
@@ -46,7 +59,8 @@ def goyal_sgd(
 
     Args:
       learning_rate: a float or a schedule of the update count.
-      weight_decay: λ >= 0 (1e-4 in the paper).
+      weight_decay: λ >= 0 (1e-4 in the paper); with 0 the chain has no decay step at all
+        (use this when the loss carries the decay, `recipe.losses.l2_penalty`).
       weight_decay_mask: a bool pytree or callable (see `recipe.masks.weight_decay_mask`);
         None decays every parameter.
       momentum: m in [0, 1) (0.9 in the paper).
@@ -63,12 +77,13 @@ def goyal_sgd(
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     checks.check_positive_int("accumulation_steps", accumulation_steps)
-    tx = optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        optax.inject_hyperparams(optax.sgd)(
-            learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
-        ),
+    sgd = optax.inject_hyperparams(optax.sgd)(
+        learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
     )
+    if weight_decay > 0:
+        tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask), sgd)
+    else:  # no per-parameter work for a decay of zero (e.g. when the loss carries it)
+        tx = optax.chain(sgd)
     if accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps).gradient_transformation()
     return tx
@@ -112,6 +127,7 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = True,
     accumulation_steps: int = 1,
+    weight_decay_in_loss: bool = False,
 ) -> Optimizer:
     """The whole §5.1 optimizer for a model: schedule, BN-free weight-decay mask, Nesterov SGD.
 
@@ -130,9 +146,12 @@ def build_optimizer(
         decay_factor: see `recipe.schedules.goyal_schedule`.
       weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`.
       decay_bias: False excludes biases from weight decay too.
+      weight_decay_in_loss: False puts the masked decay in `tx`; True leaves it out of `tx`
+        and returns it as `loss_penalty`, for the train step to add to its loss (same updates;
+        what `python -m train` does).
 
     Returns:
-      `Optimizer(tx, schedule)`.
+      `Optimizer(tx, schedule, loss_penalty)`.
     """
     checks.check_positive_int("accumulation_steps", accumulation_steps)
     checks.check_positive_int("steps_per_epoch", steps_per_epoch)
@@ -154,12 +173,17 @@ def build_optimizer(
         decay_epochs=decay_epochs,
         decay_factor=decay_factor,
     )
+    mask = masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias)
     tx = goyal_sgd(
         schedule,
-        weight_decay=weight_decay,
-        weight_decay_mask=masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias),
+        weight_decay=0.0 if weight_decay_in_loss else weight_decay,
+        weight_decay_mask=None if weight_decay_in_loss else mask,
         momentum=momentum,
         nesterov=nesterov,
         accumulation_steps=accumulation_steps,
     )
-    return Optimizer(tx=tx, schedule=schedule)
+    loss_penalty = None
+    if weight_decay_in_loss:
+        checks.check_non_negative("weight_decay", weight_decay)
+        loss_penalty = functools.partial(losses.l2_penalty, weight_decay=weight_decay, mask=mask)
+    return Optimizer(tx=tx, schedule=schedule, loss_penalty=loss_penalty)

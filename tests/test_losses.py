@@ -201,3 +201,34 @@ def test_remark3_gradients_pmean_equals_global_gradient():
     expected = x.astype(np.float64).T @ (p - q) / (k * n)
     for i in range(k):
         np.testing.assert_allclose(np.asarray(local[i], np.float64), expected, rtol=1e-4, atol=1e-6)
+
+
+L2_PARAMS = {
+    "conv": {"kernel": np.arange(6.0, dtype=np.float32).reshape(2, 3) - 2.0},
+    "bn": {"scale": np.array([1.5, -0.5], np.float32), "bias": np.array([0.25, 2.0], np.float32)},
+}
+L2_MASK = {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False}}
+
+
+@pytest.mark.parametrize("mask", [None, L2_MASK, lambda params: L2_MASK], ids=["all", "tree", "fn"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4, 0.3])
+def test_l2_penalty_value_and_gradient(mask, weight_decay):
+    params = jax.tree.map(jnp.asarray, L2_PARAMS)
+    flags = L2_MASK if mask is not None else jax.tree.map(lambda _: True, L2_PARAMS)
+    expected = 0.5 * weight_decay * sum(
+        np.sum(np.square(np.float64(w))) for w, on in zip(
+            jax.tree.leaves(L2_PARAMS), jax.tree.leaves(flags), strict=True
+        ) if on
+    )  # fmt: skip
+    np.testing.assert_allclose(float(losses.l2_penalty(params, weight_decay, mask)), expected)
+    # The gradient is optax.add_decayed_weights' term: λ·mask⊙w.
+    grads = jax.grad(losses.l2_penalty)(params, weight_decay, mask)
+    chex.assert_trees_all_close(
+        grads, jax.tree.map(lambda w, on: weight_decay * w * on, L2_PARAMS, flags), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("weight_decay", [-1e-4, float("nan"), float("inf")])
+def test_l2_penalty_rejects_bad_weight_decay(weight_decay):
+    with pytest.raises(ValueError, match=r"^weight_decay must be a finite number >= 0"):
+        losses.l2_penalty(L2_PARAMS, weight_decay)

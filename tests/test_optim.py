@@ -1,5 +1,6 @@
 """The optimizer: momentum form (Remark 2), coupled L2, accumulation, lr readout."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -317,3 +318,64 @@ def test_weight_decay_mask_respected():
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(np.asarray(updates["a"]), -0.05, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(updates["b"]), 0.0)
+
+
+def test_zero_weight_decay_leaves_no_decay_step():
+    params = {"w": jnp.ones(2)}
+    tx = optim.goyal_sgd(0.1, weight_decay=0.0, weight_decay_mask={"w": True})
+    state = tx.init(params)
+    assert len(state) == 1, "the chain should hold the SGD alone"
+    updates, _ = tx.update(params, state, params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), -0.19, rtol=1e-6)  # −η·(1 + m)·g
+
+
+@pytest.mark.parametrize("a", [1, 2])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_weight_decay_in_loss_gives_the_same_updates(nesterov, a):
+    """Decay in the optimizer vs `loss_penalty` added to the loss: the same weights."""
+    variables = _variables()
+    rng = np.random.default_rng(0)
+    targets = jax.tree.map(
+        lambda w: jnp.asarray(rng.standard_normal(w.shape), w.dtype), variables["params"]
+    )
+
+    def loss(params):  # a quadratic pulling every parameter to its target
+        pairs = zip(jax.tree.leaves(params), jax.tree.leaves(targets), strict=True)
+        return sum(jnp.sum(jnp.square(p - t)) for p, t in pairs)
+
+    def train(weight_decay, weight_decay_in_loss):
+        opt = optim.build_optimizer(
+            variables,
+            batch_size=256,
+            steps_per_epoch=4 * a,
+            epochs=2,
+            warmup_epochs=1,
+            decay_epochs=(1.5,),
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            accumulation_steps=a,
+            weight_decay_in_loss=weight_decay_in_loss,
+        )
+        assert (opt.loss_penalty is not None) == weight_decay_in_loss
+
+        def objective(params):
+            return loss(params) + (opt.loss_penalty(params) if weight_decay_in_loss else 0.0)
+
+        @jax.jit
+        def step(params, state):
+            updates, state = opt.tx.update(jax.grad(objective)(params), state, params)
+            return optax.apply_updates(params, updates), state
+
+        params, state = variables["params"], opt.tx.init(variables["params"])
+        for _ in range(8 * a):
+            params, state = step(params, state)
+        return params, float(optim.current_learning_rate(state))
+
+    in_tx, lr_tx = train(0.05, weight_decay_in_loss=False)
+    in_loss, lr_loss = train(0.05, weight_decay_in_loss=True)
+    undecayed, _ = train(0.0, weight_decay_in_loss=False)
+    assert lr_tx == lr_loss
+    chex.assert_trees_all_close(in_loss, in_tx, rtol=1e-6, atol=1e-7)
+    # The decay acted on the Dense kernels and left BN's γ/β alone.
+    assert np.max(np.abs(in_loss["layers_0"]["kernel"] - undecayed["layers_0"]["kernel"])) > 1e-3
+    chex.assert_trees_all_close(in_loss["layers_1"], undecayed["layers_1"], rtol=1e-6)
