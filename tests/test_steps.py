@@ -23,7 +23,7 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def _setup(bn_scope: str):
+def _setup(bn_scope: str, weight_decay_in_loss: bool = True):
     model = models.create_model(
         "resnet8",
         num_classes=10,
@@ -39,6 +39,8 @@ def _setup(bn_scope: str):
         base_lr=0.4,
         warmup_epochs=1,
         decay_epochs=(1.5,),
+        weight_decay=0.01,
+        weight_decay_in_loss=weight_decay_in_loss,
     )
     step = functools.partial(
         steps.train_step,
@@ -46,6 +48,7 @@ def _setup(bn_scope: str):
         tx=optimizer.tx,
         label_smoothing=0.1,
         skip_nonfinite=False,
+        loss_penalty=optimizer.loss_penalty,
     )
     return steps.TrainState.create(variables, optimizer.tx), step
 
@@ -127,3 +130,14 @@ def test_skip_nonfinite_keeps_the_old_state():
     )
     assert float(steps.fetch_first(metrics)["finite"]) == 0.0
     chex.assert_trees_all_equal(jax.device_get(new_state), jax.device_get(device_state))
+
+
+def test_weight_decay_in_the_loss_or_the_optimizer_trains_the_same():
+    """The trainer's L2-in-the-loss step and `goyal_sgd`'s decay in the optax chain."""
+    runner = steps.pmap_runner(jax.devices()[:NUM_DEVICES])
+    in_loss, in_loss_losses = _run(runner, *_setup("device", weight_decay_in_loss=True), 3)
+    in_tx, in_tx_losses = _run(runner, *_setup("device", weight_decay_in_loss=False), 3)
+    np.testing.assert_allclose(in_loss_losses, in_tx_losses, rtol=1e-6)
+    chex.assert_trees_all_close(
+        steps.fetch_first(in_loss.params), steps.fetch_first(in_tx.params), rtol=1e-5, atol=1e-6
+    )

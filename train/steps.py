@@ -64,6 +64,7 @@ def train_step(
     tx: optax.GradientTransformation,
     label_smoothing: float,
     skip_nonfinite: bool,
+    loss_penalty: Callable[[Any], jax.Array] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
 
@@ -75,10 +76,13 @@ def train_step(
       label_smoothing: ε of the loss.
       skip_nonfinite: if the global loss or any update is not finite, keep the old state (as
         dynamic loss scaling does) instead of applying the update.
+      loss_penalty: a function of the parameters added to the loss that is differentiated
+        (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
 
     Returns:
-      The new state and metrics averaged over all devices: loss, accuracy, learning_rate and
-      `finite` (1.0 if the update was finite).
+      The new state and metrics averaged over all devices: loss (the label-smoothed
+      cross-entropy, without the penalty), accuracy, learning_rate and `finite` (1.0 if the
+      update was finite).
     """
 
     def loss_fn(params):
@@ -89,9 +93,12 @@ def train_step(
             mutable=["batch_stats"],
         )
         loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
-        return loss, (logits, new_model_state["batch_stats"])
+        objective = loss if loss_penalty is None else loss + loss_penalty(params)
+        return objective, (loss, logits, new_model_state["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     grads = lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(
