@@ -3,14 +3,18 @@ full recipe, built exactly as `train.trainer.build` builds it, and stripped-down
 
 Variants (each a per-device function mapped by a `train.steps` runner, state donated):
 
-* ``full``: `steps.train_step` with `recipe.optim.build_optimizer` (gradual warmup + step decay
-  schedule, Nesterov, weight decay masked off BN), label smoothing 0.1, the Goyal init
-  (zero-γ last BN) — what `python -m train` runs.
+* ``full``: `steps.train_step` with `recipe.optim.build_optimizer(..., weight_decay_in_loss=True)`
+  (gradual warmup + step decay schedule, Nesterov, weight decay masked off BN as an L2 term of
+  the loss), label smoothing 0.1, the Goyal init (zero-γ last BN) — what `python -m train` runs.
 * ``bare``: plain `optax.sgd(0.1, momentum=0.9)` (constant lr, no weight decay, no mask),
   `optax.softmax_cross_entropy_with_integer_labels`, γ = 1 everywhere, loss as the only metric.
 * the ladder between them, adding one piece at a time to ``bare``: ``+smoothing`` (the
-  recipe's label-smoothed loss), ``+decay_mask`` (masked coupled weight decay, Nesterov),
-  ``+schedule`` (the Goyal schedule through `inject_hyperparams`: the recipe's optimizer).
+  recipe's label-smoothed loss), ``+decay_mask`` (masked coupled weight decay in the loss,
+  Nesterov), ``+schedule`` (the Goyal schedule through `inject_hyperparams`: the recipe's
+  optimizer).
+
+`build(config, weight_decay_in_loss=False)` gives ``full`` with the decay in the optax chain
+instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates.
 """
 
 import dataclasses
@@ -55,7 +59,11 @@ class Setup:
 
 
 def build(
-    config: ml_collections.ConfigDict, *, stem: str | None = None, zero_init_last_bn=None
+    config: ml_collections.ConfigDict,
+    *,
+    stem: str | None = None,
+    zero_init_last_bn=None,
+    weight_decay_in_loss: bool = True,
 ) -> Setup:
     """What `train.trainer.build` resolves (model, variables, optimizer), plus a `stem` override
     (the config has none: the 'CIFAR ResNet-18' of the torch comparison needs stem='cifar')."""
@@ -82,11 +90,12 @@ def build(
         steps_per_epoch=pipeline.steps_per_epoch(spec.num_train, config.batch_size),
         epochs=config.num_epochs,
         accumulation_steps=config.accumulation_steps,
+        weight_decay_in_loss=weight_decay_in_loss,
     )
     return Setup(model, variables, optimizer, image_shape, spec.num_classes, config.label_smoothing)
 
 
-def _ladder_step(state, batch, *, model, tx, label_smoothing):
+def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
     """`bare` and the ladder: the minimal data-parallel step (loss is the only metric)."""
 
     def loss_fn(params):
@@ -100,6 +109,8 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing):
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         else:
             loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
+        if loss_penalty is not None:
+            loss = loss + loss_penalty(params)
         return loss, new_model_state["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -117,29 +128,34 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing):
 def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
     """(per-device step function, initial host TrainState) of a variant."""
     if variant == "full":
-        tx = setup.optimizer.tx
+        optimizer = setup.optimizer
         fn = functools.partial(
             steps.train_step,
             model=setup.model,
-            tx=tx,
+            tx=optimizer.tx,
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
+            loss_penalty=optimizer.loss_penalty,
         )
-        return fn, steps.TrainState.create(setup.variables, tx)
+        return fn, steps.TrainState.create(setup.variables, optimizer.tx)
     base = bare_setup or setup
-    mask = masks.weight_decay_mask(base.variables)
+    penalty = None
     if variant in ("bare", "+smoothing"):
         tx = optax.sgd(0.1, momentum=0.9)
     elif variant == "+decay_mask":
-        tx = optim.goyal_sgd(0.1, weight_decay=1e-4, weight_decay_mask=mask)
+        tx = optim.goyal_sgd(0.1, weight_decay=0.0)
+        mask = masks.weight_decay_mask(setup.variables)
+        penalty = functools.partial(losses.l2_penalty, weight_decay=1e-4, mask=mask)
     elif variant == "+schedule":
-        tx = setup.optimizer.tx
+        tx, penalty = setup.optimizer.tx, setup.optimizer.loss_penalty
     else:
         raise ValueError(variant)
     smoothing = None if variant == "bare" else setup.label_smoothing
     model = base.model if variant == "bare" else setup.model
     variables = base.variables if variant == "bare" else setup.variables
-    fn = functools.partial(_ladder_step, model=model, tx=tx, label_smoothing=smoothing)
+    fn = functools.partial(
+        _ladder_step, model=model, tx=tx, label_smoothing=smoothing, loss_penalty=penalty
+    )
     return fn, steps.TrainState.create(variables, tx)
 
 
@@ -166,98 +182,3 @@ class Stepper:
     def __call__(self) -> None:
         self.state, metrics = self.step(self.state, self.batch)
         jax.block_until_ready((self.state, metrics))
-
-
-def all_finite_fused(tree: Any) -> jax.Array:
-    """True iff every leaf is finite, as one fused reduction over the concatenated leaves
-    (instead of one reduction per leaf, as `train.steps.train_step` does)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in leaves])))
-
-
-def train_step_prototype(
-    state, batch, *, model, tx, label_smoothing, finite: str, l2: tuple[float, Any] | None = None
-):
-    """`train.steps.train_step` (skip_nonfinite=False) with the `finite` metric (are the loss and
-    every update finite?) computed per leaf as there ('per_leaf'), as one fused reduction over
-    the concatenated updates ('fused'), or on the loss only ('none'). With `l2 = (λ, mask)`,
-    the coupled weight decay is the gradient of (λ/2)·Σ_masked ‖w‖² added to the loss (Remark
-    1's definition) instead of `optax.add_decayed_weights` in `tx`: the same update.
-    A bench-only prototype of a possible change to train/steps.py."""
-
-    def loss_fn(params):
-        logits, new_model_state = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
-        objective = loss
-        if l2 is not None:
-            weight_decay, mask = l2
-            decayed = [
-                jnp.sum(jnp.square(p))
-                for p, m in zip(
-                    jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask), strict=True
-                )
-                if m
-            ]
-            objective = loss + 0.5 * weight_decay * sum(decayed)
-        return objective, (loss, logits, new_model_state["batch_stats"])
-
-    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    grads = lax.pmean(grads, steps.AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = steps.TrainState(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
-        opt_state=opt_state,
-    )
-    metrics = {
-        "loss": lax.pmean(loss, steps.AXIS),
-        "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), steps.AXIS),
-        "learning_rate": optim.current_learning_rate(opt_state),
-    }
-    if finite == "per_leaf":
-        ok = jnp.isfinite(metrics["loss"]) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)])
-        )
-    elif finite == "fused":
-        ok = jnp.isfinite(metrics["loss"]) & all_finite_fused(updates)
-    else:
-        ok = jnp.isfinite(metrics["loss"])
-    metrics["finite"] = ok.astype(jnp.float32)
-    return new_state, metrics
-
-
-def prototype_fn(finite: str, setup: Setup, l2_in_loss: bool = False):
-    """A prototype step of the full recipe; with `l2_in_loss`, `recipe.optim.goyal_sgd`'s chain
-    without its `add_decayed_weights` (the same schedule, momentum and Nesterov), the decay
-    moved into the loss."""
-    tx, l2 = setup.optimizer.tx, None
-    if l2_in_loss:
-        config = default.get_config().optimizer
-        tx = _without_decay(setup.optimizer.schedule, config)
-        l2 = (config.weight_decay, masks.weight_decay_mask(setup.variables))
-    fn = functools.partial(
-        train_step_prototype,
-        model=setup.model,
-        tx=tx,
-        label_smoothing=setup.label_smoothing,
-        finite=finite,
-        l2=l2,
-    )
-    return fn, steps.TrainState.create(setup.variables, tx)
-
-
-def _without_decay(schedule, config) -> optax.GradientTransformation:
-    """`goyal_sgd`'s SGD (learning rate readable by `optim.current_learning_rate`), no decay."""
-    return optax.chain(
-        optax.inject_hyperparams(optax.sgd)(
-            learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov
-        )
-    )

@@ -6,7 +6,8 @@ against images/s the default train step consumes.
   prefetch) and do nothing else with the batches;
 * step alone: the default full-recipe step (`train.steps.train_step`, pmap runner, one CPU
   device) on a fixed batch already on the device;
-* both: the trainer's inner loop (next batch → `runner.put` → step, waiting every step), i.e.
+* both: the trainer's loop (next batch → `runner.prefetch`, which puts it on the device while
+  the previous step runs → step; metrics fetched every `config.sync_every_steps` steps), i.e.
   how much of the step's speed survives the loader competing for the same two cores.
 
     python -m bench.loader [--batches 93] [--no-write]     # from the repository root
@@ -68,16 +69,20 @@ def measure(args) -> dict:
     step_s = common.median(wall["step"])
     step_ips = config.batch_size / step_s
 
-    # Both: the trainer's loop body, waiting every step.
-    iterator = batches(args.steps + 3)
+    # Both: the trainer's loop, as `train.trainer._train` runs it.
+    device_batches = runner.prefetch(map(trainer._model_inputs, batches(args.steps + 3)))
     for _ in range(3):
-        b = next(iterator)
-        stepper.state, m = stepper.step(stepper.state, runner.put(trainer._model_inputs(b)))
-        jax.block_until_ready(m)
+        stepper.state, metrics = stepper.step(stepper.state, next(device_batches))
+        jax.block_until_ready(metrics)
+    pending = []
     t0 = time.perf_counter()
-    for b in iterator:
-        stepper.state, m = stepper.step(stepper.state, runner.put(trainer._model_inputs(b)))
-        jax.block_until_ready(m)
+    for batch in device_batches:
+        stepper.state, metrics = stepper.step(stepper.state, batch)
+        pending.append(metrics)
+        if len(pending) >= config.sync_every_steps:
+            jax.block_until_ready(pending)
+            pending.clear()
+    jax.block_until_ready((stepper.state, pending))
     both_ips = args.steps * config.batch_size / (time.perf_counter() - t0)
 
     return {
@@ -93,6 +98,7 @@ def measure(args) -> dict:
         "ratio": loader_ips / step_ips,
         "loop_images_per_s": both_ips,
         "loop_vs_step": both_ips / step_ips,
+        "sync_every_steps": config.sync_every_steps,
     }
 
 
@@ -103,7 +109,8 @@ def render(r: dict) -> str:
          f"{1e3 * r['batch_size'] / r['loader_images_per_s']:.1f}"],
         ["train step alone (full recipe, batch on device)", f"{r['step_images_per_s']:.0f}",
          f"{r['step_ms']:.1f}"],
-        ["trainer loop body: next batch → `runner.put` → step", f"{r['loop_images_per_s']:.0f}",
+        ["trainer loop: loader → `runner.prefetch` → step, metrics fetched every "
+         f"{r['sync_every_steps']} steps", f"{r['loop_images_per_s']:.0f}",
          f"{1e3 * r['batch_size'] / r['loop_images_per_s']:.1f}"],
     ]  # fmt: skip
     return "\n".join([
