@@ -140,12 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=93)  # 3 epochs of 31 batches
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
+    )
     args = parser.parse_args()
     result = measure(args)
-    common.RESULTS.mkdir(exist_ok=True)
-    (common.RESULTS / "loader.json").write_text(json.dumps(result, indent=1))
     if not args.no_write:
+        common.RESULTS.mkdir(exist_ok=True)
+        (common.RESULTS / "loader.json").write_text(json.dumps(result, indent=1))
         common.update_section("loader", render(result))
     print(render(result))
 

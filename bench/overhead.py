@@ -142,12 +142,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-checks", action="store_true", help="time the ladder alone")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
+    )
     args = parser.parse_args()
     result = measure(args.rounds, args.warmup, not args.no_checks)
-    common.RESULTS.mkdir(exist_ok=True)
-    (common.RESULTS / "overhead.json").write_text(json.dumps(result, indent=1))
     if not args.no_write:
+        common.RESULTS.mkdir(exist_ok=True)
+        (common.RESULTS / "overhead.json").write_text(json.dumps(result, indent=1))
         common.update_section("overhead", render(result))
     print(render(result))
 

@@ -148,12 +148,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
+    )
     args = parser.parse_args()
     result = measure(args.rounds, args.steps)
-    common.RESULTS.mkdir(exist_ok=True)
-    (common.RESULTS / "runners.json").write_text(json.dumps(result, indent=1))
     if not args.no_write:
+        common.RESULTS.mkdir(exist_ok=True)
+        (common.RESULTS / "runners.json").write_text(json.dumps(result, indent=1))
         common.update_section("runners", render(result))
     print(render(result))
 

@@ -440,12 +440,14 @@ def main() -> None:
     parser = _argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one round (development)")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
+    )
     args = parser.parse_args()
     result = measure(args.quick, tuple(args.models.split(",")))
-    common.RESULTS.mkdir(exist_ok=True)
-    (common.RESULTS / "vs_torch.json").write_text(json.dumps(result, indent=1))
     if not args.no_write:
+        common.RESULTS.mkdir(exist_ok=True)
+        (common.RESULTS / "vs_torch.json").write_text(json.dumps(result, indent=1))
         common.update_section("vs_torch", render(result))
     print(render(result))
 
