@@ -203,6 +203,16 @@ def update_section(name: str, text: str, path: pathlib.Path = BENCHMARKS_MD) -> 
     path.write_text(content)
 
 
+NO_WRITE_HELP = "print only: leave bench/results and BENCHMARKS.md as they are"
+
+
+def publish(name: str, result: dict, text: str) -> None:
+    """Saves a section's numbers as bench/results/<name>.json and its text in BENCHMARKS.md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    update_section(name, text)
+
+
 def md_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

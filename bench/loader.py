@@ -135,21 +135,16 @@ def render(r: dict) -> str:
 
 
 def main() -> None:
-    import json
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=93)  # 3 epochs of 31 batches
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument(
-        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
-    )
+    parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     args = parser.parse_args()
     result = measure(args)
+    text = render(result)
     if not args.no_write:
-        common.RESULTS.mkdir(exist_ok=True)
-        (common.RESULTS / "loader.json").write_text(json.dumps(result, indent=1))
-        common.update_section("loader", render(result))
-    print(render(result))
+        common.publish("loader", result, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ step's time in the same round (95% bootstrap interval), for wall-clock and for C
 
 import argparse
 import functools
-import json
 import sys
 import time
 
@@ -142,16 +141,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-checks", action="store_true", help="time the ladder alone")
-    parser.add_argument(
-        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
-    )
+    parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     args = parser.parse_args()
     result = measure(args.rounds, args.warmup, not args.no_checks)
+    text = render(result)
     if not args.no_write:
-        common.RESULTS.mkdir(exist_ok=True)
-        (common.RESULTS / "overhead.json").write_text(json.dumps(result, indent=1))
-        common.update_section("overhead", render(result))
-    print(render(result))
+        common.publish("overhead", result, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,6 @@ def render(result: dict) -> str:
 
 
 def main() -> None:
-    import json
-
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         parser = argparse.ArgumentParser()
         parser.add_argument("mode", choices=["worker"])
@@ -148,16 +146,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument(
-        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
-    )
+    parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     args = parser.parse_args()
     result = measure(args.rounds, args.steps)
+    text = render(result)
     if not args.no_write:
-        common.RESULTS.mkdir(exist_ok=True)
-        (common.RESULTS / "runners.json").write_text(json.dumps(result, indent=1))
-        common.update_section("runners", render(result))
-    print(render(result))
+        common.publish("runners", result, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -435,21 +435,17 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         return worker_main(sys.argv[1:])
     import argparse as _argparse
-    import json
 
     parser = _argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one round (development)")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument(
-        "--no-write", action="store_true", help="print only: leave bench/results and BENCHMARKS.md"
-    )
+    parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     args = parser.parse_args()
     result = measure(args.quick, tuple(args.models.split(",")))
+    text = render(result)
     if not args.no_write:
-        common.RESULTS.mkdir(exist_ok=True)
-        (common.RESULTS / "vs_torch.json").write_text(json.dumps(result, indent=1))
-        common.update_section("vs_torch", render(result))
-    print(render(result))
+        common.publish("vs_torch", result, text)
+    print(text)
 
 
 if __name__ == "__main__":
