@@ -209,7 +209,7 @@ NO_WRITE_HELP = "print only: leave bench/results and BENCHMARKS.md as they are"
 def publish(name: str, result: dict, text: str) -> None:
     """Saves a section's numbers as bench/results/<name>.json and its text in BENCHMARKS.md."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
     update_section(name, text)
 
 

@@ -12,8 +12,8 @@ Runs go two at a time, each pinned to one core (`taskset`), each under `timeout 
 
     python -m bench.reproduce                 # the whole table: writes BENCHMARKS.md section 5
                                               # and bench/reproduce_figure2.png
-    python -m bench.reproduce --seeds 1 --rows 'base|no warmup' \
-        --set '{"optimizer.base_lr": 0.2}' --no-write   # exploring other settings
+    python -m bench.reproduce --seeds 1 --rows 'base|no warmup' --no-write \
+        --set '{"optimizer.base_lr": 0.2}' --tag explore/lr02  # exploring other settings
     python -m bench.reproduce run --name X --seed 0 --workdir D --overrides '{...}'  # one run
 """
 
@@ -274,8 +274,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--set", default="{}", help="JSON overrides of SETTING (exploration)")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--tag", default="reproduce")
+    parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
+    parser.add_argument("--tag", help="also save the runs as bench/results/<tag>.json")
     args = parser.parse_args()
     setting = {**SETTING, **json.loads(args.set)}
     all_rows = rows(args.k)
@@ -284,7 +284,6 @@ def main() -> None:
     t0 = time.perf_counter()
     results = run_grid(selected, list(range(args.seeds)), setting, args.parallel, args.timeout)
     elapsed = time.perf_counter() - t0
-    RESULTS.mkdir(exist_ok=True)
     out = {
         "setting": setting,
         "k": args.k,
@@ -292,12 +291,15 @@ def main() -> None:
         "elapsed_s": elapsed,
         "machine": machine,
     }
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(out, indent=1, default=str))
+    if args.tag:
+        path = RESULTS / f"{args.tag}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1, default=str))
     summarize(out)
     print(f"total {elapsed:.0f} s")
     if not args.no_write:
         plot(out, FIGURE)
-        common.update_section("reproduce", render(out))
+        common.publish("reproduce", out, render(out))
         from bench import run_all
 
         common.update_section("summary", run_all.summary())
