@@ -21,7 +21,7 @@ test: lint
 	$(PY) -m pytest
 
 train: $(INSTALLED)
-	$(PY) -m train --config configs/default.py --workdir runs/default
+	$(PY) -m recipe.train --config recipe/configs/default.py --workdir runs/default
 
 # Benchmarks (BENCHMARKS.md sections 1–4; PyTorch comes from the `bench` extra) and the
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).

@@ -5,7 +5,8 @@ Variants (each a per-device function mapped by a `train.steps` runner, state don
 
 * ``full``: `steps.train_step` with `recipe.optim.build_optimizer(..., weight_decay_in_loss=True)`
   (gradual warmup + step decay schedule, Nesterov, weight decay masked off BN as an L2 term of
-  the loss), label smoothing 0.1, the Goyal init (zero-γ last BN) — what `python -m train` runs.
+  the loss), label smoothing 0.1, the Goyal init (zero-γ last BN) — what `python -m recipe.train`
+  runs.
 * ``bare``: plain `optax.sgd(0.1, momentum=0.9)` (constant lr, no weight decay, no mask),
   `optax.softmax_cross_entropy_with_integer_labels`, γ = 1 everywhere, loss as the only metric.
 * the ladder between them, adding one piece at a time to ``bare``: ``+smoothing`` (the
@@ -28,16 +29,16 @@ import numpy as np
 import optax
 from jax import lax
 
-from configs import default
 from recipe import losses, masks, models, optim
+from recipe.configs import default
 from recipe.data import datasets, pipeline
-from train import steps
+from recipe.train import steps
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
 
 def config_for(**overrides: Any) -> ml_collections.ConfigDict:
-    """configs/default.py with dotted-key overrides (e.g. {'optimizer.base_lr': 0.2})."""
+    """recipe/configs/default.py with dotted-key overrides (e.g. {'optimizer.base_lr': 0.2})."""
     config = default.get_config()
     for key, value in overrides.items():
         node = config

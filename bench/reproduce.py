@@ -1,12 +1,13 @@
 """5. Goyal et al. Table 1 (and the Table 2 zero-γ ablation) at small scale, on the embedded
 MNIST-5k, with Figure 2-style training-error curves.
 
-Every run is `train.trainer.train_and_evaluate` with config overrides (configs/default.py is the
-base). After training, BatchNorm statistics are recomputed over the training set ("precise BN":
-the mean of per-batch means and variances, batches the size of one device's training batch,
-no augmentation) and the test error is measured with them: BN running averages lag when an
-epoch has few steps at a high learning rate, which would blur the comparison. The curves are the
-training-mode error the trainer logs (on augmented batches, averaged over each log interval).
+Every run is `recipe.train.trainer.train_and_evaluate` with config overrides
+(recipe/configs/default.py is the base). After training, BatchNorm statistics are recomputed
+over the training set ("precise BN": the mean of per-batch means and variances, batches the
+size of one device's training batch, no augmentation) and the test error is measured with
+them: BN running averages lag when an epoch has few steps at a high learning rate, which would
+blur the comparison. The curves are the training-mode error the trainer logs (on augmented
+batches, averaged over each log interval).
 
 Runs go two at a time, each pinned to one core (`taskset`), each under `timeout -s KILL`.
 
@@ -95,7 +96,7 @@ def precise_bn_test_error(config, workdir: pathlib.Path) -> dict:
     import numpy as np
 
     from recipe.data import datasets, pipeline
-    from train import checkpoints, steps, trainer
+    from recipe.train import checkpoints, steps, trainer
 
     setup = trainer.build(config, 1)
     target = steps.TrainState.create(setup.variables, setup.optimizer.tx)
@@ -164,8 +165,8 @@ def precise_bn_test_error(config, workdir: pathlib.Path) -> dict:
 
 
 def run_one(name: str, seed: int, workdir: pathlib.Path, overrides: dict) -> dict:
-    from train import trainer
-    from train.metrics import read_metrics
+    from recipe.train import trainer
+    from recipe.train.metrics import read_metrics
 
     config = _config({**overrides, "seed": seed})
     steps_per_epoch = 4000 // config.batch_size

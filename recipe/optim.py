@@ -148,7 +148,7 @@ def build_optimizer(
       decay_bias: False excludes biases from weight decay too.
       weight_decay_in_loss: False puts the masked decay in `tx`; True leaves it out of `tx`
         and returns it as `loss_penalty`, for the train step to add to its loss (same updates;
-        what `python -m train` does).
+        what `python -m recipe.train` does).
 
     Returns:
       `Optimizer(tx, schedule, loss_penalty)`.

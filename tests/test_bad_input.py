@@ -7,7 +7,7 @@ import os
 import pytest
 import tiny_config as tiny
 
-from train import trainer
+from recipe.train import trainer
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recipe import models, optim
-from train import steps
+from recipe.train import steps
 
 NUM_DEVICES = 4
 BATCH = 16

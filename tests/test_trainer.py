@@ -9,8 +9,8 @@ import tiny_config as tiny
 from conftest import checkpoint_state
 from tensorboard.backend.event_processing import event_file_loader
 
-from train import trainer
-from train.metrics import read_metrics
+from recipe.train import trainer
+from recipe.train.metrics import read_metrics
 
 
 def test_run_writes_checkpoints_metrics_and_plots(finished_run):

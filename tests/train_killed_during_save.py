@@ -1,4 +1,5 @@
-"""`python -m train`, SIGKILLed while it writes the checkpoint of step $KILL_DURING_SAVE_OF_STEP.
+"""`python -m recipe.train`, SIGKILLed while writing the checkpoint of step
+$KILL_DURING_SAVE_OF_STEP.
 
 Orbax writes a step into a temporary directory and renames it when complete; this kills the
 process after the files are written and before the rename, the worst moment for a crash.
@@ -10,7 +11,7 @@ import signal
 from absl import app
 from orbax.checkpoint._src.path import atomicity
 
-from train.__main__ import main
+from recipe.train.__main__ import main
 
 _finalize = atomicity.AtomicRenameTemporaryPath.finalize
 

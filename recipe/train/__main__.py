@@ -1,4 +1,4 @@
-"""Command line: `python -m train --config configs/default.py --workdir runs/default`.
+"""Command line: `python -m recipe.train --config recipe/configs/default.py --workdir runs/default`.
 
 Any config field can be overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
 Exit status: 0 done; 2 bad input (config field, work dir, dataset not prepared, or a work dir
@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import checkpoints, preemption, trainer
+from recipe.train import checkpoints, preemption, trainer
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -54,5 +54,10 @@ def main(argv: list[str]) -> None:
         print(f"metrics: {workdir / 'metrics.jsonl'}  plots: {workdir / 'curves.png'}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `recipe-train` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

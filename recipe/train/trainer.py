@@ -21,8 +21,8 @@ from jax.experimental import multihost_utils
 
 from recipe import masks, models, optim
 from recipe.data import datasets, pipeline
-from train import checkpoints, config_checks, plots, preemption, steps
-from train.metrics import MetricsWriter, read_metrics
+from recipe.train import checkpoints, config_checks, plots, preemption, steps
+from recipe.train.metrics import MetricsWriter, read_metrics
 
 # Config fields that may change between a run and its resumption: they do not affect the result.
 RESUMABLE_FIELDS = (

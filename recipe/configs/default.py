@@ -4,8 +4,9 @@ Runs offline on 2 CPU cores in a few minutes with the full recipe: linear scalin
 warmup, step decay, Nesterov momentum, weight decay off BatchNorm, zero-γ init, per-device
 BatchNorm statistics and label smoothing.
 
-    python -m train --config configs/default.py --workdir runs/default
-    python -m train --config configs/default.py --config.batch_size=512 --workdir runs/bs512
+    python -m recipe.train --config recipe/configs/default.py --workdir runs/default
+    python -m recipe.train --config recipe/configs/default.py --config.batch_size=512 \
+        --workdir runs/bs512
 """
 
 import ml_collections

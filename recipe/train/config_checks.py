@@ -6,8 +6,8 @@ import pathlib
 
 import ml_collections
 
-from configs import default
 from recipe import checks, models
+from recipe.configs import default
 from recipe.data import datasets
 
 BN_SCOPES = ("device", "global", "ghost")
@@ -22,7 +22,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
     if unknown:
         raise ValueError(
             f"unknown config field(s) {', '.join(unknown)}; the fields are those of "
-            "configs/default.py"
+            "recipe/configs/default.py"
         )
     checks.check_choice("dataset", config.dataset, datasets.DATASET_NAMES)
     checks.check_choice("model", config.model, models.MODEL_NAMES)
