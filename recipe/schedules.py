@@ -11,7 +11,8 @@ The pieces:
 * warmups (§2.2): `gradual_warmup`, `constant_warmup`, and `warmup_multiplier_schedule` with the
   semantics of the study note's PyTorch `GradualWarmupScheduler`;
 * after-schedules: `step_decay`, `cosine_decay`, `polynomial_decay`;
-* `goyal_schedule`, the whole recipe from the global batch and the epoch counts (§5.1).
+* `goyal_schedule`, the whole recipe from the global batch and the epoch counts (§5.1), with
+  the polynomial decay of the MLPerf ResNet-50 LARS recipe as one more kind ('poly').
 
 Durations given in epochs are converted to steps in one place, `epochs_to_steps`.
 """
@@ -26,7 +27,7 @@ import optax
 from recipe import checks
 
 WARMUP_KINDS = ("gradual", "constant", "none")
-DECAY_KINDS = ("step", "cosine", "linear", "constant")
+DECAY_KINDS = ("step", "cosine", "linear", "poly", "constant")
 
 
 def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int = 256) -> float:
@@ -244,12 +245,14 @@ class GoyalSchedule:
     Attributes:
       base_lr: η, the learning rate at `base_batch_size`.
       peak_lr: kη = η · batch / base_batch (the linear scaling rule).
-      warmup_lr: where the warmup starts: η (kη if k < 1).
+      warmup_lr: where the warmup starts: η (kη if k < 1), or the `warmup_init_lr` asked for.
       warmup: 'gradual', 'constant' or 'none'.
       warmup_steps: updates spent in warmup.
-      decay: 'step', 'cosine', 'linear' or 'constant'.
+      decay: 'step', 'cosine', 'linear', 'poly' or 'constant'.
       decay_boundaries: absolute steps at which the 'step' decay multiplies by `decay_factor`.
       decay_factor: the 'step' decay multiplier.
+      poly_power: the 'poly' decay's power.
+      poly_end_lr: the learning rate the 'poly' decay reaches at `total_steps`.
       total_steps: updates in the whole run.
       steps_per_epoch: optimizer updates per epoch.
     """
@@ -262,6 +265,8 @@ class GoyalSchedule:
     decay: str
     decay_boundaries: tuple[int, ...]
     decay_factor: float
+    poly_power: float
+    poly_end_lr: float
     total_steps: int
     steps_per_epoch: int
     schedule: optax.Schedule = dataclasses.field(repr=False, compare=False)
@@ -282,6 +287,9 @@ def goyal_schedule(
     decay: str = "step",
     decay_epochs: Sequence[float] = (30, 60, 80),
     decay_factor: float = 0.1,
+    poly_power: float = 2.0,
+    poly_end_lr: float = 0.0,
+    warmup_init_lr: float | None = None,
 ) -> GoyalSchedule:
     """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
 
@@ -292,7 +300,15 @@ def goyal_schedule(
     * 'step': kη · `decay_factor`^i after the i-th of `decay_epochs` (absolute epochs, counted
       from the start of training, warmup included: Goyal's 30, 60, 80 of 90);
     * 'cosine' / 'linear': from kη to 0 over the epochs after warmup;
+    * 'poly': end + (kη − end) · (1 − s/S)^p over the S updates after warmup (s counted from the
+      end of warmup), with p = `poly_power` and end = `poly_end_lr`: the MLPerf ResNet-50 LARS
+      recipe's decay (p = 2, end 1e-4; mlcommons/training_results_v0.7, Google's JAX
+      submission, `polynomial_learning_rate_fn`); it reaches `poly_end_lr` at `total_steps`;
     * 'constant': kη.
+
+    The MLPerf recipe warms up from 0 (its peak is a per-batch-size table value, not linearly
+    scaled from a base batch): `warmup_init_lr=0` with `base_batch_size = batch_size` and
+    `base_lr` = the table's peak gives its schedule.
 
     Args:
       batch_size: global batch of one optimizer update (kn).
@@ -305,6 +321,9 @@ def goyal_schedule(
       decay: one of `DECAY_KINDS`.
       decay_epochs: for 'step', the epochs at which to decay.
       decay_factor: for 'step', the multiplier.
+      poly_power: for 'poly', the power p > 0 (2 in the MLPerf recipe; 1 is linear).
+      poly_end_lr: for 'poly', the final learning rate, in [0, kη].
+      warmup_init_lr: where the warmup starts; None: η, Goyal's start (kη if k < 1).
 
     Returns:
       A `GoyalSchedule`: callable on the step, and carrying the resolved numbers.
@@ -347,12 +366,25 @@ def goyal_schedule(
             if decay == "cosine"
             else polynomial_decay(peak_lr, decay_steps)
         )
+    elif decay == "poly":
+        checks.check_non_negative("poly_end_lr", poly_end_lr)
+        if poly_end_lr > peak_lr:
+            raise ValueError(
+                f"poly_end_lr must be a number in [0, {peak_lr:g}] (the peak learning rate), "
+                f"got {poly_end_lr!r}"
+            )
+        after = polynomial_decay(
+            peak_lr, max(total_steps - warmup_steps, 1), final_value=poly_end_lr, power=poly_power
+        )
     else:
         after = constant(peak_lr)
 
     # Warmup starts at η, the base batch's rate; a batch smaller than the base (k < 1) has
     # nothing to warm up to, so its warmup stays at kη instead of ramping down.
-    warmup_lr = min(base_lr, peak_lr)
+    if warmup_init_lr is None:
+        warmup_lr = min(base_lr, peak_lr)
+    else:
+        warmup_lr = checks.check_non_negative("warmup_init_lr", warmup_init_lr)
     if warmup == "gradual":
         schedule = gradual_warmup(warmup_lr, peak_lr, warmup_steps, after)
     elif warmup == "constant":
@@ -368,6 +400,8 @@ def goyal_schedule(
         decay=decay,
         decay_boundaries=boundaries,
         decay_factor=decay_factor,
+        poly_power=poly_power,
+        poly_end_lr=poly_end_lr,
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
         schedule=schedule,
