@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.typing import Dtype, Initializer
 
+from recipe import checks
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 
 LAST_BN_NAME = "bn_last"
@@ -40,8 +41,30 @@ LAST_BN_NAME = "bn_last"
 ModuleFactory = Callable[..., nn.Module]
 
 
+def device_groups(device_count: int, group_size: int) -> tuple[tuple[int, ...], ...]:
+    """Consecutive groups of `group_size` device indices: BN's `axis_index_groups`.
+
+    Ying et al. 2018 ("Image Classification at Supercomputer Scale") share BatchNorm
+    statistics within groups of replicas, so the BN batch stays near its best size whatever the
+    device count. The groups are consecutive indices along the mapped axis (neighbouring chips
+    on a TPU slice, the devices of a host).
+
+    Raises:
+        ValueError: If `group_size` is not a positive divisor of `device_count`.
+
+    >>> device_groups(4, 2)
+    ((0, 1), (2, 3))
+    """
+    checks.check_positive_int("group_size", group_size)
+    if device_count % group_size:
+        raise ValueError(
+            f"group_size must divide the device count {device_count}, got {group_size!r}"
+        )
+    return tuple(tuple(range(g, g + group_size)) for g in range(0, device_count, group_size))
+
+
 class BatchNorm(nn.Module):
-    """Batch normalisation with per-device, cross-device or ghost-batch statistics.
+    """Batch normalisation with per-device, cross-device, grouped or ghost-batch statistics.
 
     In training mode each feature (last axis) is normalised with statistics of the current batch:
 
@@ -55,6 +78,11 @@ class BatchNorm(nn.Module):
       computes BN statistics per worker over n = 32 examples, not across workers.
     * cross-device (``axis_name="batch"`` etc.): μ and E[x²] are ``lax.pmean``-ed over the named
       axis, so all devices share the statistics of the concatenated batch.
+    * groups of devices (``axis_name`` and ``axis_index_groups``, e.g. :func:`device_groups`;
+      under ``jax.pmap``, like Flax's ``BatchNorm``): each group of devices shares the
+      statistics of its concatenated batch (Ying et al. 2018). ``jax.shard_map`` supports no
+      ``axis_index_groups``: there, name the inner axis of a (groups, devices in a group) mesh
+      instead (``recipe.train.steps.shard_map_runner(bn_group_size=...)`` does).
     * ghost batches (``ghost_batch_size=n``): each group of n consecutive examples on this device
       is normalised with its own statistics, e.g. to keep Goyal's n = 32 while a device holds
       more. The running averages are updated with the mean over groups of the group means and
@@ -67,7 +95,10 @@ class BatchNorm(nn.Module):
     Attributes:
         use_running_average: Use the running averages instead of batch statistics; may instead
             be passed to ``__call__``.
-        axis_name: Mapped axis to average statistics over (cross-device BN), or None.
+        axis_name: Mapped axis (or axes) to average statistics over (cross-device BN), or None.
+        axis_index_groups: Groups of indices along ``axis_name`` that share statistics
+            (``lax.pmean``'s argument, as tuples so the module stays hashable), or None for
+            the whole axis.
         ghost_batch_size: Examples per ghost batch, or None; must divide the per-device batch.
             Cannot be combined with ``axis_name``.
         momentum: Decay of the running averages.
@@ -87,7 +118,8 @@ class BatchNorm(nn.Module):
     """
 
     use_running_average: bool | None = None
-    axis_name: str | None = None
+    axis_name: str | tuple[str, ...] | None = None
+    axis_index_groups: Sequence[Sequence[int]] | None = None
     ghost_batch_size: int | None = None
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -162,7 +194,9 @@ class BatchNorm(nn.Module):
         mean = groups.mean(reduction_axes, keepdims=True)
         mean_of_squares = jnp.square(groups).mean(reduction_axes, keepdims=True)
         if self.axis_name is not None:
-            mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
+            mean, mean_of_squares = jax.lax.pmean(
+                (mean, mean_of_squares), self.axis_name, axis_index_groups=self.axis_index_groups
+            )
         # E[x²] − E[x]² can round below zero.
         var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
         y = _normalize(groups, mean, var, scale, bias, self.epsilon).reshape(x.shape)
@@ -288,6 +322,8 @@ class ResNet(nn.Module):
             BN, ReLU).
         bn_axis_name: Axis name for cross-device BN statistics, or None for per-device
             statistics (Goyal §2.3).
+        bn_axis_index_groups: Groups of devices along ``bn_axis_name`` that share BN statistics
+            (:func:`device_groups`), or None for the whole axis.
         ghost_batch_size: Examples per BN ghost batch within a device, or None.
         bn_momentum: Momentum of the BN running averages (0.9, Goyal §2.3).
         dtype: Computation dtype (e.g. ``jnp.bfloat16``); params and BN statistics stay float32,
@@ -309,7 +345,8 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     num_filters: int = 64
     stem: str = "imagenet"
-    bn_axis_name: str | None = None
+    bn_axis_name: str | tuple[str, ...] | None = None
+    bn_axis_index_groups: Sequence[Sequence[int]] | None = None
     ghost_batch_size: int | None = None
     bn_momentum: float = 0.9
     dtype: Dtype = jnp.float32
@@ -341,6 +378,7 @@ class ResNet(nn.Module):
             BatchNorm,
             use_running_average=not train,
             axis_name=self.bn_axis_name,
+            axis_index_groups=self.bn_axis_index_groups,
             ghost_batch_size=self.ghost_batch_size,
             momentum=self.bn_momentum,
             dtype=self.dtype,
@@ -429,7 +467,8 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
         name: One of :data:`MODEL_NAMES`.
         **kwargs: Override any :class:`ResNet` field, e.g. ``num_classes``, ``num_filters``,
             ``stem="cifar"`` (an ImageNet ResNet for small images), ``dtype``,
-            ``bn_axis_name``, ``ghost_batch_size``, ``bn_momentum``, ``zero_init_last_bn``.
+            ``bn_axis_name``, ``bn_axis_index_groups``, ``ghost_batch_size``, ``bn_momentum``,
+            ``zero_init_last_bn``.
 
     Returns:
         The (unbound) :class:`ResNet`.
