@@ -83,12 +83,9 @@ def goyal_sgd(
     >>> float(current_learning_rate(state))
     0.10000000149011612
     """
-    checks.check_learning_rate("learning_rate", learning_rate)
-    if isinstance(learning_rate, np.generic):  # inject_hyperparams treats these as static
-        learning_rate = learning_rate.item()
+    learning_rate = _injectable_learning_rate(learning_rate)
     checks.check_non_negative("weight_decay", weight_decay)
     checks.check_interval("momentum", momentum, 0.0, 1.0, high_closed=False)
-    checks.check_positive_int("accumulation_steps", accumulation_steps)
     sgd = optax.inject_hyperparams(optax.sgd)(
         learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
     )
@@ -96,9 +93,7 @@ def goyal_sgd(
         tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask), sgd)
     else:  # no per-parameter work for a decay of zero (e.g. when the loss carries it)
         tx = optax.chain(sgd)
-    if accumulation_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps).gradient_transformation()
-    return tx
+    return _accumulated(tx, accumulation_steps)
 
 
 def lars(
@@ -148,9 +143,10 @@ def lars(
     >>> float(current_learning_rate(state))
     0.10000000149011612
     """
+    learning_rate = _injectable_learning_rate(learning_rate)
     checks.check_non_negative("weight_decay", weight_decay)
     checks.check_positive("trust_coefficient", trust_coefficient)
-    _check_momentum(momentum)
+    checks.check_interval("momentum", momentum, 0.0, 1.0, high_closed=False)
     mask = True if mask is None else mask
     tx = optax.inject_hyperparams(
         optax.lars, static_args=("weight_decay_mask", "trust_ratio_mask", "nesterov")
@@ -221,9 +217,10 @@ def lamb(
     >>> float(current_learning_rate(state))
     0.009999999776482582
     """
+    learning_rate = _injectable_learning_rate(learning_rate)
     checks.check_non_negative("weight_decay", weight_decay)
-    _check_momentum(b1, name="b1")
-    _check_momentum(b2, name="b2")
+    checks.check_interval("b1", b1, 0.0, 1.0, high_closed=False)
+    checks.check_interval("b2", b2, 0.0, 1.0, high_closed=False)
     checks.check_positive("eps", eps)
     tx = optax.inject_hyperparams(_masked_lamb, static_args=("mask",))(
         learning_rate=learning_rate,
@@ -236,9 +233,12 @@ def lamb(
     return _accumulated(tx, accumulation_steps)
 
 
-def _check_momentum(value: float, name: str = "momentum") -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+def _injectable_learning_rate(learning_rate: Any) -> Any:
+    """A checked learning rate `optax.inject_hyperparams` puts in the state (`learning_rate`
+    must be a finite number > 0 or a schedule starting at one; NumPy scalars become Python
+    numbers, which it would otherwise treat as static)."""
+    checks.check_learning_rate("learning_rate", learning_rate)
+    return learning_rate.item() if isinstance(learning_rate, np.generic) else learning_rate
 
 
 def _accumulated(
@@ -286,7 +286,6 @@ def build_optimizer(
     decay_factor: float = 0.1,
     poly_power: float = 2.0,
     poly_end_lr: float = 0.0,
-    warmup_init_lr: float | None = None,
     weight_decay: float = 1e-4,
     decay_bias: bool = True,
     momentum: float = 0.9,
@@ -315,8 +314,7 @@ def build_optimizer(
       batch_size: global batch of one micro-batch (all devices and hosts).
       steps_per_epoch: micro-batches per epoch, a multiple of `accumulation_steps`.
       epochs, base_lr, base_batch_size, warmup, warmup_epochs, decay, decay_epochs,
-        decay_factor, poly_power, poly_end_lr, warmup_init_lr: see
-        `recipe.schedules.goyal_schedule`.
+        decay_factor, poly_power, poly_end_lr: see `recipe.schedules.goyal_schedule`.
       weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`; for 'lamb',
         `momentum` is Adam's b1 and `nesterov` must be False.
       decay_bias: False excludes biases from weight decay too (and from the trust ratio).
@@ -362,7 +360,6 @@ def build_optimizer(
         decay_factor=decay_factor,
         poly_power=poly_power,
         poly_end_lr=poly_end_lr,
-        warmup_init_lr=warmup_init_lr,
     )
     mask = masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias)
     decay_in_tx = 0.0 if weight_decay_in_loss else weight_decay

@@ -325,7 +325,7 @@ class GoyalSchedule:
     Attributes:
       base_lr: η, the learning rate at `base_batch_size`.
       peak_lr: kη = η · batch / base_batch (the linear scaling rule).
-      warmup_lr: where the warmup starts: η (kη if k < 1), or the `warmup_init_lr` asked for.
+      warmup_lr: where the warmup starts: η (kη if k < 1).
       warmup: 'gradual', 'constant' or 'none'.
       warmup_steps: updates spent in warmup.
       decay: 'step', 'cosine', 'linear', 'poly' or 'constant'.
@@ -371,7 +371,6 @@ def goyal_schedule(
     decay_factor: float = 0.1,
     poly_power: float = 2.0,
     poly_end_lr: float = 0.0,
-    warmup_init_lr: float | None = None,
 ) -> GoyalSchedule:
     """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
 
@@ -389,10 +388,6 @@ def goyal_schedule(
       submission, `polynomial_learning_rate_fn`); it reaches `poly_end_lr` at `total_steps`;
     * 'constant': kη.
 
-    The MLPerf recipe warms up from 0 (its peak is a per-batch-size table value, not linearly
-    scaled from a base batch): `warmup_init_lr=0` with `base_batch_size = batch_size` and
-    `base_lr` = the table's peak gives its schedule.
-
     Args:
       batch_size: global batch of one optimizer update (kn).
       steps_per_epoch: optimizer updates per epoch.
@@ -407,7 +402,6 @@ def goyal_schedule(
       decay_factor: for 'step', the multiplier, in (0, 1].
       poly_power: for 'poly', the power p > 0 (2 in the MLPerf recipe; 1 is linear).
       poly_end_lr: for 'poly', the final learning rate, in [0, kη].
-      warmup_init_lr: where the warmup starts; None: η, Goyal's start (kη if k < 1).
 
     Returns:
       A `GoyalSchedule`: callable on the step, and carrying the resolved numbers.
@@ -461,10 +455,7 @@ def goyal_schedule(
 
     # Warmup starts at η, the base batch's rate; a batch smaller than the base (k < 1) has
     # nothing to warm up to, so its warmup stays at kη instead of ramping down.
-    if warmup_init_lr is None:
-        warmup_lr = min(base_lr, peak_lr)
-    else:
-        warmup_lr = checks.check_non_negative("warmup_init_lr", warmup_init_lr)
+    warmup_lr = min(base_lr, peak_lr)
     if warmup == "gradual":
         schedule = gradual_warmup(warmup_lr, peak_lr, warmup_steps, after)
     elif warmup == "constant":
