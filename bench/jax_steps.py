@@ -15,7 +15,9 @@ Variants (each a per-device function mapped by a `train.steps` runner, state don
   optimizer).
 
 `build(config, weight_decay_in_loss=False)` gives ``full`` with the decay in the optax chain
-instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates.
+instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates. Model
+overrides (`build(config, bn_axis_name=...)`) and `train_step` options (`step_fn("full", setup,
+noise_scale_ema=...)`) give the large-batch variants of section 1.
 """
 
 import dataclasses
@@ -62,16 +64,17 @@ class Setup:
 def build(
     config: ml_collections.ConfigDict,
     *,
-    stem: str | None = None,
     zero_init_last_bn=None,
     weight_decay_in_loss: bool = True,
+    **model_overrides: Any,
 ) -> Setup:
-    """What `train.trainer.build` resolves (model, variables, optimizer), plus a `stem` override
-    (the config has none: the 'CIFAR ResNet-18' of the torch comparison needs stem='cifar')."""
+    """What `train.trainer.build` resolves (model, variables, optimizer), plus model overrides
+    the config has no field for (the 'CIFAR ResNet-18' of the torch comparison needs
+    stem='cifar'; BN over device groups needs bn_axis_name and bn_axis_index_groups)."""
     spec = datasets.get_dataset_spec(config.dataset)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    kwargs = {"stem": stem} if stem else {}
+    kwargs = {k: v for k, v in model_overrides.items() if v is not None}
     model = models.create_model(
         config.model,
         num_classes=spec.num_classes,
@@ -96,7 +99,7 @@ def build(
     return Setup(model, variables, optimizer, image_shape, spec.num_classes, config.label_smoothing)
 
 
-def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
+def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty, axis_name=steps.AXIS):
     """`bare` and the ladder: the minimal data-parallel step (loss is the only metric)."""
 
     def loss_fn(params):
@@ -115,7 +118,7 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
         return loss, new_model_state["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, steps.AXIS)
+    grads = lax.pmean(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = steps.TrainState(
         step=state.step + 1,
@@ -123,11 +126,12 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
-    return new_state, {"loss": lax.pmean(loss, steps.AXIS)}
+    return new_state, {"loss": lax.pmean(loss, axis_name)}
 
 
-def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
-    """(per-device step function, initial host TrainState) of a variant."""
+def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None, **full_step_options):
+    """(per-device step function, initial host TrainState) of a variant; `full_step_options`
+    go to `train.steps.train_step` (e.g. `axis_name`, `noise_scale_ema`)."""
     if variant == "full":
         optimizer = setup.optimizer
         fn = functools.partial(
@@ -137,8 +141,10 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
+            **full_step_options,
         )
-        return fn, steps.TrainState.create(setup.variables, optimizer.tx)
+        ema = full_step_options.get("noise_scale_ema")
+        return fn, steps.TrainState.create(setup.variables, optimizer.tx, ema)
     base = bare_setup or setup
     penalty = None
     if variant in ("bare", "+smoothing"):
