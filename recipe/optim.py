@@ -120,11 +120,12 @@ def lars(
     (mlcommons/training_results_v0.7, Google/benchmarks/resnet/implementations/
     resnet-research-JAX-tpu-v3-8192/train.py: LARS on the weights, momentum on 'bias'/'scale').
 
-    optax's trust ratio is c · ‖w‖ / ‖g + λw‖, You et al.'s c · ‖w‖ / (‖g‖ + λ‖w‖); since g and
-    λw add as vectors, optax's ratio is the larger of the two, by at most √2 when g ⊥ w and
-    ‖g‖ = λ‖w‖. The momentum buffer holds learning-rate-scaled updates (as in the paper and the
-    reference), so unlike `goyal_sgd` a change of η_t reaches the update through the buffer
-    over ~1/(1 − m) steps. Because the decay is added before the trust ratio, an L2 term in the
+    optax's trust ratio is c · ‖w‖ / ‖g + λw‖; You et al.'s (and the MLPerf reference's) is
+    c · ‖w‖ / (‖g‖ + λ‖w‖). Since g and λw add as vectors, optax's is the larger, by
+    (‖g‖ + λ‖w‖) / ‖g + λw‖ (√2 when g ⊥ w and ‖g‖ = λ‖w‖; 1 when the decay is negligible).
+    The momentum buffer holds learning-rate-scaled updates (as in the paper and the reference),
+    so unlike `goyal_sgd` a change of η_t reaches the update through the buffer over
+    ~1/(1 − m) steps. Because the decay is added before the trust ratio, an L2 term in the
     loss (`weight_decay=0` here, `recipe.losses.l2_penalty` in the loss) gives the same update.
 
     Args:
