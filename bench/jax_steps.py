@@ -1,5 +1,6 @@
-"""The JAX train steps the benchmarks time: the project's own `train.steps.train_step` with the
-full recipe, built exactly as `train.trainer.build` builds it, and stripped-down variants.
+"""The JAX train steps the benchmarks time: the project's own `recipe.train.steps.train_step`
+with the full recipe, resolved by the trainer's own `recipe.train.resolve.resolve`, and
+stripped-down variants.
 
 Variants (each a per-device function mapped by a `train.steps` runner, state donated):
 
@@ -15,9 +16,9 @@ Variants (each a per-device function mapped by a `train.steps` runner, state don
   optimizer).
 
 `build(config, weight_decay_in_loss=False)` gives ``full`` with the decay in the optax chain
-instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates. Model
-overrides (`build(config, bn_axis_name=...)`) and `train_step` options (`step_fn("full", setup,
-noise_scale_ema=...)`) give the large-batch variants of section 1.
+instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates. The
+large-batch variants of section 1 are config overrides (`optimizer.name`, `bn.scope='group'`,
+`noise_scale.enabled`) resolved like any other; `step_fn` passes the resolved step options.
 """
 
 import dataclasses
@@ -25,7 +26,6 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -33,8 +33,7 @@ from jax import lax
 
 from recipe import losses, masks, models, optim
 from recipe.configs import default
-from recipe.data import datasets, pipeline
-from recipe.train import steps
+from recipe.train import resolve, steps
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
@@ -64,39 +63,39 @@ class Setup:
 def build(
     config: ml_collections.ConfigDict,
     *,
-    zero_init_last_bn=None,
+    stem: str | None = None,
+    zero_init_last_bn: bool | None = None,
     weight_decay_in_loss: bool = True,
-    **model_overrides: Any,
+    device_count: int | None = None,
 ) -> Setup:
-    """What `train.trainer.build` resolves (model, variables, optimizer), plus model overrides
-    the config has no field for (the 'CIFAR ResNet-18' of the torch comparison needs
-    stem='cifar'; BN over device groups needs bn_axis_name and bn_axis_index_groups)."""
-    spec = datasets.get_dataset_spec(config.dataset)
-    size = config.image_size
-    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    kwargs = {k: v for k, v in model_overrides.items() if v is not None}
-    model = models.create_model(
-        config.model,
-        num_classes=spec.num_classes,
-        num_filters=config.num_filters,
-        bn_momentum=config.bn.momentum,
-        dtype=jnp.dtype(config.dtype),
-        zero_init_last_bn=(
-            config.zero_init_last_bn if zero_init_last_bn is None else zero_init_last_bn
-        ),
-        **kwargs,
-    )
-    variables = steps.init_variables(model, image_shape, config.seed)
-    optimizer = optim.build_optimizer(
+    """The trainer's resolved model and optimizer (`resolve.resolve`), with initialised
+    variables, plus two benchmark variants: a `stem` override (the config has none: the 'CIFAR
+    ResNet-18' of the torch comparison needs stem='cifar') and the weight decay in the optax
+    chain (`weight_decay_in_loss=False`, `build_optimizer`'s default: the same updates)."""
+    if zero_init_last_bn is not None:
+        config = config.copy_and_resolve_references()
+        config.zero_init_last_bn = zero_init_last_bn
+    resolved = resolve.resolve(config, device_count or jax.device_count())
+    model = resolved.model if stem is None else resolved.model.clone(stem=stem)
+    variables = steps.init_variables(model, resolved.image_shape, config.seed)
+    optimizer = resolved.optimizer
+    if not weight_decay_in_loss:
+        optimizer = optim.build_optimizer(
+            variables,
+            **config.optimizer,
+            batch_size=config.batch_size,
+            steps_per_epoch=resolved.layout.steps_per_epoch,
+            epochs=config.num_epochs,
+            accumulation_steps=config.accumulation_steps,
+        )
+    return Setup(
+        model,
         variables,
-        **config.optimizer,
-        batch_size=config.batch_size,
-        steps_per_epoch=pipeline.steps_per_epoch(spec.num_train, config.batch_size),
-        epochs=config.num_epochs,
-        accumulation_steps=config.accumulation_steps,
-        weight_decay_in_loss=weight_decay_in_loss,
+        optimizer,
+        resolved.image_shape,
+        resolved.spec.num_classes,
+        config.label_smoothing,
     )
-    return Setup(model, variables, optimizer, image_shape, spec.num_classes, config.label_smoothing)
 
 
 def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty, axis_name=steps.AXIS):
@@ -129,9 +128,8 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty, axis
     return new_state, {"loss": lax.pmean(loss, axis_name)}
 
 
-def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None, **full_step_options):
-    """(per-device step function, initial host TrainState) of a variant; `full_step_options`
-    go to `train.steps.train_step` (e.g. `axis_name`, `noise_scale_ema`)."""
+def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
+    """(per-device step function, initial host TrainState) of a variant."""
     if variant == "full":
         optimizer = setup.optimizer
         fn = functools.partial(
@@ -141,10 +139,8 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None, **full_
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
-            **full_step_options,
         )
-        ema = full_step_options.get("noise_scale_ema")
-        return fn, steps.TrainState.create(setup.variables, optimizer.tx, ema)
+        return fn, steps.TrainState.create(setup.variables, optimizer.tx)
     base = bare_setup or setup
     penalty = None
     if variant in ("bare", "+smoothing"):

@@ -238,7 +238,13 @@ def _injectable_learning_rate(learning_rate: Any) -> Any:
     """A checked learning rate `optax.inject_hyperparams` puts in the state (`learning_rate`
     must be a finite number > 0 or a schedule starting at one; NumPy scalars become Python
     numbers, which it would otherwise treat as static)."""
-    checks.check_learning_rate("learning_rate", learning_rate)
+    # A GoyalSchedule knows its first value; calling it would run (and compile) jnp code.
+    checks.check_learning_rate(
+        "learning_rate",
+        learning_rate.initial_lr
+        if isinstance(learning_rate, schedules.GoyalSchedule)
+        else learning_rate,
+    )
     return learning_rate.item() if isinstance(learning_rate, np.generic) else learning_rate
 
 

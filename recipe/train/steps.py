@@ -94,8 +94,8 @@ def train_step(
       model: the linen model (its BatchNorm decides the statistics scope).
       tx: the optimizer.
       label_smoothing: ε of the loss.
-      skip_nonfinite: if the global loss or any update is not finite, keep the old state (as
-        dynamic loss scaling does) instead of applying the update.
+      skip_nonfinite: if the global loss, any update or any device's new BN statistics are not
+        finite, keep the old state (as dynamic loss scaling does) instead of applying the update.
       loss_penalty: a function of the parameters added to the loss that is differentiated
         (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
       axis_name: the axis (or axes) spanning all devices (`Runner.axis_name`).
@@ -111,8 +111,9 @@ def train_step(
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
       cross-entropy, without the penalty), accuracy, learning_rate and `finite` (1.0 if the
-      update was finite); with `noise_scale_ema`, also noise_scale (B_simple), noise_grad_sq
-      (|G|²) and noise_trace (tr(Σ)), from the averaged estimates.
+      loss, the update and every device's new BN statistics were finite); with
+      `noise_scale_ema`, also noise_scale (B_simple), noise_grad_sq (|G|²) and noise_trace
+      (tr(Σ)), from the averaged estimates.
     """
 
     def loss_fn(params):
@@ -172,11 +173,13 @@ def train_step(
         metrics["noise_scale"] = noise_scale.simple_noise_scale(averages)
         metrics["noise_grad_sq"] = grad_sq
         metrics["noise_trace"] = trace
-    # The updates carry both failure modes: NaN/inf gradients, and finite gradients times a
-    # learning rate that overflowed.
-    finite = jnp.isfinite(metrics["loss"]) & jnp.all(
-        jnp.array([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)])
-    )
+    # The updates carry both failure modes of the weights: NaN/inf gradients, and finite
+    # gradients times a learning rate that overflowed. BN statistics can overflow on their own
+    # (a huge activation gives an infinite running variance while the loss is still finite);
+    # they differ per device, so all devices agree on the verdict through `pmin`.
+    finite = lax.pmin(
+        _all_finite((metrics["loss"], updates, batch_stats)).astype(jnp.int32), axis_name
+    ).astype(bool)
     metrics["finite"] = finite.astype(jnp.float32)
     if skip_nonfinite:
         new_state = jax.tree_util.tree_map(
@@ -227,6 +230,11 @@ def _whole_and_half_batch_gradients(
 
 def _squared_norm(tree: Any) -> jax.Array:
     return optax.tree_utils.tree_norm(tree, squared=True)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def eval_step(
