@@ -37,6 +37,8 @@ AXIS = "batch"
 # The two axes of shard_map's mesh for BN over groups of devices: which group, which device in it.
 GROUPS_AXIS, IN_GROUP_AXIS = "bn_groups", "bn_group"
 AxisName = str | tuple[str, ...]
+# The metrics `train_step(noise_scale_ema=...)` adds: B_simple, |G|² and tr(Σ) from the EMAs.
+NOISE_SCALE_METRICS = ("noise_scale", "noise_grad_sq", "noise_trace")
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -170,9 +172,8 @@ def train_step(
         averages = noise_scale_ema.update(state.noise_scale, *observation)
         new_state = new_state.replace(noise_scale=averages)
         grad_sq, trace = noise_scale.smoothed_estimates(averages)
-        metrics["noise_scale"] = noise_scale.simple_noise_scale(averages)
-        metrics["noise_grad_sq"] = grad_sq
-        metrics["noise_trace"] = trace
+        values = (noise_scale.simple_noise_scale(averages), grad_sq, trace)
+        metrics.update(zip(NOISE_SCALE_METRICS, values, strict=True))
     # The updates carry both failure modes of the weights: NaN/inf gradients, and finite
     # gradients times a learning rate that overflowed. BN statistics can overflow on their own
     # (a huge activation gives an infinite running variance while the loss is still finite);
@@ -367,6 +368,15 @@ def shard_map_runner(
 
 
 RUNNERS = {"pmap": pmap_runner, "shard_map": shard_map_runner}
+
+
+def make_runner(name: str, bn_group_size: int | None = None) -> Runner:
+    """The runner `name` ('pmap' or 'shard_map') over all devices. With `bn_group_size` (BN
+    over groups of that many devices), shard_map's mesh is two-axis; pmap's groups live in the
+    model's BN (`group_bn_axes`)."""
+    if name == "shard_map":
+        return shard_map_runner(bn_group_size=bn_group_size)
+    return RUNNERS[name]()
 
 
 def group_bn_axes(
