@@ -58,6 +58,7 @@ class Setup:
     image_shape: tuple[int, int, int]
     num_classes: int
     label_smoothing: float
+    resolved: resolve.Setup  # the trainer's: its runner (`.runner()`) and noise-scale EMA
 
 
 def build(
@@ -95,6 +96,7 @@ def build(
         resolved.image_shape,
         resolved.spec.num_classes,
         config.label_smoothing,
+        resolved,
     )
 
 
@@ -128,10 +130,17 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty, axis
     return new_state, {"loss": lax.pmean(loss, axis_name)}
 
 
-def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
-    """(per-device step function, initial host TrainState) of a variant."""
+def step_fn(
+    variant: str,
+    setup: Setup,
+    bare_setup: Setup | None = None,
+    axis_name: steps.AxisName = steps.AXIS,
+):
+    """(per-device step function, initial host TrainState) of a variant, for a runner whose
+    `axis_name` spans the devices."""
     if variant == "full":
         optimizer = setup.optimizer
+        ema = setup.resolved.noise_scale_ema
         fn = functools.partial(
             steps.train_step,
             model=setup.model,
@@ -139,8 +148,10 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
+            axis_name=axis_name,
+            noise_scale_ema=ema,
         )
-        return fn, steps.TrainState.create(setup.variables, optimizer.tx)
+        return fn, steps.TrainState.create(setup.variables, optimizer.tx, ema)
     base = bare_setup or setup
     penalty = None
     if variant in ("bare", "+smoothing"):
@@ -157,7 +168,12 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
     model = base.model if variant == "bare" else setup.model
     variables = base.variables if variant == "bare" else setup.variables
     fn = functools.partial(
-        _ladder_step, model=model, tx=tx, label_smoothing=smoothing, loss_penalty=penalty
+        _ladder_step,
+        model=model,
+        tx=tx,
+        label_smoothing=smoothing,
+        loss_penalty=penalty,
+        axis_name=axis_name,
     )
     return fn, steps.TrainState.create(variables, tx)
 

@@ -24,7 +24,6 @@ import time
 import jax
 
 from bench import common, jax_steps
-from recipe import noise_scale
 from recipe.train import steps
 
 # Checks beside the ladder: the full step compiled again (the method's resolution), and the
@@ -72,21 +71,21 @@ def _compile_and_warm(fns: dict, warmup: int) -> dict[str, float]:
     return first_call_s
 
 
-def _large_batch_steppers(config, runner, batch) -> dict:
-    """LARS, LAMB and the one-device noise scale, each the full step with one change."""
+def _large_batch_steppers(runner) -> dict:
+    """LARS, LAMB and the one-device noise scale: the full step of the default config with one
+    change each, resolved as the trainer resolves it."""
+    changes = {
+        "lars": {"optimizer.name": "lars", "optimizer.nesterov": False},
+        "lamb": {"optimizer.name": "lamb", "optimizer.nesterov": False},
+        "noise scale": {"noise_scale.enabled": True},
+    }
     fns = {}
-    lars = jax_steps.build(
-        jax_steps.config_for(**{"optimizer.name": "lars", "optimizer.nesterov": False})
-    )
-    fns["lars"] = jax_steps.Stepper(runner, *jax_steps.step_fn("full", lars), batch)
-    lamb = jax_steps.build(
-        jax_steps.config_for(**{"optimizer.name": "lamb", "optimizer.nesterov": False}),
-        weight_decay_in_loss=False,
-    )
-    fns["lamb"] = jax_steps.Stepper(runner, *jax_steps.step_fn("full", lamb), batch)
-    setup = jax_steps.build(config)
-    fn, state = jax_steps.step_fn("full", setup, noise_scale_ema=noise_scale.noise_scale_ema())
-    fns["noise scale"] = jax_steps.Stepper(runner, fn, state, batch)
+    for name, overrides in changes.items():
+        setup = jax_steps.build(jax_steps.config_for(**overrides))
+        batch = jax_steps.synthetic_batch(
+            1, setup.resolved.layout.batch_size, setup.image_shape, setup.num_classes
+        )
+        fns[name] = jax_steps.Stepper(runner, *jax_steps.step_fn("full", setup), batch)
     return fns
 
 
@@ -109,7 +108,7 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
         fn, state = jax_steps.step_fn("full", in_optimizer)
         fns[DECAY_IN_OPTIMIZER] = jax_steps.Stepper(runner, fn, state, batch)
     if large_batch:
-        fns.update(_large_batch_steppers(config, runner, batch))
+        fns.update(_large_batch_steppers(runner))
     compile_s = _compile_and_warm(fns, warmup)
 
     wall, cpu = common.time_interleaved(fns, rounds=rounds)
@@ -149,36 +148,27 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
 def measure_devices(devices: int, rounds: int, warmup: int) -> dict:
     """The multi-device rows, in a process with `devices` forced CPU devices."""
     assert jax.device_count() == devices, (jax.device_count(), devices)
-    config = jax_steps.config_for()
-    setup = jax_steps.build(config)
-    bare = jax_steps.build(config, zero_init_last_bn=False)
-    global_bn = jax_steps.build(config, bn_axis_name=steps.AXIS)
-    batch = jax_steps.synthetic_batch(
-        devices, config.batch_size, setup.image_shape, setup.num_classes
-    )
-    ema = noise_scale.noise_scale_ema()
+    cases = {
+        "full": {},
+        "global bn": {"bn.scope": "global"},
+        "group bn": {"bn.scope": "group", "bn.group_size": GROUP_SIZE},
+        "noise scale": {"noise_scale.enabled": True},
+    }
     fns = {}
     for runner_name in ("pmap", "shard_map"):
-        runner = steps.RUNNERS[runner_name](jax.devices())
-        grouped_runner = (
-            steps.shard_map_runner(jax.devices(), bn_group_size=GROUP_SIZE)
-            if runner_name == "shard_map"
-            else runner
+        bare = jax_steps.build(jax_steps.config_for(runner=runner_name), zero_init_last_bn=False)
+        batch = jax_steps.synthetic_batch(
+            devices, bare.resolved.layout.batch_size, bare.image_shape, bare.num_classes
         )
-        axis_name, groups = steps.group_bn_axes(runner_name, devices, GROUP_SIZE)
-        grouped = jax_steps.build(config, bn_axis_name=axis_name, bn_axis_index_groups=groups)
-        cases = {
-            "bare": (runner, jax_steps.step_fn("bare", setup, bare)),
-            "full": (runner, jax_steps.step_fn("full", setup)),
-            "global bn": (runner, jax_steps.step_fn("full", global_bn)),
-            "group bn": (
-                grouped_runner,
-                jax_steps.step_fn("full", grouped, axis_name=grouped_runner.axis_name),
-            ),
-            "noise scale": (runner, jax_steps.step_fn("full", setup, noise_scale_ema=ema)),
-        }
-        for case, (case_runner, (fn, state)) in cases.items():
-            fns[f"{runner_name}/{case}"] = jax_steps.Stepper(case_runner, fn, state, batch)
+        runner = bare.resolved.runner()
+        fns[f"{runner_name}/bare"] = jax_steps.Stepper(
+            runner, *jax_steps.step_fn("bare", bare, bare), batch
+        )
+        for case, overrides in cases.items():
+            setup = jax_steps.build(jax_steps.config_for(runner=runner_name, **overrides))
+            runner = setup.resolved.runner()  # BN groups under shard_map: the 2-D mesh
+            fn, state = jax_steps.step_fn("full", setup, axis_name=runner.axis_name)
+            fns[f"{runner_name}/{case}"] = jax_steps.Stepper(runner, fn, state, batch)
     first_call_s = _compile_and_warm(fns, warmup)
     wall, cpu = common.time_interleaved(fns, rounds=rounds)
     rows = {}
