@@ -26,7 +26,7 @@ Where this recipe differs from the reference, and why:
   so it never quite reaches its end value. The difference is below 2 · peak / decay steps.
 * An epoch is a whole number of updates here (each epoch's last partial batch is left out); the
   reference counts fractional epochs (1,281,167 / batch updates). At 64k that is 19 updates per
-  epoch instead of 19.55, so warmup and run are 3% shorter in updates (1% at 32k, less below).
+  epoch instead of 19.55, so warmup and run are 3% shorter in updates (under 0.3% below 64k).
 * LARS is `optax.lars`: its trust ratio is c · ‖w‖ / ‖g + λw‖, the reference's (Flax's old
   `optim.LARS`, You et al.) c · ‖w‖ / (‖g‖ + λ‖w‖), smaller by ‖g + λw‖ / (‖g‖ + λ‖w‖) (down to
   1/√2 when g ⊥ w and ‖g‖ = λ‖w‖; 1 when the decay is negligible); and its
