@@ -78,7 +78,7 @@ def build(
         config.zero_init_last_bn = zero_init_last_bn
     resolved = resolve.resolve(config, device_count or jax.device_count())
     model = resolved.model if stem is None else resolved.model.clone(stem=stem)
-    variables = steps.init_variables(model, resolved.image_shape, config.seed)
+    variables = _initial_variables(model, resolved.image_shape, config.seed)
     optimizer = resolved.optimizer
     if not weight_decay_in_loss:
         optimizer = optim.build_optimizer(
@@ -98,6 +98,17 @@ def build(
         config.label_smoothing,
         resolved,
     )
+
+
+def _initial_variables(model: models.ResNet, image_shape: tuple[int, ...], seed: int) -> Any:
+    """`steps.init_variables`, once per architecture: the BN statistics' scope (device axes)
+    does not change the variables, and compiling an init costs tens of CPU seconds here."""
+    return _init_once(model.clone(bn_axis_name=None, bn_axis_index_groups=None), image_shape, seed)
+
+
+@functools.cache
+def _init_once(model: models.ResNet, image_shape: tuple[int, ...], seed: int) -> Any:
+    return steps.init_variables(model, image_shape, seed)
 
 
 def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty, axis_name=steps.AXIS):

@@ -140,7 +140,7 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
             ["-m", "bench.overhead", "devices-worker", "--devices", str(DEVICES),
              "--rounds", str(max(rounds * 2 // 5, 5)), "--warmup", str(warmup)],
             env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}"},
-            timeout=900,
+            timeout=1800,
         )  # fmt: skip
     return result
 
