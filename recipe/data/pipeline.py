@@ -130,13 +130,19 @@ def _crop_resize(
     image: np.ndarray | bytes,
     box_for_shape: Callable[[int, int], tuple[int, int, int, int]],
     size: tuple[int, int],
+    dct_scaling: bool,
 ) -> np.ndarray:
-    """Resizes the box ``box_for_shape(height, width)`` of a decoded image or of JPEG bytes
-    (decoded only as far as the box needs, ``jpeg.decode_crop_resize``) to ``size``."""
+    """Resizes the box ``box_for_shape(height, width)`` of a decoded image or of JPEG bytes to
+    ``size``; with ``dct_scaling``, bytes are decoded only as far as the box needs
+    (``jpeg.decode_crop_resize``), else in full (the same pixels as a decoded array gives)."""
     if isinstance(image, bytes):
         box = box_for_shape(*jpeg.jpeg_shape(image))
-        return jpeg.decode_crop_resize(image, box, size)
-    return jpeg.crop_resize(image, box_for_shape(*image.shape[:2]), size)
+        if dct_scaling:
+            return jpeg.decode_crop_resize(image, box, size)
+        image = jpeg.decode(image)
+    else:
+        box = box_for_shape(*image.shape[:2])
+    return jpeg.crop_resize(image, box, size)
 
 
 def augment_image(
@@ -150,8 +156,10 @@ def augment_image(
     Inception-style random-resized crop (Szegedy et al. 2015; area 8–100%, aspect ratio
     3/4–4/3 log-uniform, 10 attempts, else the centre cut to the nearest allowed ratio) resized
     to ``size``, then the optional mirror. 'imagenet' images may be given as JPEG bytes: the
-    box is drawn from the header's size and only what it needs is decoded
-    (``recipe.data.jpeg``).
+    box is drawn from the header's size and the image decoded at the coarsest DCT scale 1/s
+    that keeps the box at least ``size`` (``recipe.data.jpeg``), which moves the box's edges
+    by at most s/2 pixels; s = 1, the same pixels as from the decoded array, for every box
+    smaller than twice ``size``.
 
     >>> from recipe.data import get_dataset_spec
     >>> spec = get_dataset_spec("imagenette")
@@ -165,7 +173,8 @@ def augment_image(
         if size != (height, width):
             image = _resize(image, size, resample=Image.Resampling.BOX)
         return image
-    image = _crop_resize(image, lambda height, width: _inception_crop_box(height, width, rng), size)
+    box_for_shape = functools.partial(_inception_crop_box, rng=rng)
+    image = _crop_resize(image, box_for_shape, size, dct_scaling=True)
     if spec.horizontal_flip and rng.random() < 0.5:
         image = image[:, ::-1]
     return image
@@ -173,12 +182,13 @@ def augment_image(
 
 def eval_image(image: np.ndarray | bytes, spec: DatasetSpec, size: tuple[int, int]) -> np.ndarray:
     """Deterministic preprocessing of one uint8 image: resize ('small') or the central square
-    of 87.5% of the shorter side ('imagenet', from JPEG bytes too, as ``augment_image``)."""
+    of 87.5% of the shorter side ('imagenet'; JPEG bytes are decoded in full, so evaluation
+    sees exactly the pixels of the decoded image whatever ``size``)."""
     if spec.family == "small":
         if size == image.shape[:2]:
             return image
         return _resize(image, size, resample=Image.Resampling.BOX)
-    return _crop_resize(image, _central_crop_box, size)
+    return _crop_resize(image, _central_crop_box, size, dct_scaling=False)
 
 
 @dataclasses.dataclass(frozen=True)

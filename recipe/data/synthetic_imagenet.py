@@ -124,11 +124,11 @@ class SyntheticImagenet(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         SyntheticImagenetConfig(
             name="default",
-            description="1,000 classes, 3,072 train and 512 validation images (~35 s).",
+            description="1,000 classes, 3,072 train and 512 validation images (~1 min to prepare).",
         ),
         SyntheticImagenetConfig(
             name="small",
-            description="10 classes, 320 train and 80 validation images (~4 s), for tests.",
+            description="10 classes, 320 train and 80 validation images (a few s), for tests.",
             num_classes=10,
             num_train=320,
             num_validation=80,
