@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import cv2
 import grain
 import numpy as np
 from absl import flags
@@ -176,7 +177,8 @@ def augment_image(
     box_for_shape = functools.partial(_inception_crop_box, rng=rng)
     image = _crop_resize(image, box_for_shape, size, dct_scaling=True)
     if spec.horizontal_flip and rng.random() < 0.5:
-        image = image[:, ::-1]
+        # A contiguous copy (a reversed view would make collating the batch 3× slower).
+        image = cv2.flip(image, 1).reshape(image.shape)
     return image
 
 
