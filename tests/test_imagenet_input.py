@@ -245,3 +245,42 @@ def test_normalize_images_in_jit_matches_host():
     assert data.normalize_images(images.astype(np.float32), SPEC).dtype == np.float32
     bf16 = jax.jit(lambda x: data.normalize_images(x, SPEC, jax.numpy.bfloat16))(images)
     assert bf16.dtype == jax.numpy.bfloat16
+
+
+# ---- Parallel workers: the same batches as none, and after a mid-epoch resume.
+
+_WORKERS_SCRIPT = """
+import sys
+import numpy as np
+from absl import flags
+from recipe import data
+
+def batches(source, spec, **overrides):
+    kwargs = dict(seed=3, global_batch=32, process_index=0, process_count=1,
+                  local_device_count=2, image_size=32, normalize=False, num_steps=12)
+    return list(data.train_batches(source, spec, **(kwargs | overrides)))
+
+if __name__ == "__main__":
+    flags.FLAGS(sys.argv[:1])
+    spec = data.get_dataset_spec("synthetic_imagenet_small")
+    source = data.load_source(spec.name, spec.train_split, sys.argv[1])
+    # 10 steps per epoch: steps 6..11 cross into the second epoch.
+    serial = batches(source, spec)
+    with_workers = batches(source, spec, worker_count=2)
+    resumed = batches(source, spec, worker_count=2, start_step=6, num_steps=6)
+    for got, expected in ((with_workers, serial), (resumed, serial[6:])):
+        assert len(got) == len(expected)
+        for batch, other in zip(got, expected):
+            for key in batch:
+                np.testing.assert_array_equal(batch[key], other[key])
+    print("same batches")
+"""
+
+
+def test_workers_give_the_same_batches_and_resume_exactly(jpeg_source, data_dir, tmp_path):
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_SCRIPT)
+    command = ["timeout", "-s", "KILL", "300", sys.executable, str(script), data_dir]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=320)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same batches" in result.stdout
