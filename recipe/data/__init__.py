@@ -14,6 +14,7 @@ from recipe.data.mnist5k import Mnist5k
 from recipe.data.pipeline import (
     Batch,
     augment_image,
+    default_worker_count,
     epoch_permutation,
     eval_batches,
     eval_image,
@@ -34,6 +35,7 @@ __all__ = [
     "SyntheticImagenet",
     "augment_image",
     "default_data_dir",
+    "default_worker_count",
     "epoch_permutation",
     "eval_batches",
     "eval_image",

@@ -13,18 +13,26 @@ example's augmentation draws from a generator seeded by ``(seed, epoch, example 
 Resuming at step ``s`` therefore yields exactly the batches an uninterrupted run sees from
 ``s``, and an example's augmentation does not depend on the batch size or the process count.
 
+Batches are computed ahead of the consumer by ``worker_count`` grain worker processes, or
+(``worker_count=0``) by ``thread_count`` threads of this process; the JPEG decoder and the
+resize release the GIL. Either way a batch is the same pure function of its step, so workers
+change neither the batches nor resumption.
+
 Evaluation: the split is padded to a multiple of ``G`` with masked all-zero examples and cut
 the same way, so every example is evaluated exactly once across all processes.
 
 Batches are dicts of numpy arrays, each with leading dimensions ``(D, B)``: ``'image'``
-float32 ``(D, B, H, W, C)`` normalised per channel as ``(x/255 - mean) / std``, ``'label'``
-int32, ``'index'`` int64 (the example's position in its split; -1 for padding) and, for
-evaluation only, ``'mask'`` float32 (1 for real examples, 0 for padding).
+float32 ``(D, B, H, W, C)`` normalised per channel as ``(x/255 - mean) / std`` (or, with
+``normalize=False``, the uint8 pixels, a quarter of the bytes to the devices, for
+``normalize_images`` inside the jitted step), ``'label'`` int32, ``'index'`` int64 (the
+example's position in its split; -1 for padding) and, for evaluation only, ``'mask'`` float32
+(1 for real examples, 0 for padding).
 """
 
 import dataclasses
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -310,6 +318,16 @@ class _EvalExample:
         return {"image": image, "label": example["label"], "index": index, "mask": 1.0}
 
 
+def default_worker_count(processes_on_host: int = 1) -> int:
+    """The cores this process may run on (``os.sched_getaffinity``), shared among the
+    processes of one host that each run a loader; at least 1.
+
+    >>> default_worker_count() >= 1
+    True
+    """
+    return max(1, len(os.sched_getaffinity(0)) // processes_on_host)
+
+
 def _iterate(
     dataset: grain.MapDataset, worker_count: int, thread_count: int, prefetch_batches: int
 ) -> Iterator[Batch]:
@@ -361,12 +379,15 @@ def train_batches(
         num_steps: Number of batches to yield; None for an endless stream.
         augment: Apply training augmentation; if False, images get the evaluation treatment.
         image_size: Square output side; defaults to ``spec.image_shape``.
-        worker_count: Processes computing batches (0: threads of this process). Entry points
-            using workers need an ``if __name__ == '__main__':`` guard.
+        worker_count: Processes computing batches (0: threads of this process), e.g.
+            ``default_worker_count()``. Entry points using workers need an
+            ``if __name__ == '__main__':`` guard.
+        thread_count: Threads computing batches when ``worker_count`` is 0.
         prefetch_batches: Batches computed ahead of the consumer.
+        normalize: Normalise images on the host to float32; False keeps them uint8.
 
     Returns:
-        An iterator of dicts: 'image' float32 ``(D, B, H, W, C)``, 'label' int32 ``(D, B)`` and
+        An iterator of dicts: 'image' ``(D, B, H, W, C)``, 'label' int32 ``(D, B)`` and
         'index' int64 ``(D, B)``, with ``D = local_device_count`` and
         ``B = global_batch / (process_count · D)``.
 
@@ -415,7 +436,9 @@ def eval_batches(
         local_device_count: Devices of this process.
         image_size: Square output side; defaults to ``spec.image_shape``.
         worker_count: Processes computing batches (0: threads of this process).
+        thread_count: Threads computing batches when ``worker_count`` is 0.
         prefetch_batches: Batches computed ahead of the consumer.
+        normalize: Normalise images on the host to float32; False keeps them uint8.
 
     Returns:
         An iterator of dicts like ``train_batches``' plus 'mask' float32 ``(D, B)``.
