@@ -183,7 +183,7 @@ HEADER = """# Benchmarks
 
 Measured, not asserted: every number below was written by a script in `bench/` from a real
 run on the machine described in its section. Re-run a section with the command given there
-(`make bench` re-runs sections 1–4, `make reproduce` section 5). Unit tests contain no timing.
+(`make bench` re-runs sections 1–4 and 6, `make reproduce` section 5). Unit tests contain no timing.
 
 """
 
