@@ -284,3 +284,13 @@ def test_workers_give_the_same_batches_and_resume_exactly(jpeg_source, data_dir,
     result = subprocess.run(command, capture_output=True, text=True, timeout=320)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "same batches" in result.stdout
+
+
+def test_grayscale_jpegs_decode_to_rgb():
+    # ImageNet holds some greyscale JPEGs; the pipeline's output always has 3 channels.
+    grey = np.random.default_rng(0).integers(0, 256, (300, 400), dtype=np.uint8)
+    image = synthetic_imagenet.encode_jpeg(grey)  # a one-channel JPEG
+    assert jpeg.decode(image).shape == (300, 400, 3)
+    crop = data.augment_image(image, SPEC, (64, 64), np.random.default_rng(0))
+    assert crop.shape == (64, 64, 3)
+    np.testing.assert_array_equal(crop[..., 0], crop[..., 1])
