@@ -1,6 +1,7 @@
 """Tests of the ImageNet input path: the synthetic JPEG dataset, crop-aware decoding, the
 Inception crop's statistics, uint8 batches and parallel workers."""
 
+import json
 import math
 import subprocess
 import sys
@@ -294,3 +295,57 @@ def test_grayscale_jpegs_decode_to_rgb():
     crop = data.augment_image(image, SPEC, (64, 64), np.random.default_rng(0))
     assert crop.shape == (64, 64, 3)
     np.testing.assert_array_equal(crop[..., 0], crop[..., 1])
+
+
+# ---- The ImageNet config's whole path, from the command line.
+
+_CONFIG_OVERRIDES = {
+    "dataset": "synthetic_imagenet_small",
+    "model": "resnet8",  # tiny: compiling the step is most of this test's time
+    "num_filters": 4,
+    "image_size": 32,
+    "batch_size": 32,
+    "eval_batch_size": 40,
+    "bn.ghost_batch_size": 8,  # the config's ghost BN, within 8 examples per device
+    "num_epochs": 1,
+    "optimizer.warmup_epochs": 0.25,
+    "optimizer.decay_epochs": (0.5,),
+    "data_workers": 1,
+    "log_every_steps": 5,
+    "sync_every_steps": 5,
+    "progress_bar": False,
+}
+
+
+def test_imagenet_config_end_to_end(jpeg_source, data_dir, tmp_path):
+    """recipe/configs/imagenet_resnet50_goyal.py on the JPEG dataset with a tiny model: prepare
+    (the fixture), read, decode in a worker process, augment, collate uint8, transfer, the
+    bfloat16 train step normalising its input, evaluation and the final checkpoint."""
+    from recipe.configs import imagenet_resnet50_goyal
+    from recipe.train import resolve, trainer
+
+    config = imagenet_resnet50_goyal.get_config()
+    config.update_from_flattened_dict({**_CONFIG_OVERRIDES, "data_dir": data_dir})
+    text = trainer.describe(config)
+    assert "1 worker process; JPEG decoded by libjpeg-turbo" in text
+    assert "0.1 MiB per step (3,072 bytes per image" in text  # 32 × 32 × 3 uint8
+    assert resolve.resolve(config, 4).data_workers == 1
+
+    flags = [
+        f"--config.{k}={resolve.cli_value(v)}".replace("'", "")
+        for k, v in _CONFIG_OVERRIDES.items()
+    ]
+    workdir = tmp_path / "run"
+    command = [
+        "timeout", "-s", "KILL", "600", sys.executable, "-m", "recipe.train",
+        "--config=imagenet_resnet50_goyal", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+        *flags,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=620)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "final test accuracy" in result.stdout
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 2 and all(math.isfinite(r["loss"]) and r["finite"] == 1 for r in train)
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10]
+    assert (workdir / "checkpoints" / "10").exists()
