@@ -7,8 +7,11 @@ imports jax. Single-device tests pick `jax.devices()[:1]`.
 import os
 import pathlib
 
+import fsspec
 import pytest
 import tiny_config
+from etils.epath import gpath
+from fsspec.implementations.memory import MemoryFileSystem
 
 NUM_TEST_DEVICES = 4
 os.environ["XLA_FLAGS"] = (
@@ -39,3 +42,40 @@ def checkpoint_state(workdir: pathlib.Path, step: int) -> dict:
     path = (workdir / "checkpoints" / str(step) / "state").absolute()
     state = ocp.StandardCheckpointer().restore(path)
     return {"params": state["params"], "opt_state": state["opt_state"]}
+
+
+class FakeGCS(MemoryFileSystem):
+    """fsspec's in-memory filesystem answering for `gs://`, and like GCS unable to append."""
+
+    protocol = ("gs", "gcs")
+    root_marker = ""
+    store: dict = {}
+    pseudo_dirs = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = os.fspath(path)
+        for prefix in ("gs://", "gcs://"):
+            path = path.removeprefix(prefix)
+        return path.strip("/")
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "a" in mode:
+            raise NotImplementedError("GCS objects cannot be appended to")
+        return super()._open(path, mode, **kwargs)
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch) -> FakeGCS:
+    """`gs://` paths of etils.epath go to an empty in-memory store (no network, no TensorFlow).
+
+    epath reaches gs:// through fsspec where TensorFlow is not installed (a Colab TPU runtime, a
+    TPU VM with jax[tpu] only) or EPATH_USE_TF is false; it decides once per process (a cached
+    function), so the test makes that function answer as on such a machine.
+    """
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    fsspec.register_implementation("gcs", FakeGCS, clobber=True)
+    fsspec.register_implementation("gs", FakeGCS, clobber=True)
+    FakeGCS.store.clear()
+    FakeGCS.pseudo_dirs[:] = [""]
+    return FakeGCS()

@@ -1,0 +1,141 @@
+"""metrics.jsonl, TensorBoard events and plots: read back, resumed, through a non-local store."""
+
+import os
+
+import numpy as np
+import pytest
+from etils import epath
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from recipe import schedules
+from recipe.train import metrics, plots
+from recipe.train.metrics import MetricsWriter, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _train_values(step: int, offset: float = 0.0) -> dict:
+    return {
+        "loss": np.float32(2.0 / step + offset),
+        "accuracy": 0.1 * step,
+        "learning_rate": np.float64(0.4),
+        "images_per_sec": 1234.5,
+        "epoch": step / 4,
+        "finite": 1.0,
+    }
+
+
+def _write_run(writer: MetricsWriter, steps, offset: float = 0.0) -> None:
+    for step in steps:
+        writer.write(step, "train", _train_values(step, offset))
+        if step % 4 == 0:
+            writer.write(step, "eval", {"loss": 1.0 / step, "accuracy": 0.9, "epoch": step / 4})
+
+
+def _tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard finds in `directory`, read with EventAccumulator.Scalars."""
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def _expected_scalars(records) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard should show for these metrics.jsonl records (float32, as it stores)."""
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for name, value in record.items():
+            if name not in ("step", "kind", *metrics.NOT_IN_TENSORBOARD):
+                tag = f"{record['kind']}/{name}"
+                expected.setdefault(tag, []).append((record["step"], float(np.float32(value))))
+    return expected
+
+
+def test_every_logged_scalar_reads_back_with_event_accumulator(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    writer.drop_after(0)  # what the trainer does on a fresh start
+    _write_run(writer, range(2, 9, 2))
+    writer.close()
+
+    records = read_metrics(tmp_path)
+    assert [(r["kind"], r["step"]) for r in records] == [
+        ("train", 2),
+        ("train", 4),
+        ("eval", 4),
+        ("train", 6),
+        ("train", 8),
+        ("eval", 8),
+    ]
+    assert records[0]["epoch"] == 0.5 and records[0]["finite"] == 1.0  # kept in the jsonl
+    scalars = _tensorboard_scalars(tmp_path / metrics.TENSORBOARD_DIR)
+    assert set(scalars) == {
+        "train/loss",
+        "train/accuracy",
+        "train/learning_rate",
+        "train/images_per_sec",
+        "eval/loss",
+        "eval/accuracy",
+    }
+    assert scalars == _expected_scalars(records)
+
+
+def test_a_resumed_run_shows_only_the_continued_trajectory(tmp_path):
+    first = MetricsWriter(tmp_path)
+    first.drop_after(0)
+    _write_run(first, range(2, 13, 2))  # ran to step 12; the checkpoint it resumes from is 4
+    first.close()
+
+    resumed = MetricsWriter(tmp_path)
+    resumed.drop_after(4)
+    _write_run(resumed, range(6, 9, 2), offset=10.0)  # redone differently, so a mix would show
+    resumed.close()
+
+    records = read_metrics(tmp_path)
+    assert [(r["kind"], r["step"]) for r in records] == [
+        ("train", 2),
+        ("train", 4),
+        ("eval", 4),
+        ("train", 6),
+        ("train", 8),
+        ("eval", 8),
+    ]
+    assert records[3]["loss"] == pytest.approx(2.0 / 6 + 10.0)
+    assert len(list((tmp_path / metrics.TENSORBOARD_DIR).iterdir())) == 2
+    assert _tensorboard_scalars(tmp_path / metrics.TENSORBOARD_DIR) == _expected_scalars(records)
+
+
+def test_artefacts_round_trip_through_a_gcs_style_store(fake_gcs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a gs:// URL mistaken for a local path would land here
+    workdir = "gs://bucket/runs/small"
+    writer = MetricsWriter(workdir)
+    writer.drop_after(0)
+    _write_run(writer, range(2, 9, 2))
+    writer.close()
+    records = read_metrics(workdir)
+    plots.plot_run(records, 4, epath.Path(workdir) / "curves.png")
+    schedule = schedules.goyal_schedule(
+        batch_size=128, steps_per_epoch=4, epochs=3, warmup_epochs=1, decay_epochs=(2,)
+    )
+    plots.plot_schedule(schedule, 12, 4, f"{workdir}/lr_schedule.png")
+
+    assert os.listdir(tmp_path) == []
+    assert sorted(fake_gcs.find("bucket/runs/small")) == sorted(
+        [
+            "bucket/runs/small/curves.png",
+            "bucket/runs/small/lr_schedule.png",
+            "bucket/runs/small/metrics.jsonl",
+            *fake_gcs.find("bucket/runs/small/tensorboard"),
+        ]
+    )
+    assert len(records) == 6 and records == read_metrics(epath.Path(workdir))
+    for name in ("curves.png", "lr_schedule.png"):
+        assert fake_gcs.cat(f"bucket/runs/small/{name}").startswith(PNG_SIGNATURE)
+    # TensorBoard reads gs:// through TensorFlow's gfile; here the events are copied out of the
+    # in-memory store and read from disk.
+    local_events = tmp_path / "events"
+    local_events.mkdir()
+    (event_file,) = fake_gcs.find("bucket/runs/small/tensorboard")
+    (local_events / event_file.rsplit("/", 1)[1]).write_bytes(fake_gcs.cat(event_file))
+    assert _tensorboard_scalars(local_events) == _expected_scalars(records)
