@@ -6,12 +6,11 @@ imports jax. Single-device tests pick `jax.devices()[:1]`.
 
 import os
 import pathlib
+import socket
 
-import fsspec
 import pytest
 import tiny_config
 from etils.epath import gpath
-from fsspec.implementations.memory import MemoryFileSystem
 
 NUM_TEST_DEVICES = 4
 os.environ["XLA_FLAGS"] = (
@@ -44,38 +43,40 @@ def checkpoint_state(workdir: pathlib.Path, step: int) -> dict:
     return {"params": state["params"], "opt_state": state["opt_state"]}
 
 
-class FakeGCS(MemoryFileSystem):
-    """fsspec's in-memory filesystem answering for `gs://`, and like GCS unable to append."""
+GCS_BUCKET = "recipe-test"
 
-    protocol = ("gs", "gcs")
-    root_marker = ""
-    store: dict = {}
-    pseudo_dirs = [""]
 
-    @classmethod
-    def _strip_protocol(cls, path):
-        path = os.fspath(path)
-        for prefix in ("gs://", "gcs://"):
-            path = path.removeprefix(prefix)
-        return path.strip("/")
+@pytest.fixture(scope="session")
+def gcs_emulator() -> dict[str, str]:
+    """A Cloud Storage emulator on the loopback, in memory, with one bucket: the environment
+    that points gcsfs (epath's way to gs:// without TensorFlow), orbax's google-cloud-storage
+    client and tensorstore's GCS driver at it. Nothing leaves 127.0.0.1."""
+    from gcp_storage_emulator.server import create_server
 
-    def _open(self, path, mode="rb", **kwargs):
-        if "a" in mode:
-            raise NotImplementedError("GCS objects cannot be appended to")
-        return super()._open(path, mode, **kwargs)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=GCS_BUCKET)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    yield {
+        "STORAGE_EMULATOR_HOST": url,  # gcsfs and google-cloud-storage
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # tensorstore: no credential lookup
+        "GOOGLE_CLOUD_PROJECT": "emulator",
+        "EPATH_USE_TF": "false",  # TensorFlow's gfile knows no emulator: epath takes gcsfs
+    }
+    server.stop()
 
 
 @pytest.fixture
-def fake_gcs(monkeypatch) -> FakeGCS:
-    """`gs://` paths of etils.epath go to an empty in-memory store (no network, no TensorFlow).
+def gcs_workdir(gcs_emulator, tmp_path, monkeypatch) -> str:
+    """An empty `gs://` directory on the emulator, reachable through etils.epath in this process.
 
-    epath reaches gs:// through fsspec where TensorFlow is not installed (a Colab TPU runtime, a
-    TPU VM with jax[tpu] only) or EPATH_USE_TF is false; it decides once per process (a cached
-    function), so the test makes that function answer as on such a machine.
+    epath decides once per process (a cached function) whether TensorFlow's gfile serves gs://;
+    here it answers as where TensorFlow is not installed (a Colab TPU runtime, a TPU VM).
     """
+    for name, value in gcs_emulator.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    fsspec.register_implementation("gcs", FakeGCS, clobber=True)
-    fsspec.register_implementation("gs", FakeGCS, clobber=True)
-    FakeGCS.store.clear()
-    FakeGCS.pseudo_dirs[:] = [""]
-    return FakeGCS()
+    return f"gs://{GCS_BUCKET}/{tmp_path.name}"

@@ -106,36 +106,34 @@ def test_a_resumed_run_shows_only_the_continued_trajectory(tmp_path):
     assert _tensorboard_scalars(tmp_path / metrics.TENSORBOARD_DIR) == _expected_scalars(records)
 
 
-def test_artefacts_round_trip_through_a_gcs_style_store(fake_gcs, tmp_path, monkeypatch):
+def test_artefacts_round_trip_through_cloud_storage(gcs_workdir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a gs:// URL mistaken for a local path would land here
-    workdir = "gs://bucket/runs/small"
-    writer = MetricsWriter(workdir)
+    workdir = epath.Path(gcs_workdir)
+    writer = MetricsWriter(gcs_workdir)
     writer.drop_after(0)
     _write_run(writer, range(2, 9, 2))
     writer.close()
-    records = read_metrics(workdir)
-    plots.plot_run(records, 4, epath.Path(workdir) / "curves.png")
+    records = read_metrics(gcs_workdir)
+    plots.plot_run(records, 4, workdir / "curves.png")
     schedule = schedules.goyal_schedule(
         batch_size=128, steps_per_epoch=4, epochs=3, warmup_epochs=1, decay_epochs=(2,)
     )
-    plots.plot_schedule(schedule, 12, 4, f"{workdir}/lr_schedule.png")
+    plots.plot_schedule(schedule, 12, 4, f"{gcs_workdir}/lr_schedule.png")
 
     assert os.listdir(tmp_path) == []
-    assert sorted(fake_gcs.find("bucket/runs/small")) == sorted(
-        [
-            "bucket/runs/small/curves.png",
-            "bucket/runs/small/lr_schedule.png",
-            "bucket/runs/small/metrics.jsonl",
-            *fake_gcs.find("bucket/runs/small/tensorboard"),
-        ]
-    )
-    assert len(records) == 6 and records == read_metrics(epath.Path(workdir))
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "curves.png",
+        "lr_schedule.png",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
+    assert len(records) == 6 and records == read_metrics(workdir)
     for name in ("curves.png", "lr_schedule.png"):
-        assert fake_gcs.cat(f"bucket/runs/small/{name}").startswith(PNG_SIGNATURE)
-    # TensorBoard reads gs:// through TensorFlow's gfile; here the events are copied out of the
-    # in-memory store and read from disk.
+        assert (workdir / name).read_bytes().startswith(PNG_SIGNATURE)
+    # TensorBoard reads gs:// through TensorFlow's gfile, which knows no emulator: the events
+    # are copied to disk and read there.
+    (event_file,) = (workdir / metrics.TENSORBOARD_DIR).iterdir()
     local_events = tmp_path / "events"
     local_events.mkdir()
-    (event_file,) = fake_gcs.find("bucket/runs/small/tensorboard")
-    (local_events / event_file.rsplit("/", 1)[1]).write_bytes(fake_gcs.cat(event_file))
+    (local_events / event_file.name).write_bytes(event_file.read_bytes())
     assert _tensorboard_scalars(local_events) == _expected_scalars(records)

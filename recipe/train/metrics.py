@@ -3,10 +3,11 @@
 The work dir is any `etils.epath` path: a local directory, or `gs://bucket/run` (and `s3://`,
 `az://`), which epath reaches through TensorFlow's gfile when TensorFlow is installed and through
 fsspec (`gcsfs`, the `gcs` extra) when it is not. Object stores cannot append to a file, so both
-files are rewritten whole at every record: `metrics.jsonl` through a temporary file and a rename
-(atomic on a local disk; an object write is atomic anyway), the event file in place, so that a
-TensorBoard reading it as it grows sees each record once (its reader retries a partly written
-record). Both stay small: scalars only, one record per log interval or evaluation.
+files are rewritten whole at every record: `metrics.jsonl` on a local disk through a temporary
+file and a rename (atomic; on an object store each write of an object is atomic already, and a
+rename would cost a copy), the event file in place, so that a TensorBoard reading it as it grows
+sees each record once (its reader retries a partly written record). Both stay small: scalars
+only, one record per log interval or evaluation.
 
 The events are standard TensorBoard scalars (`Summary.Value.simple_value`, which
 `EventAccumulator.Scalars` reads), framed by TensorBoard's own `RecordWriter`; no TensorFlow is
@@ -113,9 +114,13 @@ class MetricsWriter:
 
     def _write_records(self) -> None:
         path = self._workdir / METRICS_FILE
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in self._records))
-        partial.replace(path)
+        text = "".join(json.dumps(r) + "\n" for r in self._records)
+        if "://" in os.fspath(path):  # an object store: each object write is atomic
+            path.write_text(text)
+        else:  # a file system: a complete file renamed into place, never a truncated one
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(text)
+            partial.replace(path)
 
 
 def read_metrics(workdir: epath.PathLike) -> list[dict[str, Any]]:
