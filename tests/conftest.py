@@ -8,6 +8,7 @@ import os
 import pathlib
 import socket
 
+import numpy as np
 import pytest
 import tiny_config
 from etils.epath import gpath
@@ -80,3 +81,28 @@ def gcs_workdir(gcs_emulator, tmp_path, monkeypatch) -> str:
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
     return f"gs://{GCS_BUCKET}/{tmp_path.name}"
+
+
+def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard finds in `directory`, read with EventAccumulator.Scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def expected_scalars(records) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard should show for these metrics.jsonl records (float32, as it stores)."""
+    from recipe.train.metrics import NOT_IN_TENSORBOARD
+
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for name, value in record.items():
+            if name not in ("step", "kind", *NOT_IN_TENSORBOARD):
+                tag = f"{record['kind']}/{name}"
+                expected.setdefault(tag, []).append((record["step"], float(np.float32(value))))
+    return expected

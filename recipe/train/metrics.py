@@ -77,16 +77,18 @@ class MetricsWriter:
     def __init__(self, workdir: epath.PathLike, *, enabled: bool = True):
         self._workdir = epath.Path(workdir)
         self._enabled = enabled
-        self._records = read_metrics(self._workdir) if enabled else []
+        # (step, JSON line) of every record, so that a rewrite serialises nothing again.
+        records = read_metrics(self._workdir) if enabled else []
+        self._lines = [(r["step"], json.dumps(r) + "\n") for r in records]
         self._events = EventFile(self._workdir / TENSORBOARD_DIR) if enabled else None
 
     def drop_after(self, step: int) -> None:
         """Removes records with a step beyond `step` (work redone after a resume)."""
         if not self._enabled:
             return
-        kept = [r for r in self._records if r["step"] <= step]
-        if len(kept) < len(self._records):
-            self._records = kept
+        kept = [(s, line) for s, line in self._lines if s <= step]
+        if len(kept) < len(self._lines):
+            self._lines = kept
             self._write_records()
         self._events.restart_at(step + 1)
         self._events.flush()
@@ -96,7 +98,7 @@ class MetricsWriter:
         if not self._enabled:
             return
         record = {"step": int(step), "kind": kind, **{k: _plain(v) for k, v in values.items()}}
-        self._records.append(record)
+        self._lines.append((record["step"], json.dumps(record) + "\n"))
         self._write_records()
         self._events.add_scalars(
             record["step"],
@@ -114,7 +116,7 @@ class MetricsWriter:
 
     def _write_records(self) -> None:
         path = self._workdir / METRICS_FILE
-        text = "".join(json.dumps(r) + "\n" for r in self._records)
+        text = "".join(line for _, line in self._lines)
         if "://" in os.fspath(path):  # an object store: each object write is atomic
             path.write_text(text)
         else:  # a file system: a complete file renamed into place, never a truncated one
