@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,cpu]'
+	$(PY) -m pip install --quiet -e '.[test,prepare]'
 	touch $@
 
 lint: $(INSTALLED)
@@ -30,7 +30,7 @@ BENCH_INSTALLED := $(VENV)/.bench-installed
 .PHONY: bench reproduce
 
 $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
-	$(PY) -m pip install --quiet -e '.[test,cpu,bench]'
+	$(PY) -m pip install --quiet -e '.[test,prepare,bench]'
 	touch $@
 
 bench: $(BENCH_INSTALLED)

@@ -2,8 +2,8 @@
 
 Benchmarks that need XLA flags (forced device counts, CPU options) run as worker subprocesses,
 because XLA reads `XLA_FLAGS` once, when jax initialises its backend. Every worker runs under
-`timeout -s KILL`: a CPU collective that hangs ignores SIGTERM (see ENVIRONMENT.md). A worker
-prints one JSON object as its last stdout line.
+`timeout -s KILL`: a CPU collective that hangs ignores SIGTERM (jax's preemption notifier
+catches it). A worker prints one JSON object as its last stdout line.
 """
 
 import datetime

