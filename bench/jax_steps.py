@@ -33,7 +33,7 @@ from jax import lax
 
 from recipe import losses, masks, models, optim
 from recipe.configs import default
-from recipe.train import resolve, steps
+from recipe.train import resolve, steps, trainer
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
@@ -59,6 +59,7 @@ class Setup:
     num_classes: int
     label_smoothing: float
     resolved: resolve.Setup  # the trainer's: its runner (`.runner()`) and noise-scale EMA
+    normalize: Any  # the trainer's in-step input normalisation (uint8 batches; floats pass)
 
 
 def build(
@@ -97,6 +98,7 @@ def build(
         resolved.spec.num_classes,
         config.label_smoothing,
         resolved,
+        trainer._normalize(resolved),
     )
 
 
@@ -161,6 +163,7 @@ def step_fn(
             loss_penalty=optimizer.loss_penalty,
             axis_name=axis_name,
             noise_scale_ema=ema,
+            normalize=setup.normalize,
         )
         return fn, steps.TrainState.create(setup.variables, optimizer.tx, ema)
     base = bare_setup or setup

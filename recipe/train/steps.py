@@ -87,12 +87,13 @@ def train_step(
     loss_penalty: Callable[[Any], jax.Array] | None = None,
     axis_name: AxisName = AXIS,
     noise_scale_ema: NoiseScaleEMA | None = None,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
 
     Args:
       state: this device's state.
-      batch: {'image': [n, H, W, C] float32, 'label': [n] int32}.
+      batch: {'image': [n, H, W, C] float32 (or uint8, with `normalize`), 'label': [n] int32}.
       model: the linen model (its BatchNorm decides the statistics scope).
       tx: the optimizer.
       label_smoothing: ε of the loss.
@@ -109,6 +110,8 @@ def train_step(
         that term is part of the objective being minimised, and being noise-free it adds to
         |G|² and not to tr(Σ). Exact when examples are independent; with BN statistics shared
         across examples (any BN scope) the coupled examples make it approximate.
+      normalize: maps `batch['image']` to the model's input inside the step, e.g.
+        `recipe.data.normalize_images` with the dataset's statistics bound, for uint8 batches.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
@@ -118,10 +121,12 @@ def train_step(
       (tr(Σ)), from the averaged estimates.
     """
 
+    images = batch["image"] if normalize is None else normalize(batch["image"])
+
     def loss_fn(params):
         logits, new_model_state = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
         )
@@ -132,7 +137,12 @@ def train_step(
     split_one_device = noise_scale_ema is not None and lax.axis_size(axis_name) == 1
     if split_one_device:
         loss, logits, batch_stats, grads, half_grads = _whole_and_half_batch_gradients(
-            state, batch, model=model, label_smoothing=label_smoothing, loss_penalty=loss_penalty
+            state,
+            images,
+            batch["label"],
+            model=model,
+            label_smoothing=label_smoothing,
+            loss_penalty=loss_penalty,
         )
     else:
         (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -191,7 +201,8 @@ def train_step(
 
 def _whole_and_half_batch_gradients(
     state: TrainState,
-    batch: Batch,
+    images: jax.Array,
+    labels: jax.Array,
     *,
     model: nn.Module,
     label_smoothing: float,
@@ -199,7 +210,7 @@ def _whole_and_half_batch_gradients(
 ) -> tuple[jax.Array, jax.Array, Any, Any, Any]:
     """(loss, logits, batch_stats, gradient over the batch, gradient over its first half) from
     one forward pass and two backward passes (the noise scale on a single device)."""
-    per_device = batch["label"].shape[0]
+    per_device = labels.shape[0]
     if per_device % 2:
         raise ValueError(
             "measuring the gradient noise scale on one device splits its batch in halves: the "
@@ -209,11 +220,11 @@ def _whole_and_half_batch_gradients(
     def terms(params):
         logits, new_model_state = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
         )
-        per_example = losses.per_example_cross_entropy(logits, batch["label"], label_smoothing)
+        per_example = losses.per_example_cross_entropy(logits, labels, label_smoothing)
         penalty = jnp.zeros((), jnp.float32) if loss_penalty is None else loss_penalty(params)
         return (per_example, penalty), (logits, new_model_state["batch_stats"])
 
@@ -245,11 +256,13 @@ def eval_step(
     model: nn.Module,
     num_classes: int,
     axis_name: AxisName = AXIS,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Metrics:
     """Sums of loss, top-1 (and top-5) hits and example count over the real (mask = 1) examples
-    of all devices' slices; BN uses the running statistics."""
+    of all devices' slices; BN uses the running statistics. `normalize` as in `train_step`."""
+    images = batch["image"] if normalize is None else normalize(batch["image"])
     logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
     )
     mask = batch["mask"]
     loss = losses.per_example_cross_entropy(logits, batch["label"])
