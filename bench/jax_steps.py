@@ -103,9 +103,9 @@ def build(
 
 
 def _initial_variables(model: models.ResNet, image_shape: tuple[int, ...], seed: int) -> Any:
-    """`steps.init_variables`, once per architecture: the BN statistics' scope (device axes)
-    does not change the variables, and compiling an init costs tens of CPU seconds here."""
-    return _init_once(model.clone(bn_axis_name=None, bn_axis_index_groups=None), image_shape, seed)
+    """`steps.init_variables`, once per architecture: the BN statistics' scope does not change
+    the variables, and compiling an init costs tens of CPU seconds here."""
+    return _init_once(model.clone(bn_scope=models.BNScope.per_device()), image_shape, seed)
 
 
 @functools.cache

@@ -52,9 +52,9 @@ DEVICES, GROUP_SIZE = 4, 2
 DEVICE_LABELS = {
     "bare": "bare (as above)",
     "full": "full recipe, per-device BN",
-    "global bn": "full, BN across all 4 devices (`bn_axis_name`)",
-    "group bn": f"full, BN over groups of {GROUP_SIZE} devices (pmap: `axis_index_groups`; "
-    "shard_map: 2 × 2 mesh)",
+    "global bn": "full, BN across all 4 devices (`BNScope.across(axis)`)",
+    "group bn": f"full, BN over groups of {GROUP_SIZE} devices (pmap: `BNScope.across(axis, "
+    "groups)`; shard_map: 2 × 2 mesh)",
     "noise scale": "full + gradient noise scale (one scalar all-reduce of ‖g_local‖²)",
 }
 

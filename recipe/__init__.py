@@ -11,7 +11,7 @@ TensorFlow Datasets and grain).
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 from recipe.losses import cross_entropy, l2_penalty, per_example_cross_entropy, smooth_labels
 from recipe.masks import DecayReport, decay_report, weight_decay_mask
-from recipe.models import MODEL_NAMES, BatchNorm, ResNet, create_model, device_groups
+from recipe.models import MODEL_NAMES, BatchNorm, BNScope, ResNet, create_model, device_groups
 from recipe.noise_scale import (
     NoiseScaleState,
     noise_scale_ema,
@@ -47,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MODEL_NAMES",
     "OPTIMIZER_NAMES",
+    "BNScope",
     "BatchNorm",
     "DecayReport",
     "GoyalSchedule",

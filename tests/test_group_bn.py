@@ -36,8 +36,8 @@ def _normalise(bn: models.BatchNorm, x: np.ndarray):
 def _grouped(runner_name: str, group_size: int, x: np.ndarray):
     """Outputs (devices, per-device, features) and per-device running stats of the grouped BN."""
     runner = _runner(runner_name, group_size)
-    axis_name, groups = steps.group_bn_axes(runner_name, NUM_DEVICES, group_size)
-    bn = models.BatchNorm(axis_name=axis_name, axis_index_groups=groups, momentum=0.5)
+    scope = steps.group_bn_scope(runner_name, NUM_DEVICES, group_size)
+    bn = models.BatchNorm(bn_scope=scope, momentum=0.5)
     variables = bn.init(jax.random.key(0), x[0], use_running_average=True)
 
     def apply(variables, x):
@@ -75,8 +75,11 @@ def test_group_of_all_devices_is_the_global_scope_and_of_one_the_per_device_scop
     x = _inputs()
     runner = _runner(runner_name, None)
     scopes = {}
-    for scope, axis_name in (("global", steps.AXIS), ("device", None)):
-        bn = models.BatchNorm(axis_name=axis_name, momentum=0.5)
+    for scope, bn_scope in (
+        ("global", models.BNScope.across(steps.AXIS)),
+        ("device", models.BNScope.per_device()),
+    ):
+        bn = models.BatchNorm(bn_scope=bn_scope, momentum=0.5)
         variables = bn.init(jax.random.key(0), x[0], use_running_average=True)
 
         def apply(variables, x, bn=bn):
@@ -95,7 +98,7 @@ def test_group_size_must_divide_the_device_count():
     with pytest.raises(ValueError, match="group_size must divide the device count 4"):
         models.device_groups(4, 3)
     with pytest.raises(ValueError, match="group_size must be an integer > 0"):
-        steps.group_bn_axes("pmap", 4, 0)
+        steps.group_bn_scope("pmap", 4, 0)
 
 
 def test_grouped_train_step_is_the_same_under_pmap_and_shard_map():
@@ -109,15 +112,14 @@ def test_grouped_train_step_is_the_same_under_pmap_and_shard_map():
     results = {}
     for runner_name in ("pmap", "shard_map"):
         runner = _runner(runner_name, group_size)
-        axis_name, groups = steps.group_bn_axes(runner_name, NUM_DEVICES, group_size)
+        bn_scope = steps.group_bn_scope(runner_name, NUM_DEVICES, group_size)
         model = models.ResNet(
             stage_sizes=(1,),
             block_cls=models.BasicBlock,
             num_classes=3,
             num_filters=2,
             stem="cifar",
-            bn_axis_name=axis_name,
-            bn_axis_index_groups=groups,
+            bn_scope=bn_scope,
         )
         variables = steps.init_variables(model, (6, 6, 1), seed=0)
         tx = optim.goyal_sgd(0.5, weight_decay=1e-3, momentum=0.9)

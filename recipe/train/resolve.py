@@ -234,20 +234,11 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    bn_axis_name, bn_axis_index_groups = None, None
-    if config.bn.scope == "global":
-        bn_axis_name = steps.AXIS
-    elif config.bn.scope == "group":
-        bn_axis_name, bn_axis_index_groups = steps.group_bn_axes(
-            config.runner, device_count, config.bn.group_size
-        )
     model = models.create_model(
         config.model,
         num_classes=spec.num_classes,
         num_filters=config.num_filters,
-        bn_axis_name=bn_axis_name,
-        bn_axis_index_groups=bn_axis_index_groups,
-        ghost_batch_size=config.bn.ghost_batch_size if config.bn.scope == "ghost" else None,
+        bn_scope=_bn_scope(config, device_count),
         bn_momentum=config.bn.momentum,
         dtype=jnp.dtype(config.dtype),
         zero_init_last_bn=config.zero_init_last_bn,
@@ -284,6 +275,18 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             else None
         ),
     )
+
+
+def _bn_scope(config: ml_collections.ConfigDict, device_count: int) -> models.BNScope:
+    """The model's `BNScope` for `bn.scope` ('device', 'ghost', 'global' or 'group')."""
+    bn = config.bn
+    if bn.scope == "ghost":
+        return models.BNScope.ghost(bn.ghost_batch_size)
+    if bn.scope == "global":
+        return models.BNScope.across(steps.AXIS)
+    if bn.scope == "group":
+        return steps.group_bn_scope(config.runner, device_count, bn.group_size)
+    return models.BNScope.per_device()
 
 
 def _data_workers(configured: int | None, spec: datasets.DatasetSpec) -> int:

@@ -11,7 +11,7 @@ BatchNorm over groups of devices (Ying et al. 2018) needs `lax.pmean`'s `axis_in
 which pmap supports and shard_map does not; `shard_map_runner(bn_group_size=g)` therefore maps
 over a two-axis mesh (groups × devices in a group): the per-device functions reduce over both
 axes (`Runner.axis_name`, passed as their `axis_name`), the model's BN over the inner one
-(`group_bn_axes` gives the model's BN settings for either runner).
+(`group_bn_scope` gives the model's `BNScope` for either runner).
 """
 
 import collections
@@ -346,7 +346,7 @@ def shard_map_runner(
     """`jax.shard_map` inside `jax.jit` over a 1-D mesh of all (global) devices, or `devices`.
 
     With `bn_group_size` = g, over a (devices / g) × g mesh (`GROUPS_AXIS`, `IN_GROUP_AXIS`)
-    instead, for BatchNorm over groups of g consecutive devices (`group_bn_axes`); the mapped
+    instead, for BatchNorm over groups of g consecutive devices (`group_bn_scope`); the mapped
     functions then reduce over both axes (`Runner.axis_name`).
     """
     devices = tuple(devices or jax.devices())
@@ -386,23 +386,23 @@ RUNNERS = {"pmap": pmap_runner, "shard_map": shard_map_runner}
 def make_runner(name: str, bn_group_size: int | None = None) -> Runner:
     """The runner `name` ('pmap' or 'shard_map') over all devices. With `bn_group_size` (BN
     over groups of that many devices), shard_map's mesh is two-axis; pmap's groups live in the
-    model's BN (`group_bn_axes`)."""
+    model's BN (`group_bn_scope`)."""
     if name == "shard_map":
         return shard_map_runner(bn_group_size=bn_group_size)
     return RUNNERS[name]()
 
 
-def group_bn_axes(
-    runner: str, device_count: int, group_size: int
-) -> tuple[AxisName, tuple[tuple[int, ...], ...] | None]:
-    """The model's `(bn_axis_name, bn_axis_index_groups)` for BatchNorm over groups of
-    `group_size` consecutive devices under `runner` ('pmap' or 'shard_map'; the latter built
-    with `shard_map_runner(bn_group_size=group_size)`).
+def group_bn_scope(runner: str, device_count: int, group_size: int) -> models.BNScope:
+    """The model's `BNScope` for BatchNorm over groups of `group_size` consecutive devices
+    under `runner` ('pmap' or 'shard_map'; the latter built with
+    `shard_map_runner(bn_group_size=group_size)`).
 
-    >>> group_bn_axes("pmap", 4, 2)
-    ('batch', ((0, 1), (2, 3)))
-    >>> group_bn_axes("shard_map", 4, 2)
-    ('bn_group', None)
+    >>> group_bn_scope("pmap", 4, 2)
+    BNScope(axis_name='batch', groups=((0, 1), (2, 3)), ghost_batch_size=None)
+    >>> group_bn_scope("shard_map", 4, 2)
+    BNScope(axis_name='bn_group', groups=None, ghost_batch_size=None)
     """
     groups = models.device_groups(device_count, group_size)
-    return (AXIS, groups) if runner == "pmap" else (IN_GROUP_AXIS, None)
+    if runner == "pmap":
+        return models.BNScope.across(AXIS, groups=groups)
+    return models.BNScope.across(IN_GROUP_AXIS)
