@@ -24,7 +24,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from recipe import losses, optim
+from recipe import losses, mixing, optim
 
 AXIS = "batch"
 Batch = dict[str, jax.Array]
@@ -65,6 +65,7 @@ def train_step(
     label_smoothing: float,
     skip_nonfinite: bool,
     loss_penalty: Callable[[Any], jax.Array] | None = None,
+    mix: Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
 
@@ -78,6 +79,9 @@ def train_step(
         dynamic loss scaling does) instead of applying the update.
       loss_penalty: a function of the parameters added to the loss that is differentiated
         (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
+      mix: Mixup / CutMix of this device's slice before the forward pass (`mixing_fn`),
+        `mix(step, images, labels) -> (images, soft targets)`; the targets carry the label
+        smoothing, so the loss adds none.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
@@ -85,14 +89,19 @@ def train_step(
       update was finite).
     """
 
+    images, targets, smoothing = batch["image"], batch["label"], label_smoothing
+    if mix is not None:
+        images, targets = mix(state.step, images, targets)
+        smoothing = 0.0
+
     def loss_fn(params):
         logits, new_model_state = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
         )
-        loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
+        loss = losses.cross_entropy(logits, targets, smoothing)
         objective = loss if loss_penalty is None else loss + loss_penalty(params)
         return objective, (loss, logits, new_model_state["batch_stats"])
 
@@ -123,6 +132,45 @@ def train_step(
             lambda new, old: jnp.where(finite, new, old), new_state, state
         )
     return new_state, metrics
+
+
+def mixing_fn(
+    seed: int,
+    *,
+    num_classes: int,
+    label_smoothing: float,
+    per_device: bool,
+    stop_step: int | None = None,
+    **options: float,
+) -> Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """`train_step`'s `mix`: `recipe.mixing.mixup_cutmix` keyed by (seed, step), so a resumed
+    run mixes every step as the uninterrupted one did.
+
+    Args:
+      seed: the run's seed.
+      num_classes: K.
+      label_smoothing: ε, applied once to the mixed targets.
+      per_device: each device draws its own λ and box (the key folds in the device index
+        along `AXIS`); False: one draw for the global batch.
+      stop_step: the micro-step from which batches are no longer mixed (timm's
+        `--mixup-off-epoch` × steps per epoch); None mixes every step.
+      **options: `mixup_alpha`, `cutmix_alpha`, `switch_prob`, `prob` of `mixup_cutmix`.
+    """
+
+    def mix(step, images, labels):
+        key = mixing.mixing_key(seed, step, AXIS if per_device else None)
+        enabled = True if stop_step is None else step < stop_step
+        return mixing.mixup_cutmix(
+            key,
+            images,
+            labels,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            enabled=enabled,
+            **options,
+        )
+
+    return mix
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:
