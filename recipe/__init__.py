@@ -2,15 +2,19 @@
 
 The library a Flax project imports: learning-rate schedules (linear scaling rule, gradual and
 constant warmup), the label-smoothed loss, the BatchNorm-free weight-decay mask, the Goyal
-initialisers, ResNets and the optimizer builder. Datasets and the input pipeline live in
+initialisers, ResNets and the optimizer builder; and what modern ResNet recipes add: precise
+BatchNorm statistics, a weight EMA, Mixup/CutMix. Datasets and the input pipeline live in
 `recipe.data` (imported on demand: it pulls in TensorFlow Datasets and grain).
 """
 
+from recipe.ema import ema_decay, ema_params, weight_ema
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 from recipe.losses import cross_entropy, l2_penalty, per_example_cross_entropy, smooth_labels
 from recipe.masks import DecayReport, decay_report, weight_decay_mask
+from recipe.mixing import mixing_key, mixup_cutmix
 from recipe.models import MODEL_NAMES, BatchNorm, ResNet, create_model
 from recipe.optim import Optimizer, build_optimizer, current_learning_rate, goyal_sgd
+from recipe.precise_bn import precise_batch_stats, precise_bn_estimator
 from recipe.schedules import (
     GoyalSchedule,
     constant,
@@ -44,17 +48,24 @@ __all__ = [
     "cross_entropy",
     "current_learning_rate",
     "decay_report",
+    "ema_decay",
+    "ema_params",
     "epochs_to_steps",
     "fc_kernel_init",
     "goyal_schedule",
     "goyal_sgd",
     "gradual_warmup",
     "l2_penalty",
+    "mixing_key",
+    "mixup_cutmix",
     "per_example_cross_entropy",
     "polynomial_decay",
+    "precise_batch_stats",
+    "precise_bn_estimator",
     "scaled_learning_rate",
     "smooth_labels",
     "step_decay",
     "warmup_multiplier_schedule",
     "weight_decay_mask",
+    "weight_ema",
 ]

@@ -63,7 +63,7 @@ class PreciseBNState(NamedTuple):
 
 
 class PreciseBN(NamedTuple):
-    """The pieces of `precise_bn`: pure, jit- and pmap-safe functions.
+    """The pieces of `precise_bn_estimator`: pure, jit- and pmap-safe functions.
 
     Attributes:
       init: `batch_stats -> PreciseBNState` (zeros shaped like the model's statistics).
@@ -76,7 +76,7 @@ class PreciseBN(NamedTuple):
     result: Callable[[PreciseBNState], Any]
 
 
-def precise_bn(
+def precise_bn_estimator(
     apply_fn: ApplyFn,
     *,
     momentum: float,
@@ -114,7 +114,7 @@ def precise_bn(
     >>> variables = bn.init(jax.random.key(0), x, use_running_average=True)
     >>> apply_fn = functools.partial(bn.apply, use_running_average=False,
     ...                              mutable=["batch_stats"])
-    >>> pbn = precise_bn(apply_fn, momentum=0.9)
+    >>> pbn = precise_bn_estimator(apply_fn, momentum=0.9)
     >>> state = pbn.init(variables["batch_stats"])
     >>> for batch in (x[:2], x[2:]):  # batch variances 1 and 1, batch means 1 and 5
     ...     state = pbn.update(state, variables, batch)
@@ -173,7 +173,7 @@ def precise_batch_stats(
     momentum: float,
     variance: str = "population",
 ) -> Any:
-    """Precise BN statistics of a model over `batches`, on one device (see `precise_bn`).
+    """Precise BN statistics of a model over `batches`, on one device (see `precise_bn_estimator`).
 
         μ = (1/N) Σ_b μ_b,   σ² = (1/N) Σ_b σ²_b + (1/N) Σ_b (μ_b − μ)²   ('population')
 
@@ -191,7 +191,7 @@ def precise_batch_stats(
       New `batch_stats`, to evaluate with: `{**variables, "batch_stats": result}`.
 
     Raises:
-      ValueError: if `batches` is empty, or as `precise_bn`.
+      ValueError: if `batches` is empty, or as `precise_bn_estimator`.
 
     >>> import functools, flax.linen as nn, jax, jax.numpy as jnp
     >>> model = nn.BatchNorm(momentum=0.99)  # any linen model with BN layers
@@ -203,7 +203,7 @@ def precise_batch_stats(
     >>> stats["mean"].tolist(), stats["var"].tolist()
     ([3.0], [5.0])
     """
-    pbn = precise_bn(apply_fn, momentum=momentum, variance=variance)
+    pbn = precise_bn_estimator(apply_fn, momentum=momentum, variance=variance)
     update = jax.jit(pbn.update)
     state = pbn.init(variables["batch_stats"])
     for inputs in batches:

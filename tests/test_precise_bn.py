@@ -156,7 +156,7 @@ def test_four_devices_equal_the_statistics_of_every_devices_batches(bn, variance
     model = tiny_resnet(**bn)
     variables = make_variables(model)
     images = make_batches((3, 4, 4))  # N = 3 global batches, 4 devices × 4 examples
-    pbn = precise_bn.precise_bn(
+    pbn = precise_bn.precise_bn_estimator(
         train_apply(model), momentum=MOMENTUM, variance=variance, axis_name=AXIS
     )
     replicated = jax.tree_util.tree_map(lambda x: jnp.stack([x] * 4), variables)
@@ -229,7 +229,7 @@ def test_works_on_a_flax_linen_batchnorm_model():
 )
 def test_bad_arguments_raise_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        precise_bn.precise_bn(train_apply(tiny_resnet()), **kwargs)
+        precise_bn.precise_bn_estimator(train_apply(tiny_resnet()), **kwargs)
 
 
 def test_no_batches_and_foreign_statistics_raise():
@@ -237,6 +237,6 @@ def test_no_batches_and_foreign_statistics_raise():
     variables = make_variables(model)
     with pytest.raises(ValueError, match="at least one batch"):
         precise_bn.precise_batch_stats(train_apply(model), variables, [], momentum=MOMENTUM)
-    pbn = precise_bn.precise_bn(train_apply(model), momentum=MOMENTUM)
+    pbn = precise_bn.precise_bn_estimator(train_apply(model), momentum=MOMENTUM)
     with pytest.raises(ValueError, match="stem_bn/count is neither 'mean' nor 'var'"):
         pbn.init({"stem_bn": {"mean": jnp.zeros(2), "var": jnp.ones(2), "count": jnp.zeros(())}})
