@@ -75,7 +75,13 @@ def goyal_sgd(
     >>> float(current_learning_rate(state))
     0.10000000149011612
     """
-    checks.check_learning_rate("learning_rate", learning_rate)
+    # A GoyalSchedule knows its first value; calling it would run (and compile) jnp code.
+    checks.check_learning_rate(
+        "learning_rate",
+        learning_rate.initial_lr
+        if isinstance(learning_rate, schedules.GoyalSchedule)
+        else learning_rate,
+    )
     if isinstance(learning_rate, np.generic):  # inject_hyperparams treats these as static
         learning_rate = learning_rate.item()
     checks.check_non_negative("weight_decay", weight_decay)

@@ -378,6 +378,11 @@ class GoyalSchedule:
     def __call__(self, step: jax.Array | int) -> jax.Array:
         return self.schedule(step)
 
+    @property
+    def initial_lr(self) -> float:
+        """The learning rate of the first update, known without running the schedule."""
+        return self.warmup_lr if self.warmup_steps else self.peak_lr
+
 
 def goyal_schedule(
     *,
