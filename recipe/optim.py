@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe import checks, losses, masks, schedules
+from recipe import checks, ema, losses, masks, schedules
 
 _INJECTED_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
@@ -50,6 +50,7 @@ def goyal_sgd(
     momentum: float = 0.9,
     nesterov: bool = True,
     accumulation_steps: int = 1,
+    ema_decay: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
     """`chain(add_decayed_weights(λ, mask), sgd(η_t, momentum, nesterov))`, lr readable.
 
@@ -68,6 +69,10 @@ def goyal_sgd(
       momentum: m in [0, 1) (0.9 in the paper).
       nesterov: Nesterov momentum (§5.1).
       accumulation_steps: micro-batches per optimizer update, >= 1.
+      ema_decay: with a decay (a float, or a schedule of the update count such as
+        `recipe.ema.ema_decay(0.9998)`), `recipe.ema.weight_ema` is chained last, inside the
+        accumulation, so the average of the weights is taken once per real update and read
+        with `recipe.ema.ema_params(opt_state)`; None keeps no average.
 
     >>> import jax.numpy as jnp
     >>> tx = goyal_sgd(0.1)
@@ -94,6 +99,8 @@ def goyal_sgd(
         tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask), sgd)
     else:  # no per-parameter work for a decay of zero (e.g. when the loss carries it)
         tx = optax.chain(sgd)
+    if ema_decay is not None:
+        tx = optax.chain(tx, ema.weight_ema(ema_decay))
     if accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps).gradient_transformation()
     return tx
@@ -138,6 +145,8 @@ def build_optimizer(
     nesterov: bool = True,
     accumulation_steps: int = 1,
     weight_decay_in_loss: bool = False,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = True,
 ) -> Optimizer:
     """The whole §5.1 optimizer for a model: schedule, BN-free weight-decay mask, Nesterov SGD.
 
@@ -159,6 +168,9 @@ def build_optimizer(
       weight_decay_in_loss: False puts the masked decay in `tx`; True leaves it out of `tx`
         and returns it as `loss_penalty`, for the train step to add to its loss (same updates;
         what `python -m recipe.train` does).
+      ema_decay: the target decay of a weight EMA in [0, 1] (`recipe.ema.weight_ema`, kept in
+        the optimizer state); 0 keeps none.
+      ema_warmup: warm the EMA's decay up as timm's `ModelEmaV3` does (`recipe.ema.ema_decay`).
 
     Returns:
       `Optimizer(tx, schedule, loss_penalty)`.
@@ -193,6 +205,7 @@ def build_optimizer(
         momentum=momentum,
         nesterov=nesterov,
         accumulation_steps=accumulation_steps,
+        ema_decay=ema.ema_decay(ema_decay, warmup=ema_warmup) if ema_decay else None,
     )
     loss_penalty = None
     if weight_decay_in_loss:

@@ -24,7 +24,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from recipe import losses, mixing, optim
+from recipe import ema as ema_lib
+from recipe import losses, mixing, models, optim, precise_bn
 
 AXIS = "batch"
 Batch = dict[str, jax.Array]
@@ -202,6 +203,53 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes:
 def average_batch_stats(state: TrainState) -> TrainState:
     """Averages BN running statistics over devices (before evaluation and checkpointing)."""
     return state.replace(batch_stats=lax.pmean(state.batch_stats, AXIS))
+
+
+def precise_bn_estimator(model: models.ResNet) -> precise_bn.PreciseBN:
+    """Precise BN for `model` under a runner: the population statistics of per-device and
+    cross-device BN, the mean of the ghost-batch statistics for ghost BN (see
+    `recipe.precise_bn`), combined over all devices along `AXIS`."""
+    return precise_bn.precise_bn_estimator(
+        functools.partial(model.apply, train=True, mutable=["batch_stats"]),
+        momentum=model.bn_momentum,
+        variance="batch_mean" if model.ghost_batch_size else "population",
+        axis_name=AXIS,
+    )
+
+
+def evaluated_weights(state: TrainState, *, ema: bool) -> Any:
+    """The weights an evaluation scores: the trained ones, or their EMA (`recipe.ema`)."""
+    return ema_lib.ema_params(state.opt_state) if ema else state.params
+
+
+def precise_bn_init(state: TrainState, *, estimator: precise_bn.PreciseBN):
+    return estimator.init(state.batch_stats)
+
+
+def precise_bn_update(
+    stats: precise_bn.PreciseBNState,
+    state: TrainState,
+    batch: Batch,
+    *,
+    estimator: precise_bn.PreciseBN,
+    ema: bool,
+) -> precise_bn.PreciseBNState:
+    """Adds this device's slice of one batch to the precise BN statistics of the weights."""
+    variables = {"params": evaluated_weights(state, ema=ema), "batch_stats": state.batch_stats}
+    return estimator.update(stats, variables, batch["image"])
+
+
+def with_precise_bn(
+    state: TrainState,
+    stats: precise_bn.PreciseBNState,
+    *,
+    estimator: precise_bn.PreciseBN,
+    ema: bool,
+) -> TrainState:
+    """The state with the precise BN statistics (and, with `ema`, the averaged weights)."""
+    return state.replace(
+        params=evaluated_weights(state, ema=ema), batch_stats=estimator.result(stats)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
