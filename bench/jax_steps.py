@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from recipe import ema, losses, masks, models, optim, precise_bn
+from recipe import losses, masks, models, optim
 from recipe.configs import default
 from recipe.train import resolve, steps
 
@@ -56,6 +56,7 @@ class Setup:
     image_shape: tuple[int, int, int]
     num_classes: int
     label_smoothing: float
+    mix: Any = None  # the train step's Mixup / CutMix (`resolve.Setup.mix`)
 
 
 def build(
@@ -93,6 +94,7 @@ def build(
         resolved.image_shape,
         resolved.spec.num_classes,
         config.label_smoothing,
+        resolved.mix,
     )
 
 
@@ -137,6 +139,7 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
+            mix=setup.mix,
         )
         return fn, steps.TrainState.create(setup.variables, optimizer.tx)
     base = bare_setup or setup
@@ -185,50 +188,32 @@ class Stepper:
         jax.block_until_ready((self.state, metrics))
 
 
-# The modern-recipe extras, each on top of ``full`` (torchvision's ResNet-50 recipe values):
-# the weight EMA (timm's decay warmup, target 0.9998), Mixup α = 0.2 / CutMix α = 1.0 switched
-# per batch, and one batch of precise-BN statistics (a training-mode forward pass, no gradient).
+# The modern-recipe extras, each the trainer's own step with one config switch on top of
+# ``full`` (torchvision's ResNet-50 recipe values): the weight EMA (timm's decay warmup, target
+# 0.9998), Mixup α = 0.2 / CutMix α = 1.0 switched per batch, and one batch of precise-BN
+# statistics (`steps.precise_bn_update`: a training-mode forward pass, no gradient).
 EMA = "full + weight EMA"
 MIXING = "full + Mixup/CutMix"
 PRECISE_BN = "precise BN, one batch"
-EXTRAS = (EMA, MIXING, PRECISE_BN)
+EXTRAS = {
+    EMA: {"ema.decay": 0.9998},
+    MIXING: {"mixing.mixup_alpha": 0.2, "mixing.cutmix_alpha": 1.0},
+    PRECISE_BN: {},
+}
 
 
-def extra_fn(name: str, setup: Setup, seed: int = 0):
-    """(per-device function, initial host state) of one of `EXTRAS`, for `Stepper`."""
-    optimizer = setup.optimizer
-    kwargs = dict(
-        model=setup.model,
-        tx=optimizer.tx,
-        label_smoothing=setup.label_smoothing,
-        skip_nonfinite=False,
-        loss_penalty=optimizer.loss_penalty,
-    )
-    state = steps.TrainState.create(setup.variables, optimizer.tx)
-    if name == EMA:
-        tx = optax.chain(optimizer.tx, ema.weight_ema(ema.ema_decay(0.9998)))
-        fn = functools.partial(steps.train_step, **{**kwargs, "tx": tx})
-        return fn, steps.TrainState.create(setup.variables, tx)
-    if name == MIXING:
-        mix = steps.mixing_fn(
-            seed,
-            num_classes=setup.num_classes,
-            label_smoothing=setup.label_smoothing,
-            per_device=False,
-            mixup_alpha=0.2,
-            cutmix_alpha=1.0,
-        )
-        return functools.partial(steps.train_step, **kwargs, mix=mix), state
-    if name == PRECISE_BN:
-        apply_fn = functools.partial(setup.model.apply, train=True, mutable=["batch_stats"])
-        estimator = precise_bn.precise_bn_estimator(
-            apply_fn, momentum=setup.model.bn_momentum, axis_name=steps.AXIS
-        )
+def extra_fn(name: str, **overrides: Any):
+    """(per-device function, initial host state) of one of `EXTRAS`, for `Stepper`, built from
+    the default config with `overrides` and the extra's switches, through `resolve`."""
+    setup = build(config_for(**overrides, **EXTRAS[name]))
+    if name != PRECISE_BN:
+        return step_fn("full", setup)
+    estimator = steps.precise_bn_estimator(setup.model)
+    state = steps.TrainState.create(setup.variables, setup.optimizer.tx)
 
-        def update(carry, batch):
-            stats, train_state = carry
-            variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
-            return (estimator.update(stats, variables, batch["image"]), train_state), {}
+    def update(carry, batch):
+        stats, train_state = carry
+        stats = steps.precise_bn_update(stats, train_state, batch, estimator=estimator, ema=False)
+        return (stats, train_state), {}
 
-        return update, (estimator.init(setup.variables["batch_stats"]), state)
-    raise ValueError(name)
+    return update, (steps.precise_bn_init(state, estimator=estimator), state)

@@ -59,7 +59,7 @@ def measure(rounds: int, warmup: int, checks: bool) -> dict:
         fn, state = jax_steps.step_fn("full", in_optimizer)
         fns[DECAY_IN_OPTIMIZER] = jax_steps.Stepper(runner, fn, state, batch)
     for name in jax_steps.EXTRAS:
-        fn, state = jax_steps.extra_fn(name, setup, config.seed)
+        fn, state = jax_steps.extra_fn(name)
         fns[name] = jax_steps.Stepper(runner, fn, state, batch)
     for name, stepper in fns.items():
         t0 = time.perf_counter()
