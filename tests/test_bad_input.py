@@ -144,8 +144,13 @@ BAD_INPUTS = {
         {"mixing.stop_epoch": -1},
         r"mixing\.stop_epoch must be an integer >= 0, got -1",
     ),
+    "per-device mixing unset": (
+        {"mixing.per_device": None},
+        r"mixing\.per_device must be True or False, got None",
+    ),
     "EMA decay 1": ({"ema.decay": 1.0}, r"ema\.decay must be a number in \[0, 1\), got 1\.0"),
     "negative EMA decay": ({"ema.decay": -0.5}, r"ema\.decay must be a number in \[0, 1\)"),
+    "EMA warmup unset": ({"ema.warmup": None}, r"ema\.warmup must be True or False, got None"),
     "EMA without precise BN": (
         {"ema.decay": 0.99, "bn.precise_batches": 0},
         r"ema\.decay > 0 needs bn\.precise_batches > 0 .*got ema\.decay=0\.99 and "
