@@ -31,6 +31,7 @@ from recipe.train.resolve import ConfigError, Setup, check_fields, flat_fields, 
 
 __all__ = [
     "ConfigError",
+    "Evaluator",
     "NonFiniteLossError",
     "SavedRun",
     "describe",
@@ -118,7 +119,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     train_source, test_source = _open_data(setup)
     step, state = restore_checkpoint(setup, workdir)
     runner = steps.RUNNERS[config.runner]()
-    evaluator = _Evaluator(setup, runner, train_source, test_source)
+    evaluator = Evaluator(setup, runner, train_source, test_source)
     _, result = evaluator(runner.replicate(state), step)
     return {"step": step, **result}
 
@@ -332,7 +333,7 @@ def _run(
         ),
         donate_argnums=(0,),
     )
-    evaluate_now = _Evaluator(setup, runner, train_source, test_source)
+    evaluate_now = Evaluator(setup, runner, train_source, test_source)
     average_batch_stats = runner.map(steps.average_batch_stats, donate_argnums=(0,))
     device_state = runner.replicate(state)
 
@@ -489,12 +490,22 @@ def _check_finite_state(host_state: steps.TrainState, step: int, kept: str) -> N
             )
 
 
-class _Evaluator:
+class Evaluator:
     """Scores a device state at a step: the weights, with BN statistics recomputed for them
     over `bn.precise_batches` training batches from that step when precise BN is on, and the
-    weight EMA beside them (keys `ema_*`) when there is one."""
+    weight EMA beside them (keys `ema_*`) when there is one.
 
-    def __init__(self, setup: Setup, runner: steps.Runner, train_source: Any, test_source: Any):
+    `precise_batches` overrides the config's count (`bench/precise_bn.py` compares counts).
+    """
+
+    def __init__(
+        self,
+        setup: Setup,
+        runner: steps.Runner,
+        train_source: Any,
+        test_source: Any,
+        precise_batches: int | None = None,
+    ):
         self.setup, self.runner = setup, runner
         self.train_source, self.test_source = train_source, test_source
         config = setup.config
@@ -503,9 +514,11 @@ class _Evaluator:
                 steps.eval_step, model=setup.model, num_classes=setup.spec.num_classes
             )
         )
-        self.precise = config.bn.precise_batches > 0
+        self.precise_batches = (
+            config.bn.precise_batches if precise_batches is None else precise_batches
+        )
         self.ema = config.ema.decay > 0
-        if self.precise:
+        if self.precise_batches:
             estimator = steps.precise_bn_estimator(setup.model)
             self.init = runner.map(functools.partial(steps.precise_bn_init, estimator=estimator))
             weights = (False, True) if self.ema else (False,)
@@ -525,19 +538,31 @@ class _Evaluator:
 
     def __call__(self, device_state: Any, step: int) -> tuple[Any, dict[str, float]]:
         """(the state with precise BN statistics when on, its evaluation record)."""
-        if self.precise:
-            device_state = self._precise(device_state, step, ema=False)
-        result = _evaluate(self.setup, self.runner, self.eval_step, device_state, self.test_source)
+        if self.precise_batches:
+            device_state = self.with_precise_bn(device_state, step)
+        result = self.scores(device_state)
         if self.ema:
-            averaged = self._precise(device_state, step, ema=True)
-            scores = _evaluate(self.setup, self.runner, self.eval_step, averaged, self.test_source)
-            result.update({f"ema_{key}": value for key, value in scores.items()})
+            result.update(
+                {
+                    f"ema_{key}": value
+                    for key, value in self.scores(
+                        self.with_precise_bn(device_state, step, ema=True)
+                    ).items()
+                }
+            )
         return device_state, result
 
-    def _precise(self, device_state: Any, step: int, *, ema: bool) -> Any:
-        """The state with BN statistics of its weights (or of their EMA) over the training
-        batches of steps `step` … `step + bn.precise_batches − 1`, without augmentation: a
-        loader of its own, so the training stream is left as it is."""
+    def scores(self, device_state: Any) -> dict[str, float]:
+        """Loss and accuracy of the state's weights and BN statistics on the test split."""
+        return _evaluate(self.setup, self.runner, self.eval_step, device_state, self.test_source)
+
+    def with_precise_bn(
+        self, device_state: Any, step: int, *, ema: bool = False, num_batches: int | None = None
+    ) -> Any:
+        """The state with BN statistics of its weights (or, with `ema`, of their average, which
+        then replaces the weights) over the training batches of steps `step` … `step + N − 1`
+        (N = `num_batches` or the evaluator's count), without augmentation: a loader of its
+        own, so the training stream is left as it is."""
         config, layout = self.setup.config, self.setup.layout
         batches = pipeline.train_batches(
             self.train_source,
@@ -545,7 +570,7 @@ class _Evaluator:
             seed=config.seed,
             global_batch=layout.batch_size,
             start_step=step,
-            num_steps=config.bn.precise_batches,
+            num_steps=num_batches or self.precise_batches,
             augment=False,
             accumulation_steps=layout.accumulation_steps,
             **_process_layout(config),
