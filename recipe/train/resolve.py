@@ -75,6 +75,8 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "data_dir": _optional(checks.check_string),
     "augment": checks.check_bool,
     "image_size": _optional(checks.check_positive_int),
+    "data_workers": _optional(checks.check_non_negative_int),
+    "device_prefetch": checks.check_positive_int,
     "model": _choice(models.MODEL_NAMES),
     "num_filters": checks.check_positive_int,
     "zero_init_last_bn": checks.check_bool,
@@ -180,6 +182,7 @@ class Setup:
       optimizer: the optax transformation, its schedule and the loss's L2 penalty (and the
         weight EMA, in its state, when `ema.decay` > 0).
       layout: the batch layout and the run's length in steps.
+      data_workers: the loader's worker processes (`config.data_workers`, or its default).
       mix: the train step's Mixup / CutMix (`steps.mixing_fn`), or None when both α are 0.
     """
 
@@ -190,6 +193,7 @@ class Setup:
     abstract_variables: Any
     optimizer: optim.Optimizer
     layout: BatchLayout
+    data_workers: int
     mix: Callable[..., Any] | None = None
 
     @property
@@ -261,6 +265,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         abstract_variables=abstract_variables,
         optimizer=optimizer,
         layout=layout,
+        data_workers=_data_workers(config.data_workers, spec),
         mix=_mixing(config, spec, layout),
     )
 
@@ -299,6 +304,14 @@ def _mixing(
         switch_prob=mixing.switch_prob,
         prob=mixing.prob,
     )
+
+
+def _data_workers(configured: int | None, spec: datasets.DatasetSpec) -> int:
+    """`data_workers`, or by default a process per allowed core for JPEG datasets and none
+    (one background thread) for the small in-memory ones."""
+    if configured is not None:
+        return configured
+    return pipeline.default_worker_count() if spec.family == "imagenet" else 0
 
 
 def flat_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -66,13 +66,14 @@ def train_step(
     label_smoothing: float,
     skip_nonfinite: bool,
     loss_penalty: Callable[[Any], jax.Array] | None = None,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
     mix: Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
 
     Args:
       state: this device's state.
-      batch: {'image': [n, H, W, C] float32, 'label': [n] int32}.
+      batch: {'image': [n, H, W, C] float32 (or uint8, with `normalize`), 'label': [n] int32}.
       model: the linen model (its BatchNorm decides the statistics scope).
       tx: the optimizer.
       label_smoothing: ε of the loss.
@@ -80,9 +81,11 @@ def train_step(
         finite, keep the old state (as dynamic loss scaling does) instead of applying the update.
       loss_penalty: a function of the parameters added to the loss that is differentiated
         (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
-      mix: Mixup / CutMix of this device's slice before the forward pass (`mixing_fn`),
-        `mix(step, images, labels) -> (images, soft targets)`; the targets carry the label
-        smoothing, so the loss adds none.
+      normalize: maps `batch['image']` to the model's input inside the step, e.g.
+        `recipe.data.normalize_images` with the dataset's statistics bound, for uint8 batches.
+      mix: Mixup / CutMix of this device's slice of normalised images before the forward pass
+        (`mixing_fn`), `mix(step, images, labels) -> (images, soft targets)`; the targets carry
+        the label smoothing, so the loss adds none.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
@@ -90,7 +93,8 @@ def train_step(
       loss, the update and every device's new BN statistics were finite).
     """
 
-    images, targets, smoothing = batch["image"], batch["label"], label_smoothing
+    images = batch["image"] if normalize is None else normalize(batch["image"])
+    targets, smoothing = batch["label"], label_smoothing
     if mix is not None:
         images, targets = mix(state.step, images, targets)
         smoothing = 0.0
@@ -181,11 +185,19 @@ def mixing_fn(
     return mix
 
 
-def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:
+def eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    num_classes: int,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
+) -> Metrics:
     """Sums of loss, top-1 (and top-5) hits and example count over the real (mask = 1) examples
-    of all devices' slices; BN uses the running statistics."""
+    of all devices' slices; BN uses the running statistics. `normalize` as in `train_step`."""
+    images = batch["image"] if normalize is None else normalize(batch["image"])
     logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
     )
     mask = batch["mask"]
     loss = losses.per_example_cross_entropy(logits, batch["label"])
@@ -233,10 +245,13 @@ def precise_bn_update(
     *,
     estimator: precise_bn.PreciseBN,
     ema: bool,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> precise_bn.PreciseBNState:
-    """Adds this device's slice of one batch to the precise BN statistics of the weights."""
+    """Adds this device's slice of one batch to the precise BN statistics of the weights
+    (`normalize` as in `train_step`)."""
     variables = {"params": evaluated_weights(state, ema=ema), "batch_stats": state.batch_stats}
-    return estimator.update(stats, variables, batch["image"])
+    images = batch["image"] if normalize is None else normalize(batch["image"])
+    return estimator.update(stats, variables, images)
 
 
 def with_precise_bn(

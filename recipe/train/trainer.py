@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,6 +54,8 @@ RESUMABLE_FIELDS = (
     "keep_checkpoints",
     "progress_bar",
     "eval_batch_size",
+    "data_workers",
+    "device_prefetch",
 )
 CONFIG_FILE = "config.json"
 
@@ -329,6 +332,7 @@ def _run(
             label_smoothing=config.label_smoothing,
             skip_nonfinite=config.on_nonfinite == "skip",
             loss_penalty=optimizer.loss_penalty,
+            normalize=_normalize(setup),
             mix=setup.mix,
         ),
         donate_argnums=(0,),
@@ -358,7 +362,7 @@ def _run(
         num_steps=layout.total_steps - start_step,
         augment=config.augment,
         accumulation_steps=layout.accumulation_steps,
-        **_process_layout(config),
+        **_loader_options(setup),
     )
     progress = tqdm.tqdm(
         total=layout.total_steps,
@@ -375,7 +379,8 @@ def _run(
     eval_every = config.eval_every_epochs * layout.steps_per_epoch
     final_eval: dict[str, float] = {}
     step = start_step
-    for batch in runner.prefetch(map(_model_inputs, host_batches)):
+    device_batches = runner.prefetch(map(_model_inputs, host_batches), config.device_prefetch)
+    for batch in device_batches:
         device_state, metrics = train_step(device_state, batch)
         step += 1
         timed_steps += 1
@@ -511,7 +516,10 @@ class Evaluator:
         config = setup.config
         self.eval_step = runner.map(
             functools.partial(
-                steps.eval_step, model=setup.model, num_classes=setup.spec.num_classes
+                steps.eval_step,
+                model=setup.model,
+                num_classes=setup.spec.num_classes,
+                normalize=_normalize(setup),
             )
         )
         self.precise_batches = (
@@ -524,7 +532,12 @@ class Evaluator:
             weights = (False, True) if self.ema else (False,)
             self.update = {
                 ema: runner.map(
-                    functools.partial(steps.precise_bn_update, estimator=estimator, ema=ema),
+                    functools.partial(
+                        steps.precise_bn_update,
+                        estimator=estimator,
+                        ema=ema,
+                        normalize=_normalize(setup),
+                    ),
                     donate_argnums=(0,),
                 )
                 for ema in weights
@@ -573,7 +586,7 @@ class Evaluator:
             num_steps=num_batches or self.precise_batches,
             augment=False,
             accumulation_steps=layout.accumulation_steps,
-            **_process_layout(config),
+            **_loader_options(self.setup),
         )
         stats = self.init(device_state)
         for batch in self.runner.prefetch(map(_model_inputs, batches)):
@@ -588,7 +601,7 @@ def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, 
         test_source,
         setup.spec,
         global_batch=setup.layout.eval_batch_size,
-        **_process_layout(setup.config),
+        **_loader_options(setup),
     ):
         out = steps.fetch_first(eval_step(device_state, runner.put(_model_inputs(batch))))
         for key, value in out.items():
@@ -599,12 +612,23 @@ def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, 
     return result
 
 
-def _process_layout(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _loader_options(setup: Setup) -> dict[str, Any]:
+    """This process's share of the batch, and uint8 images from `setup.data_workers` workers."""
     return dict(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         local_device_count=jax.local_device_count(),
-        image_size=config.image_size,
+        image_size=setup.config.image_size,
+        worker_count=setup.data_workers,
+        normalize=False,  # uint8 to the devices; `_normalize` inside the steps
+    )
+
+
+def _normalize(setup: Setup) -> Callable[[jax.Array], jax.Array]:
+    """The input normalisation of the steps, `(x/255 − mean) / std` in the compute dtype, which
+    XLA fuses into the first convolution."""
+    return functools.partial(
+        pipeline.normalize_images, spec=setup.spec, dtype=jax.numpy.dtype(setup.config.dtype)
     )
 
 
