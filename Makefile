@@ -17,8 +17,9 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two worker processes (pytest-xdist): CI has 2 cores.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 train: $(INSTALLED)
 	$(PY) -m recipe.train --config recipe/configs/default.py --workdir runs/default

@@ -18,7 +18,7 @@ import jax
 
 from bench import common, jax_steps
 from recipe.data import datasets
-from recipe.train import resolve, steps, trainer
+from recipe.train import resolve, trainer
 from recipe.train.metrics import read_metrics
 
 NUM_BATCHES = (1, 2, 4, 8, 16, 31)
@@ -43,7 +43,7 @@ def measure(workdir: pathlib.Path) -> dict:
         datasets.load_source(config.dataset, split, config.data_dir)
         for split in (setup.spec.train_split, setup.spec.test_split)
     )
-    runner = steps.RUNNERS[config.runner]()
+    runner = setup.runner()
     evaluator = trainer.Evaluator(
         setup, runner, train_source, test_source, precise_batches=max(NUM_BATCHES)
     )

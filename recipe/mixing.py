@@ -29,14 +29,17 @@ from recipe import checks, losses
 _MIXING_STREAM = 0x6D6978
 
 
-def mixing_key(seed: int, step: jax.Array | int, axis_name: str | None = None) -> jax.Array:
+def mixing_key(
+    seed: int, step: jax.Array | int, axis_name: str | tuple[str, ...] | None = None
+) -> jax.Array:
     """The key of step `step`'s mixing: a pure function of (seed, step[, device index]).
 
     Args:
       seed: the run's seed.
       step: the global step (the optimizer micro-step count), traced or not.
-      axis_name: under `pmap`/`shard_map`, fold in the device index along this axis, so each
-        device draws its own λ and box ('per device'); None: one draw for the global batch.
+      axis_name: under `pmap`/`shard_map`, fold in the device index along this axis (or axes),
+        so each device draws its own λ and box ('per device'); None: one draw for the global
+        batch.
 
     >>> same = mixing_key(0, 5), mixing_key(0, 5)
     >>> other = mixing_key(0, 6)

@@ -17,11 +17,11 @@ training mode on batch b = 1 … N (all batches of the same size):
 variances plus the variance of the batch means; fvcore's default estimator, Wu & Johnson's
 appendix): the statistics of the N batches concatenated, each layer's input being what the
 batch's own training-mode pass produced (as in training, and in fvcore). It is the estimate for
-per-device and cross-device BN. 'batch_mean' is the expected variance of one normalisation batch
-(fvcore's `_MeanOfBatchVarianceEstimator`); it is the one for ghost-batch BN
-(`recipe.BatchNorm(ghost_batch_size=n)`), whose per-batch statistic is already the mean over its
-n-example groups: averaging it over the N batches gives the mean over all their groups, the
-statistic its running averages estimate. (Through the per-batch statistics a model reports, the
+per-device, grouped and cross-device BN. 'batch_mean' is the expected variance of one
+normalisation batch (fvcore's `_MeanOfBatchVarianceEstimator`); it is the one for ghost-batch BN
+(`recipe.BNScope.ghost(n)`), whose per-batch statistic is already the mean over its n-example
+groups: averaging it over the N batches gives the mean over all their groups, the statistic its
+running averages estimate. (Through the per-batch statistics a model reports, the
 population variance of ghost BN is not available: it would need every group's mean.)
 
 Any linen BN whose running averages are updated as `r ← m · r + (1 − m) · s` and stored as

@@ -27,7 +27,10 @@ MOMENTUM = 0.9
 RTOL, ATOL = 2e-5, 1e-6
 
 
-def tiny_resnet(momentum=MOMENTUM, **bn):
+PER_DEVICE = models.BNScope.per_device()
+
+
+def tiny_resnet(momentum=MOMENTUM, scope=PER_DEVICE):
     return models.ResNet(
         stage_sizes=(1,),
         block_cls=models.BasicBlock,
@@ -36,7 +39,7 @@ def tiny_resnet(momentum=MOMENTUM, **bn):
         stem="cifar",
         bn_momentum=momentum,
         zero_init_last_bn=False,
-        **bn,
+        bn_scope=scope,
     )
 
 
@@ -116,18 +119,18 @@ def assert_stats_close(actual, expected):
 
 
 @pytest.mark.parametrize(
-    "bn, variance",
-    [({}, "population"), ({"ghost_batch_size": 4}, "batch_mean")],
+    "scope, variance",
+    [(models.BNScope.per_device(), "population"), (models.BNScope.ghost(4), "batch_mean")],
     ids=["device scope", "ghost batches"],
 )
-def test_one_device_equals_the_statistics_of_all_batches_at_once(bn, variance):
-    model = tiny_resnet(**bn)
+def test_one_device_equals_the_statistics_of_all_batches_at_once(scope, variance):
+    model = tiny_resnet(scope=scope)
     variables = make_variables(model)
     images = make_batches((4, 8))  # N = 4 batches of 8
     stats = precise_bn.precise_batch_stats(
         train_apply(model), variables, list(images), momentum=MOMENTUM, variance=variance
     )
-    assert_stats_close(stats, reference_stats(model, variables, images, bn.get("ghost_batch_size")))
+    assert_stats_close(stats, reference_stats(model, variables, images, scope.ghost_batch_size))
 
 
 def test_first_layer_equals_one_model_pass_over_the_concatenated_batches():
@@ -142,18 +145,19 @@ def test_first_layer_equals_one_model_pass_over_the_concatenated_batches():
 
 
 @pytest.mark.parametrize(
-    "bn, variance",
+    "scope, variance, unit",
     [
-        ({}, "population"),
-        ({"ghost_batch_size": 2}, "batch_mean"),
-        ({"bn_axis_name": AXIS}, "population"),
+        (models.BNScope.per_device(), "population", 4),
+        (models.BNScope.ghost(2), "batch_mean", 4),
+        (models.BNScope.across(AXIS), "population", 16),
+        (models.BNScope.across(AXIS, groups=models.device_groups(4, 2)), "population", 8),
     ],
-    ids=["device scope", "ghost batches", "global scope"],
+    ids=["device scope", "ghost batches", "global scope", "groups of 2 devices"],
 )
-def test_four_devices_equal_the_statistics_of_every_devices_batches(bn, variance):
+def test_four_devices_equal_the_statistics_of_every_devices_batches(scope, variance, unit):
     devices = jax.devices()[:4]
     assert len(devices) == 4
-    model = tiny_resnet(**bn)
+    model = tiny_resnet(scope=scope)
     variables = make_variables(model)
     images = make_batches((3, 4, 4))  # N = 3 global batches, 4 devices × 4 examples
     pbn = precise_bn.precise_bn_estimator(
@@ -168,11 +172,10 @@ def test_four_devices_equal_the_statistics_of_every_devices_batches(bn, variance
     per_device = [jax.tree_util.tree_map(lambda x, i=i: x[i], stats) for i in range(4)]
     for device_stats in per_device[1:]:  # every device holds the same statistics
         jax.tree_util.tree_map(np.testing.assert_array_equal, device_stats, per_device[0])
-    if "bn_axis_name" in bn:  # BN normalises each global batch: 16 examples per unit
-        units, unit_model = images.reshape(3, 16, 6, 6, 2), tiny_resnet()
-    else:  # BN normalises each device's batch: 4 examples per unit
-        units, unit_model = images.reshape(12, 4, 6, 6, 2), model
-    expected = reference_stats(unit_model, variables, units, bn.get("ghost_batch_size"))
+    # BN normalises units of `unit` consecutive examples: a device's 4, a group's 8 or all 16.
+    units = images.reshape(48 // unit, unit, 6, 6, 2)
+    unit_model = model if scope.axis_name is None else tiny_resnet()
+    expected = reference_stats(unit_model, variables, units, scope.ghost_batch_size)
     assert_stats_close(per_device[0], expected)
 
 
