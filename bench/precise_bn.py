@@ -79,7 +79,11 @@ def _precise_scores(evaluator, device_state, step: int, num_batches: int) -> dic
 
 def render(result: dict) -> str:
     rows = result["rows"]
-    header = ["epoch", "running averages", *(f"precise, {n} batches" for n in NUM_BATCHES)]
+    header = [
+        "epoch",
+        "running averages",
+        *(f"precise, {n} batch{'es' * (n > 1)}" for n in NUM_BATCHES),
+    ]
     header.append(f"precise, {SPREAD_BATCHES} batches, {SPREAD_POSITIONS} positions")
     table = [
         [
@@ -96,7 +100,12 @@ def render(result: dict) -> str:
         "Re-run: `.venv/bin/python -m bench.precise_bn`. Test accuracy (%) of each epoch's "
         "checkpoint of recipe/configs/default.py, evaluated with BN's running averages "
         "(momentum 0.9) and with precise-BN statistics over N training batches of 128 from the "
-        f"checkpoint's step ({result['steps_per_epoch']} steps per epoch).",
+        f"checkpoint's step ({result['steps_per_epoch']} steps per epoch). Precise BN never "
+        "changes the weights, so one run serves every column, and the trainer's default, 8 "
+        "batches, is what `make train` prints. The last column is the range over five positions "
+        "of the 8 batches, an epoch apart: the spread of another draw. Run on "
+        f"{result['machine']['date']} (accuracies, not times: the machine's load does not "
+        "matter).",
         "",
         common.md_table(header, table),
     ])  # fmt: skip
