@@ -24,7 +24,7 @@ test: lint
 train: $(INSTALLED)
 	$(PY) -m recipe.train --config recipe/configs/default.py --workdir runs/default
 
-# Benchmarks (BENCHMARKS.md sections 1–4 and 6; PyTorch comes from the `bench` extra) and the
+# Benchmarks (BENCHMARKS.md sections 1–4, 6 and 7; PyTorch comes from the `bench` extra) and the
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 
