@@ -90,8 +90,10 @@ def test_both_commands_train_the_tiny_config_from_the_installed_wheel(wheel, dat
         f"--config.data_dir={data_dir}",
     ]
     processes = {  # both at once: each is mostly single-threaded compilation
+        # A work dir relative to the cwd, as `make train`'s runs/default (orbax wants absolute
+        # paths: the checkpointer makes them so).
         name: subprocess.Popen(
-            [*entry, *arguments, f"--workdir={tmp_path / name.replace(' ', '_')}"],
+            [*entry, *arguments, f"--workdir={name.replace(' ', '_')}"],
             cwd=run_dir,
             env=env,
             stdout=subprocess.PIPE,
@@ -108,3 +110,4 @@ def test_both_commands_train_the_tiny_config_from_the_installed_wheel(wheel, dat
     for name, process in processes.items():
         assert process.returncode == 0, f"{name}: {outputs[name][-3000:]}"
         assert "final test accuracy" in outputs[name], f"{name}: {outputs[name][-3000:]}"
+        assert (run_dir / name.replace(" ", "_") / "checkpoints" / "12").is_dir(), name

@@ -39,7 +39,10 @@ class Checkpointer:
     """Saves and restores {'state': train state pytree, 'meta': JSON dict} every N steps."""
 
     def __init__(self, directory: epath.PathLike, *, keep: int, asynchronous: bool = True):
-        self.directory = epath.Path(directory)
+        directory = epath.Path(directory)
+        # orbax refuses relative paths (`make train`'s work dir is runs/default); gs:// and
+        # other URLs are absolute already.
+        self.directory = directory if directory.is_absolute() else directory.absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={
