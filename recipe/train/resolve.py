@@ -363,14 +363,19 @@ def flat_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str
 def unknown_field_message(unknown: Iterable[str]) -> str:
     """'unknown config field(s) …' with the closest known field for each, for one line."""
     known = list(flat_fields(default.get_config()))
-    by_leaf = {field.rpartition(".")[2]: field for field in known}
+    leaves: dict[str, list[str]] = {}  # a field's own name → every path that has it
+    for field in known:
+        leaves.setdefault(field.rpartition(".")[2], []).append(field)
     parts = []
     for field in sorted(unknown):
-        close = difflib.get_close_matches(field, known, n=1, cutoff=0.6) or [
-            by_leaf[leaf]
-            for leaf in difflib.get_close_matches(field.rpartition(".")[2], by_leaf, n=1)
-        ]
-        parts.append(f"{field} (did you mean {close[0]}?)" if close else field)
+        by_path = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+        leaf = field.rpartition(".")[2]
+        by_name = [path for match in difflib.get_close_matches(leaf, leaves, n=1)
+                   for path in leaves[match]]  # fmt: skip
+        # A dotted field is most likely a typo of a path; a bare one, of a field's own name
+        # wherever it lives (`lr_warmup`: ema.warmup or optimizer.warmup).
+        close = (by_path or by_name) if "." in field else (by_name or by_path)
+        parts.append(f"{field} (did you mean {' or '.join(close)}?)" if close else field)
     return (
         f"unknown config field(s) {', '.join(parts)}; the fields are those of "
         "recipe/configs/default.py"
