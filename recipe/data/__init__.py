@@ -4,11 +4,13 @@ from recipe.data.datasets import (
     DATASET_NAMES,
     DatasetNotPreparedError,
     DatasetSpec,
+    InMemorySource,
     default_data_dir,
     get_dataset_spec,
     load_source,
     prepare_dataset,
 )
+from recipe.data.fashion_mnist import FashionMnist
 from recipe.data.mnist5k import Mnist5k
 from recipe.data.pipeline import (
     Batch,
@@ -26,6 +28,8 @@ __all__ = [
     "Batch",
     "DatasetNotPreparedError",
     "DatasetSpec",
+    "FashionMnist",
+    "InMemorySource",
     "Mnist5k",
     "augment_image",
     "default_data_dir",
