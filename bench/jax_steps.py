@@ -1,5 +1,6 @@
-"""The JAX train steps the benchmarks time: the project's own `train.steps.train_step` with the
-full recipe, built exactly as `train.trainer.build` builds it, and stripped-down variants.
+"""The JAX train steps the benchmarks time: the project's own `recipe.train.steps.train_step`
+with the full recipe, resolved by the trainer's own `recipe.train.resolve.resolve`, and
+stripped-down variants.
 
 Variants (each a per-device function mapped by a `train.steps` runner, state donated):
 
@@ -23,7 +24,6 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -31,8 +31,7 @@ from jax import lax
 
 from recipe import losses, masks, models, optim
 from recipe.configs import default
-from recipe.data import datasets, pipeline
-from recipe.train import steps
+from recipe.train import resolve, steps
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
@@ -63,37 +62,38 @@ def build(
     config: ml_collections.ConfigDict,
     *,
     stem: str | None = None,
-    zero_init_last_bn=None,
+    zero_init_last_bn: bool | None = None,
     weight_decay_in_loss: bool = True,
+    device_count: int | None = None,
 ) -> Setup:
-    """What `train.trainer.build` resolves (model, variables, optimizer), plus a `stem` override
-    (the config has none: the 'CIFAR ResNet-18' of the torch comparison needs stem='cifar')."""
-    spec = datasets.get_dataset_spec(config.dataset)
-    size = config.image_size
-    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    kwargs = {"stem": stem} if stem else {}
-    model = models.create_model(
-        config.model,
-        num_classes=spec.num_classes,
-        num_filters=config.num_filters,
-        bn_momentum=config.bn.momentum,
-        dtype=jnp.dtype(config.dtype),
-        zero_init_last_bn=(
-            config.zero_init_last_bn if zero_init_last_bn is None else zero_init_last_bn
-        ),
-        **kwargs,
-    )
-    variables = steps.init_variables(model, image_shape, config.seed)
-    optimizer = optim.build_optimizer(
+    """The trainer's resolved model and optimizer (`resolve.resolve`), with initialised
+    variables, plus two benchmark variants: a `stem` override (the config has none: the 'CIFAR
+    ResNet-18' of the torch comparison needs stem='cifar') and the weight decay in the optax
+    chain (`weight_decay_in_loss=False`, `build_optimizer`'s default: the same updates)."""
+    if zero_init_last_bn is not None:
+        config = config.copy_and_resolve_references()
+        config.zero_init_last_bn = zero_init_last_bn
+    resolved = resolve.resolve(config, device_count or jax.device_count())
+    model = resolved.model if stem is None else resolved.model.clone(stem=stem)
+    variables = steps.init_variables(model, resolved.image_shape, config.seed)
+    optimizer = resolved.optimizer
+    if not weight_decay_in_loss:
+        optimizer = optim.build_optimizer(
+            variables,
+            **config.optimizer,
+            batch_size=config.batch_size,
+            steps_per_epoch=resolved.layout.steps_per_epoch,
+            epochs=config.num_epochs,
+            accumulation_steps=config.accumulation_steps,
+        )
+    return Setup(
+        model,
         variables,
-        **config.optimizer,
-        batch_size=config.batch_size,
-        steps_per_epoch=pipeline.steps_per_epoch(spec.num_train, config.batch_size),
-        epochs=config.num_epochs,
-        accumulation_steps=config.accumulation_steps,
-        weight_decay_in_loss=weight_decay_in_loss,
+        optimizer,
+        resolved.image_shape,
+        resolved.spec.num_classes,
+        config.label_smoothing,
     )
-    return Setup(model, variables, optimizer, image_shape, spec.num_classes, config.label_smoothing)
 
 
 def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):

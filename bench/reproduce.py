@@ -96,13 +96,10 @@ def precise_bn_test_error(config, workdir: pathlib.Path) -> dict:
     import numpy as np
 
     from recipe.data import datasets, pipeline
-    from recipe.train import checkpoints, steps, trainer
+    from recipe.train import resolve, trainer
 
-    setup = trainer.build(config, 1)
-    target = steps.TrainState.create(setup.variables, setup.optimizer.tx)
-    checkpointer = checkpoints.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    step, state = checkpointer.restore_latest(target, trainer.run_identity(config))
-    checkpointer.close()
+    setup = resolve.resolve(config, 1)
+    step, state = trainer.restore_checkpoint(setup, str(workdir))
     model, spec = setup.model, setup.spec
     momentum = config.bn.momentum
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from recipe import checks, losses, masks, schedules
@@ -58,7 +59,8 @@ def goyal_sgd(
     chain runs once, so the schedule (and the weight decay) count real updates.
 
     Args:
-      learning_rate: a float or a schedule of the update count.
+      learning_rate: a finite float > 0, or a schedule of the update count (its value at step 0
+        must be a finite number > 0).
       weight_decay: λ >= 0 (1e-4 in the paper); with 0 the chain has no decay step at all
         (use this when the loss carries the decay, `recipe.losses.l2_penalty`).
       weight_decay_mask: a bool pytree or callable (see `recipe.masks.weight_decay_mask`);
@@ -73,9 +75,17 @@ def goyal_sgd(
     >>> float(current_learning_rate(state))
     0.10000000149011612
     """
+    # A GoyalSchedule knows its first value; calling it would run (and compile) jnp code.
+    checks.check_learning_rate(
+        "learning_rate",
+        learning_rate.initial_lr
+        if isinstance(learning_rate, schedules.GoyalSchedule)
+        else learning_rate,
+    )
+    if isinstance(learning_rate, np.generic):  # inject_hyperparams treats these as static
+        learning_rate = learning_rate.item()
     checks.check_non_negative("weight_decay", weight_decay)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    checks.check_interval("momentum", momentum, 0.0, 1.0, high_closed=False)
     checks.check_positive_int("accumulation_steps", accumulation_steps)
     sgd = optax.inject_hyperparams(optax.sgd)(
         learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
@@ -120,7 +130,7 @@ def build_optimizer(
     warmup: str = "gradual",
     warmup_epochs: float = 5,
     decay: str = "step",
-    decay_epochs: Sequence[float] = (30, 60, 80),
+    decay_epochs: Sequence[float] | None = None,
     decay_factor: float = 0.1,
     weight_decay: float = 1e-4,
     decay_bias: bool = True,
@@ -136,12 +146,12 @@ def build_optimizer(
 
     Under gradient accumulation, the linear scaling rule and the schedule use the *effective*
     batch: an update sees `batch_size · accumulation_steps` examples, and an epoch has
-    `steps_per_epoch // accumulation_steps` updates.
+    `steps_per_epoch / accumulation_steps` updates (a whole number: see `steps_per_epoch`).
 
     Args:
       model_or_variables: linen variables (with 'batch_stats') or an NNX module, for the mask.
       batch_size: global batch of one micro-batch (all devices and hosts).
-      steps_per_epoch: micro-batches per epoch.
+      steps_per_epoch: micro-batches per epoch, a multiple of `accumulation_steps`.
       epochs, base_lr, base_batch_size, warmup, warmup_epochs, decay, decay_epochs,
         decay_factor: see `recipe.schedules.goyal_schedule`.
       weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`.
@@ -155,12 +165,14 @@ def build_optimizer(
     """
     checks.check_positive_int("accumulation_steps", accumulation_steps)
     checks.check_positive_int("steps_per_epoch", steps_per_epoch)
-    updates_per_epoch = steps_per_epoch // accumulation_steps
-    if updates_per_epoch == 0:
+    if steps_per_epoch % accumulation_steps:
         raise ValueError(
-            f"accumulation_steps ({accumulation_steps}) must not exceed the micro-batches per "
-            f"epoch ({steps_per_epoch})"
+            f"steps_per_epoch ({steps_per_epoch}) must be a multiple of accumulation_steps "
+            f"({accumulation_steps}), so that an epoch is a whole number of updates and the "
+            "schedule's epochs are the data's; drop each epoch's last partial update "
+            "(recipe.data.steps_per_epoch(num_examples, batch_size, accumulation_steps))"
         )
+    updates_per_epoch = steps_per_epoch // accumulation_steps
     schedule = schedules.goyal_schedule(
         batch_size=batch_size * accumulation_steps,
         steps_per_epoch=updates_per_epoch,

@@ -17,6 +17,7 @@ Durations given in epochs are converted to steps in one place, `epochs_to_steps`
 """
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -88,7 +89,7 @@ def step_decay(init_value: float, boundaries: Sequence[int], factor: float = 0.1
     Args:
       init_value: learning rate before the first boundary.
       boundaries: steps (relative to the start of this schedule), increasing, >= 0.
-      factor: multiplier applied at each boundary; in (0, 1] for a decay.
+      factor: multiplier applied at each boundary, in (0, 1].
 
     >>> schedule = step_decay(3.2, [10, 20])
     >>> [round(float(schedule(t)), 4) for t in (9, 10, 20)]
@@ -98,7 +99,7 @@ def step_decay(init_value: float, boundaries: Sequence[int], factor: float = 0.1
         checks.check_non_negative_int(f"boundaries[{i}]", boundary)
     if list(boundaries) != sorted(set(boundaries)):
         raise ValueError(f"boundaries must be strictly increasing, got {list(boundaries)}")
-    checks.check_positive("factor", factor)
+    checks.check_interval("factor", factor, 0.0, 1.0, low_closed=False)
     return _float32(
         optax.piecewise_constant_schedule(init_value, {int(b): factor for b in boundaries})
     )
@@ -237,6 +238,85 @@ def warmup_multiplier_schedule(
     return gradual_warmup(base_lr, peak, warmup_steps, after_schedule)
 
 
+PAPER_EPOCHS = 90
+PAPER_WARMUP_EPOCHS = 5
+PAPER_DECAY_EPOCHS = (30, 60, 80)
+
+
+def paper_decay_epochs(epochs: float, warmup_epochs: float = 0.0) -> tuple[float, ...]:
+    """Goyal §5.1's ÷10 milestones (epochs 30, 60, 80 of 90) placed on a run of another length.
+
+    The paper's run (90 epochs, the first 5 warmup) is mapped onto this one: milestones keep
+    their share of the run, m · N / 90, unless the warmup W takes a larger share than the
+    paper's 5 of 90; then they keep their share of the epochs after warmup, so they always
+    follow it:
+
+        A = max(W, 5 · N / 90),     milestone_i = A + (N − A) · (m_i − 5) / 85
+
+    (with A = 5 · N / 90 this is exactly m_i · N / 90). At N = 90 and W ≤ 5 it gives the paper's
+    30, 60 and 80.
+
+    Args:
+      epochs: N, the length of the run in epochs, > 0.
+      warmup_epochs: W, the warmup length in epochs (0 without warmup), in [0, N).
+
+    >>> paper_decay_epochs(90, 5)
+    (30.0, 60.0, 80.0)
+    >>> paper_decay_epochs(45)
+    (15.0, 30.0, 40.0)
+    >>> [round(e, 2) for e in paper_decay_epochs(15, 2)]
+    [5.82, 10.41, 13.47]
+    """
+    checks.check_positive("epochs", epochs)
+    check_warmup_epochs(warmup_epochs, epochs)
+    anchor = max(float(warmup_epochs), PAPER_WARMUP_EPOCHS * epochs / PAPER_EPOCHS)
+    span = PAPER_EPOCHS - PAPER_WARMUP_EPOCHS
+    return tuple(
+        anchor + (epochs - anchor) * (m - PAPER_WARMUP_EPOCHS) / span for m in PAPER_DECAY_EPOCHS
+    )
+
+
+def check_warmup_epochs(
+    warmup_epochs: float, epochs: float, *, names: tuple[str, str] = ("warmup_epochs", "epochs")
+) -> float:
+    """The warmup length: a finite number of epochs >= 0 and shorter than the run.
+
+    `names` are the argument names used in the message (the trainer passes its config fields).
+    """
+    warmup_epochs = checks.check_non_negative(names[0], warmup_epochs)
+    if warmup_epochs >= epochs:
+        raise ValueError(f"{names[0]} must be < {names[1]} ({epochs:g}), got {warmup_epochs:g}")
+    return warmup_epochs
+
+
+def check_decay_epochs(
+    decay_epochs: Sequence[float],
+    warmup_epochs: float,
+    epochs: float,
+    *,
+    names: tuple[str, str, str] = ("decay_epochs", "warmup_epochs", "epochs"),
+) -> tuple[float, ...]:
+    """Step-decay milestones: strictly increasing epochs after the warmup and before the end.
+
+    Each milestone m must satisfy W < m < N (W = `warmup_epochs`, 0 without warmup; N =
+    `epochs`): a decay inside the warmup would be overridden by it, and one at or past the end
+    never happens. `names` are the argument names used in the message.
+
+    >>> check_decay_epochs((30, 60, 80), 5, 90)
+    (30, 60, 80)
+    """
+    decay_name, warmup_name, epochs_name = names
+    milestones = checks.check_increasing(decay_name, decay_epochs)
+    if not milestones:
+        raise ValueError(f"{decay_name} must hold at least one epoch for a step decay, got ()")
+    if milestones[0] <= warmup_epochs or milestones[-1] >= epochs:
+        raise ValueError(
+            f"{decay_name} must lie strictly between {warmup_name} ({warmup_epochs:g}) and "
+            f"{epochs_name} ({epochs:g}), got {milestones!r}"
+        )
+    return milestones
+
+
 @dataclasses.dataclass(frozen=True)
 class GoyalSchedule:
     """The resolved learning-rate recipe; call it like an optax schedule.
@@ -248,6 +328,7 @@ class GoyalSchedule:
       warmup: 'gradual', 'constant' or 'none'.
       warmup_steps: updates spent in warmup.
       decay: 'step', 'cosine', 'linear' or 'constant'.
+      decay_epochs: the epochs of the 'step' decay's milestones (as given, or the paper's).
       decay_boundaries: absolute steps at which the 'step' decay multiplies by `decay_factor`.
       decay_factor: the 'step' decay multiplier.
       total_steps: updates in the whole run.
@@ -260,6 +341,7 @@ class GoyalSchedule:
     warmup: str
     warmup_steps: int
     decay: str
+    decay_epochs: tuple[float, ...]
     decay_boundaries: tuple[int, ...]
     decay_factor: float
     total_steps: int
@@ -268,6 +350,11 @@ class GoyalSchedule:
 
     def __call__(self, step: jax.Array | int) -> jax.Array:
         return self.schedule(step)
+
+    @property
+    def initial_lr(self) -> float:
+        """The learning rate of the first update, known without running the schedule."""
+        return self.warmup_lr if self.warmup_steps else self.peak_lr
 
 
 def goyal_schedule(
@@ -280,7 +367,7 @@ def goyal_schedule(
     warmup: str = "gradual",
     warmup_epochs: float = 5,
     decay: str = "step",
-    decay_epochs: Sequence[float] = (30, 60, 80),
+    decay_epochs: Sequence[float] | None = None,
     decay_factor: float = 0.1,
 ) -> GoyalSchedule:
     """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
@@ -290,7 +377,8 @@ def goyal_schedule(
     at kη, not η); then the decay runs until `epochs`:
 
     * 'step': kη · `decay_factor`^i after the i-th of `decay_epochs` (absolute epochs, counted
-      from the start of training, warmup included: Goyal's 30, 60, 80 of 90);
+      from the start of training, warmup included: Goyal's 30, 60, 80 of 90; by default
+      `paper_decay_epochs(epochs, warmup_epochs)`, the same milestones placed on this run);
     * 'cosine' / 'linear': from kη to 0 over the epochs after warmup;
     * 'constant': kη.
 
@@ -303,8 +391,9 @@ def goyal_schedule(
       warmup: one of `WARMUP_KINDS`.
       warmup_epochs: warmup length in epochs (may be fractional).
       decay: one of `DECAY_KINDS`.
-      decay_epochs: for 'step', the epochs at which to decay.
-      decay_factor: for 'step', the multiplier.
+      decay_epochs: for 'step', the epochs at which to decay, strictly between the end of
+        warmup and `epochs`; None places the paper's milestones (`paper_decay_epochs`).
+      decay_factor: for 'step', the multiplier, in (0, 1].
 
     Returns:
       A `GoyalSchedule`: callable on the step, and carrying the resolved numbers.
@@ -316,28 +405,24 @@ def goyal_schedule(
     checks.check_choice("warmup", warmup, WARMUP_KINDS)
     checks.check_choice("decay", decay, DECAY_KINDS)
     peak_lr = scaled_learning_rate(base_lr, batch_size, base_batch_size)
+    checks.check_positive("epochs", epochs)
     total_steps = epochs_to_steps(epochs, steps_per_epoch)
     checks.check_positive_int("epochs × steps_per_epoch", total_steps)
-    warmup_steps = (
-        0
-        if warmup == "none"
-        else epochs_to_steps(warmup_epochs, steps_per_epoch, name="warmup_epochs")
-    )
-    if warmup_steps > total_steps:
-        raise ValueError(
-            f"warmup_epochs ({warmup_epochs}) must not exceed epochs ({epochs}): warmup would "
-            f"take {warmup_steps} of {total_steps} steps"
-        )
+    warmup_epochs = 0.0 if warmup == "none" else check_warmup_epochs(warmup_epochs, epochs)
+    warmup_steps = epochs_to_steps(warmup_epochs, steps_per_epoch, name="warmup_epochs")
     boundaries: tuple[int, ...] = ()
     if decay == "step":
-        boundaries = tuple(
-            epochs_to_steps(e, steps_per_epoch, name=f"decay_epochs[{i}]")
-            for i, e in enumerate(decay_epochs)
-        )
-        if any(b < warmup_steps or b > total_steps for b in boundaries):
+        checks.check_interval("decay_factor", decay_factor, 0.0, 1.0, low_closed=False)
+        if decay_epochs is None:
+            decay_epochs = paper_decay_epochs(epochs, warmup_epochs)
+        decay_epochs = check_decay_epochs(decay_epochs, warmup_epochs, epochs)
+        boundaries = tuple(epochs_to_steps(e, steps_per_epoch) for e in decay_epochs)
+        steps = (warmup_steps, *boundaries, total_steps)
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(
-                f"decay_epochs must lie between warmup_epochs ({warmup_epochs}) and epochs "
-                f"({epochs}), got {tuple(decay_epochs)}"
+                f"decay_epochs {tuple(decay_epochs)!r} fall on updates {list(boundaries)} at "
+                f"{steps_per_epoch} updates per epoch; they must be distinct updates after "
+                f"update {warmup_steps} (where warmup_epochs end) and before update {total_steps}"
             )
         after = step_decay(peak_lr, [b - warmup_steps for b in boundaries], decay_factor)
     elif decay in ("cosine", "linear"):
@@ -366,6 +451,7 @@ def goyal_schedule(
         warmup=warmup,
         warmup_steps=warmup_steps,
         decay=decay,
+        decay_epochs=tuple(decay_epochs) if decay == "step" else (),
         decay_boundaries=boundaries,
         decay_factor=decay_factor,
         total_steps=total_steps,

@@ -1,25 +1,36 @@
-"""Every bad input of the README's table: a clear error naming the field, the value and what
-is allowed, raised before anything is compiled or loaded."""
+"""Every bad input of the README's table: one line naming the dotted field, the value, what is
+allowed and the flag that fixes it, raised before anything is compiled, loaded or written, the
+same from training and from `--describe`; an existing work dir is left byte for byte as it was.
+"""
 
+import ast
+import hashlib
 import math
 import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
 
+import jax
 import pytest
 import tiny_config as tiny
 
-from recipe.train import trainer
+from recipe.configs import default
+from recipe.data import datasets
+from recipe.train import checkpoints, resolve, trainer
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BACKEND_COMPILES: list[str] = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kwargs: (
+        BACKEND_COMPILES.append(event) if event.endswith("backend_compile_duration") else None
+    )
+)
 
-@pytest.fixture(autouse=True)
-def nothing_is_built(monkeypatch):
-    """Fails the test if the trainer gets as far as building (compiling) the model."""
-
-    def build(*args, **kwargs):
-        raise AssertionError("bad input must be rejected before the model is built")
-
-    monkeypatch.setattr(trainer, "build", build)
-
-
+# (overrides, message): the message must match at the start of the error, which must also
+# end with a `fix: --config.<field>=<value>` that passes the field's rules.
 BAD_INPUTS = {
     "label smoothing below 0": ({"label_smoothing": -0.1}, r"label_smoothing .*\[0, 1\].*-0\.1"),
     "label smoothing above 1": ({"label_smoothing": 1.5}, r"label_smoothing .*\[0, 1\].*1\.5"),
@@ -29,9 +40,45 @@ BAD_INPUTS = {
         {"optimizer.warmup_epochs": -1.0},
         r"optimizer\.warmup_epochs must be a finite number >= 0, got -1",
     ),
-    "warmup longer than training": (
-        {"optimizer.warmup_epochs": 4.0},
-        r"optimizer\.warmup_epochs must be <= num_epochs \(3\), got 4",
+    "warmup as long as training": (
+        {"optimizer.warmup_epochs": 3.0},
+        r"optimizer\.warmup_epochs must be < num_epochs \(3\), got 3",
+    ),
+    "base lr 0": ({"optimizer.base_lr": 0.0}, r"optimizer\.base_lr must be a finite number > 0"),
+    "base lr negative": ({"optimizer.base_lr": -0.1}, r"optimizer\.base_lr .* > 0, got -0\.1"),
+    "base lr infinite": ({"optimizer.base_lr": math.inf}, r"optimizer\.base_lr .* > 0, got inf"),
+    "base batch 0": (
+        {"optimizer.base_batch_size": 0},
+        r"optimizer\.base_batch_size must be an integer > 0, got 0",
+    ),
+    "negative weight decay": (
+        {"optimizer.weight_decay": -1e-4},
+        r"optimizer\.weight_decay must be a finite number >= 0",
+    ),
+    "momentum 1": ({"optimizer.momentum": 1.0}, r"optimizer\.momentum .*\[0, 1\), got 1\.0"),
+    "decay factor 0": ({"optimizer.decay_factor": 0.0}, r"optimizer\.decay_factor .*\(0, 1\]"),
+    "decay factor 2": ({"optimizer.decay_factor": 2.0}, r"optimizer\.decay_factor .*got 2\.0"),
+    "unknown warmup": (
+        {"optimizer.warmup": "linear"},
+        r"optimizer\.warmup must be one of 'gradual', 'constant', 'none'; got 'linear'",
+    ),
+    "unknown decay": ({"optimizer.decay": "exp"}, r"optimizer\.decay must be one of 'step'"),
+    "decay epochs unsorted": (
+        {"optimizer.decay_epochs": (2.5, 2.0)},
+        r"optimizer\.decay_epochs must be strictly increasing .*got \(2\.5, 2\.0\)",
+    ),
+    "decay epoch past the end": (
+        {"optimizer.decay_epochs": (2, 3)},
+        r"optimizer\.decay_epochs must lie strictly between optimizer\.warmup_epochs \(1\) and "
+        r"num_epochs \(3\), got \(2, 3\)",
+    ),
+    "decay inside the warmup": (
+        {"optimizer.decay_epochs": (1, 2)},
+        r"optimizer\.decay_epochs must lie strictly between optimizer\.warmup_epochs \(1\)",
+    ),
+    "decays on the same update": (
+        {"optimizer.decay_epochs": (2.0, 2.1)},
+        r"optimizer\.decay_epochs \(2\.0, 2\.1\) fall on updates \[8, 8\]",
     ),
     "batch not divisible by the devices": (
         {"batch_size": 1001},
@@ -41,20 +88,43 @@ BAD_INPUTS = {
         {"batch_size": 2},
         r"batch_size must be a multiple of the device count 4 .*got 2",
     ),
+    "eval batch not divisible by the devices": (
+        {"eval_batch_size": 999},
+        r"eval_batch_size must be a multiple of the device count 4 .*got 999",
+    ),
+    "accumulated batch larger than the dataset": (
+        {"accumulation_steps": 5},
+        r"batch_size × accumulation_steps must be <= the 4000 training examples of mnist5k",
+    ),
     "ghost batch not dividing the per-device batch": (
         {"bn.scope": "ghost", "bn.ghost_batch_size": 32},
         r"bn\.ghost_batch_size must divide the per-device batch 250 .*got 32",
     ),
+    "bn momentum above 1": ({"bn.momentum": 1.5}, r"bn\.momentum must be a number in \[0, 1\]"),
     "unknown bn scope": ({"bn.scope": "sync"}, r"bn\.scope must be one of 'device', 'global'"),
     "unknown dataset": ({"dataset": "mnist"}, r"dataset must be one of 'mnist5k', 'cifar10'"),
     "unknown model": ({"model": "resnet51"}, r"model must be one of 'resnet8', 'resnet20'"),
     "unknown runner": ({"runner": "pjit"}, r"runner must be one of 'pmap', 'shard_map'"),
+    "unknown dtype": ({"dtype": "float16"}, r"dtype must be one of 'float32', 'bfloat16'"),
+    "width 0": ({"num_filters": 0}, r"num_filters must be an integer > 0, got 0"),
+    "image size 0": ({"image_size": 0}, r"image_size must be an integer > 0, got 0"),
+    "negative seed": ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+    "seed too large": ({"seed": 2**40}, r"seed must be an integer in \[0, 2\^32\)"),
     "sync interval 0": ({"sync_every_steps": 0}, r"sync_every_steps must be an integer > 0"),
+    "checkpoint interval 0": (
+        {"checkpoint_every_steps": 0},
+        r"checkpoint_every_steps must be an integer > 0",
+    ),
+    "unknown on_nonfinite": ({"on_nonfinite": "ignore"}, r"on_nonfinite must be one of 'stop'"),
+    "process id without the others": (
+        {"distributed.process_id": 1},
+        r"distributed\.coordinator_address, distributed\.num_processes and "
+        r"distributed\.process_id must be set together",
+    ),
 }
 
 
-@pytest.mark.parametrize("overrides, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_config_field(overrides, message, data_dir, tmp_path):
+def _bad_config(data_dir: str, overrides: dict):
     config = tiny.make_config(data_dir)
     with config.unlocked():
         for key, value in overrides.items():
@@ -63,27 +133,124 @@ def test_bad_config_field(overrides, message, data_dir, tmp_path):
             for parent in parents:
                 section = section[parent]
             section[leaf] = value  # unchecked types: what a hand-written config could hold
-    with pytest.raises(trainer.ConfigError, match=message):
-        trainer.train_and_evaluate(config, str(tmp_path))
+    return config
+
+
+def _checksums(directory: pathlib.Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    } | {str(p.relative_to(directory)) + "/": "dir" for p in directory.rglob("*") if p.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def existing_workdir(finished_run, tmp_path_factory) -> pathlib.Path:
+    """A copy of a finished run's work dir that every bad input is pointed at."""
+    workdir = tmp_path_factory.mktemp("existing") / "run"
+    shutil.copytree(finished_run[0], workdir)
+    return workdir
+
+
+@pytest.fixture
+def nothing_is_loaded(monkeypatch):
+    def load_source(*args, **kwargs):
+        raise AssertionError("bad input must be rejected before the data is opened")
+
+    monkeypatch.setattr(datasets, "load_source", load_source)
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_config_field(overrides, message, data_dir, existing_workdir, nothing_is_loaded):
+    config = _bad_config(data_dir, overrides)
+    before, compiles = _checksums(existing_workdir), len(BACKEND_COMPILES)
+    with pytest.raises(trainer.ConfigError) as from_training:
+        trainer.train_and_evaluate(config, str(existing_workdir))
+    with pytest.raises(trainer.ConfigError) as from_describe:
+        trainer.describe(config)
+    text = str(from_training.value)
+    assert re.match(message, text), text
+    assert str(from_describe.value) == text, "describe and training must say the same"
+    assert "\n" not in text
+    assert len(BACKEND_COMPILES) == compiles, "bad input must be rejected before compiling"
+    assert _checksums(existing_workdir) == before, "the work dir must be left as it was"
+    # The suggested flag fixes the input.
+    fix = re.search(r"; fix: --config\.([\w.]+)=(\S+)$", text)
+    if fix is None:
+        assert text.endswith("; fix: set all three, or none"), text
+        return
+    field, value = fix.groups()
+    resolve.resolve(
+        _bad_config(data_dir, {**overrides, field: _parse_cli_value(value)}), jax.device_count()
+    )
+
+
+def _parse_cli_value(text: str):
+    text = text.strip("'")
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def test_every_config_field_has_a_rule():
+    assert set(resolve.FIELD_RULES) == set(resolve.flat_fields(default.get_config()))
+
+
+def test_unknown_config_field_suggests_the_closest(data_dir, nothing_is_loaded):
+    config = tiny.make_config(data_dir)
+    config.optimizer.warmup_epoch = 3  # a typo for warmup_epochs
+    with pytest.raises(trainer.ConfigError, match=r"unknown config field\(s\) optimizer\."
+                       r"warmup_epoch \(did you mean optimizer\.warmup_epochs\?\)"):  # fmt: skip
+        trainer.train_and_evaluate(config, "/nonexistent/never/created")
+    assert not pathlib.Path("/nonexistent").exists()
 
 
 def test_non_integer_epochs_are_refused_when_set():
-    # ConfigDict keeps each field's type: 2.5 cannot even be assigned to the integer num_epochs.
+    # ConfigDict keeps each field's type: 2.5 cannot even be assigned to the integer num_epochs
+    # (on the command line, see CLI_BAD_INPUTS).
     with pytest.raises(TypeError, match=r"field 'num_epochs'.*2\.5.*float.*int"):
         tiny.get_config().num_epochs = 2.5
 
 
-def test_unknown_config_field(data_dir, tmp_path):
-    config = tiny.make_config(data_dir)
-    config.optimizer.lr = 0.1  # a typo for base_lr
-    with pytest.raises(trainer.ConfigError, match=r"unknown config field\(s\) optimizer\.lr"):
-        trainer.train_and_evaluate(config, str(tmp_path))
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model": "resnet20"},
+        {"num_filters": 8},
+        {"batch_size": 500},
+        {"label_smoothing": 0.2},
+        {"optimizer.base_lr": 0.2},
+        {"seed": 1},
+    ],
+    ids=lambda o: ",".join(o),
+)
+def test_another_runs_config_leaves_the_work_dir_intact(overrides, data_dir, existing_workdir):
+    before, compiles = _checksums(existing_workdir), len(BACKEND_COMPILES)
+    field = next(iter(overrides))
+    with pytest.raises(
+        checkpoints.IncompatibleCheckpointError, match=rf"different run \(.*{field}"
+    ):
+        trainer.train_and_evaluate(tiny.make_config(data_dir, **overrides), str(existing_workdir))
+    assert _checksums(existing_workdir) == before
+    assert len(BACKEND_COMPILES) == compiles
+
+
+def test_another_dataset_leaves_the_work_dir_intact(tmp_path, existing_workdir):
+    before = _checksums(existing_workdir)
+    config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
+    with pytest.raises(trainer.ConfigError, match=r"cifar10 is not prepared"):
+        trainer.train_and_evaluate(config, str(existing_workdir))
+    assert _checksums(existing_workdir) == before
 
 
 def test_dataset_not_prepared_offline(tmp_path):
     config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
-    with pytest.raises(trainer.ConfigError, match=r"(?s)cifar10 is not prepared.*prepare_dataset"):
+    with pytest.raises(trainer.ConfigError, match=r"cifar10 is not prepared.*prepare_dataset"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists(), "nothing is created for a dataset that is missing"
 
 
 def test_workdir_that_cannot_be_written(data_dir, tmp_path):
@@ -101,3 +268,59 @@ def test_workdir_without_write_permission(data_dir, tmp_path):
             trainer.train_and_evaluate(tiny.make_config(data_dir), str(tmp_path))
     finally:
         tmp_path.chmod(0o700)
+
+
+# The command line: what absl and ml_collections refuse while parsing flags is one line too.
+CLI_BAD_INPUTS = {
+    "unknown field": (
+        ["--config.lr_warmup=5"],
+        r"^error: unknown config field\(s\) lr_warmup \(did you mean optimizer\.warmup\?\)",
+    ),
+    "misspelled nested field": (
+        ["--config.optimizer.warmup_epoch=3"],
+        r"^error: unknown config field\(s\) optimizer\.warmup_epoch \(did you mean "
+        r"optimizer\.warmup_epochs\?\)",
+    ),
+    "float for an integer field": (
+        ["--config.num_epochs=2.5"],
+        r"^error: num_epochs must be an integer, got '2\.5'; fix: --config\.num_epochs=3$",
+    ),
+    "bad field value": (
+        ["--config.optimizer.decay_epochs=(4,2)"],
+        r"^error: optimizer\.decay_epochs must be strictly increasing",
+    ),
+    "missing config file": (["--config=nosuch.py"], r"^error: --config=nosuch\.py: no such file"),
+}
+
+
+def test_cli_bad_input_is_one_line_with_exit_status_2(data_dir, existing_workdir):
+    from recipe.train import __main__ as cli
+
+    before = _checksums(existing_workdir)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    processes = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "recipe.train",
+                f"--config={REPO / 'tests' / 'tiny_config.py'}",
+                f"--config.data_dir={data_dir}",
+                f"--workdir={existing_workdir}",
+                *args,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, _) in CLI_BAD_INPUTS.items()
+    }
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == cli.EXIT_BAD_INPUT, (name, stderr[-2000:])
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (name, stderr[-2000:])
+        assert re.search(CLI_BAD_INPUTS[name][1], lines[0]), (name, lines[0])
+    assert _checksums(existing_workdir) == before

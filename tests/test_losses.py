@@ -232,3 +232,42 @@ def test_l2_penalty_value_and_gradient(mask, weight_decay):
 def test_l2_penalty_rejects_bad_weight_decay(weight_decay):
     with pytest.raises(ValueError, match=r"^weight_decay must be a finite number >= 0"):
         losses.l2_penalty(L2_PARAMS, weight_decay)
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, K], [-1, 0, 1, 2], np.array([0, 1, 2, 99])])
+def test_out_of_range_labels_are_refused_when_concrete(labels):
+    logits = jnp.zeros((4, K))
+    with pytest.raises(ValueError, match=rf"labels must be class ids in \[0, {K}\)"):
+        losses.cross_entropy(logits, labels)
+    with pytest.raises(ValueError, match=rf"labels must be class ids in \[0, {K}\)"):
+        losses.per_example_cross_entropy(logits, jnp.asarray(labels))
+
+
+def test_out_of_range_labels_under_jit_count_only_the_smoothing_term():
+    # Documented: traced labels cannot be checked; an id past K has an all-zero one-hot row.
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, K)), jnp.float32)
+    per_example = jax.jit(lambda x, y: losses.per_example_cross_entropy(x, y, 0.1))
+    out = per_example(logits, jnp.array([0, K + 3]))
+    log_p = jax.nn.log_softmax(logits[1])
+    np.testing.assert_allclose(out[1], -0.1 * jnp.mean(log_p), rtol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [np.float32(0.1), jnp.array(0.1), np.array(0.1)])
+def test_label_smoothing_may_be_a_scalar_array(eps):
+    targets = losses.smooth_labels(jnp.eye(K), eps)
+    np.testing.assert_allclose(targets, losses.smooth_labels(jnp.eye(K), 0.1), rtol=1e-6)
+
+
+def test_label_smoothing_may_be_traced():
+    smooth = jax.jit(losses.smooth_labels)
+    np.testing.assert_allclose(
+        smooth(jnp.eye(K), 0.2), losses.smooth_labels(jnp.eye(K), 0.2), rtol=1e-6
+    )
+    loss = jax.jit(lambda eps: losses.cross_entropy(jnp.zeros((2, K)), jnp.array([0, 1]), eps))
+    np.testing.assert_allclose(loss(0.3), np.log(K), rtol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [jnp.array(1.5), np.float32(-0.1), jnp.array(float("nan"))])
+def test_bad_scalar_array_label_smoothing_is_refused(eps):
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\]"):
+        losses.smooth_labels(jnp.eye(K), eps)

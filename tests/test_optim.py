@@ -148,7 +148,7 @@ def _variables():
     return model.init(jax.random.key(0), jnp.ones((1, 4)))
 
 
-@pytest.mark.parametrize("a,spe", [(4, 100), (4, 103), (1, 100)])
+@pytest.mark.parametrize("a,spe", [(4, 100), (3, 102), (1, 103)])
 def test_build_optimizer_uses_effective_batch(a, spe):
     opt = optim.build_optimizer(
         _variables(),
@@ -379,3 +379,34 @@ def test_weight_decay_in_loss_gives_the_same_updates(nesterov, a):
     # The decay acted on the Dense kernels and left BN's γ/β alone.
     assert np.max(np.abs(in_loss["layers_0"]["kernel"] - undecayed["layers_0"]["kernel"])) > 1e-3
     chex.assert_trees_all_close(in_loss["layers_1"], undecayed["layers_1"], rtol=1e-6)
+
+
+def test_build_optimizer_refuses_epochs_of_partial_updates():
+    # 103 micro-batches are 25.75 updates of 4: the schedule's epochs would drift from the data's.
+    with pytest.raises(ValueError, match=r"steps_per_epoch \(103\) must be a multiple of accum"):
+        optim.build_optimizer(
+            _variables(), batch_size=256, steps_per_epoch=103, epochs=10, accumulation_steps=4
+        )
+
+
+@pytest.mark.parametrize(
+    "learning_rate, message",
+    [
+        (-0.1, r"learning_rate must be a finite number > 0, got -0\.1"),
+        (0.0, r"learning_rate must be a finite number > 0, got 0\.0"),
+        (float("nan"), r"learning_rate must be a finite number > 0, got nan"),
+        (float("inf"), r"learning_rate must be a finite number > 0, got inf"),
+        (jnp.array(-1.0), r"learning_rate must be a finite number > 0, got -1\.0"),
+        (optax.constant_schedule(-0.5), r"schedule with a finite value > 0 at step 0, got -0\.5"),
+        (optax.constant_schedule(float("nan")), r"schedule with a finite value > 0 .* got nan"),
+    ],
+)
+def test_goyal_sgd_refuses_bad_learning_rates(learning_rate, message):
+    with pytest.raises(ValueError, match=message):
+        optim.goyal_sgd(learning_rate)
+
+
+@pytest.mark.parametrize("learning_rate", [0.1, np.float32(0.1), jnp.array(0.1)])
+def test_goyal_sgd_takes_scalar_learning_rates(learning_rate):
+    state = optim.goyal_sgd(learning_rate).init({"w": jnp.ones(2)})
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.1)

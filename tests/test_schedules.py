@@ -427,3 +427,52 @@ def test_bad_kind_rejected_listing_allowed(kwargs, field, allowed):
 def test_decay_epoch_outside_training_rejected(decay_epochs):
     with pytest.raises(ValueError, match=re.escape("decay_epochs")):
         _table1(decay_epochs=decay_epochs)
+
+
+@pytest.mark.parametrize("factor", [0.0, -0.1, 1.5, 2.0, float("nan")])
+def test_decay_factor_outside_zero_one_is_refused(factor):
+    with pytest.raises(ValueError, match=r"^factor must be a number in \(0, 1\]"):
+        schedules.step_decay(1.0, [10], factor)
+    with pytest.raises(ValueError, match=r"^decay_factor must be a number in \(0, 1\]"):
+        _table1(decay_factor=factor)
+
+
+@pytest.mark.parametrize(
+    "epochs, warmup, expected",
+    [
+        (90, 5, (30, 60, 80)),  # the paper
+        (90, 0, (30, 60, 80)),  # the no-warmup baseline keeps the paper's milestones
+        (45, 0, (15, 30, 40)),  # shares of the run
+        (18, 1, (6, 12, 16)),  # warmup within the paper's share (5/90 of 18 = 1)
+        # A longer warmup than the paper's share: shares of the epochs after it.
+        (15, 2, (2 + 13 * 25 / 85, 2 + 13 * 55 / 85, 2 + 13 * 75 / 85)),
+        (5, 2, (2 + 3 * 25 / 85, 2 + 3 * 55 / 85, 2 + 3 * 75 / 85)),
+    ],
+)
+def test_paper_decay_epochs(epochs, warmup, expected):
+    np.testing.assert_allclose(schedules.paper_decay_epochs(epochs, warmup), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("epochs, warmup", [(5, 2.0), (7, 2.0), (15, 2.0), (90, 5.0), (3, 0.5)])
+def test_default_decay_follows_the_run_length(epochs, warmup):
+    s = schedules.goyal_schedule(
+        batch_size=1024, steps_per_epoch=31, epochs=epochs, warmup_epochs=warmup
+    )
+    assert s.decay_epochs == schedules.paper_decay_epochs(epochs, warmup)
+    assert s.warmup_steps < s.decay_boundaries[0] < s.decay_boundaries[-1] < s.total_steps
+
+
+@pytest.mark.parametrize(
+    "decay_epochs",
+    [(5, 60, 80), (4, 60, 80), (30, 60, 90), (60, 30, 80), (30, 30, 80), (), (30, float("nan"))],
+)
+def test_decay_epochs_must_follow_warmup_and_end_before_the_run(decay_epochs):
+    with pytest.raises(ValueError, match=r"^decay_epochs must"):
+        _table1(decay_epochs=decay_epochs)
+
+
+def test_decay_epochs_on_the_same_update_are_refused():
+    with pytest.raises(ValueError, match=r"fall on updates \[2, 2\]"):
+        schedules.goyal_schedule(
+            batch_size=256, steps_per_epoch=2, epochs=4, warmup="none", decay_epochs=(1.0, 1.1)
+        )

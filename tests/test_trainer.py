@@ -1,15 +1,18 @@
 """End to end on the embedded dataset: files written, exact resume, the describe command."""
 
+import json
 import shutil
 
 import chex
+import jax
 import numpy as np
 import pytest
 import tiny_config as tiny
 from conftest import checkpoint_state
 from tensorboard.backend.event_processing import event_file_loader
 
-from recipe.train import trainer
+from recipe.data import datasets, pipeline
+from recipe.train import resolve, trainer
 from recipe.train.metrics import read_metrics
 
 
@@ -24,6 +27,7 @@ def test_run_writes_checkpoints_metrics_and_plots(finished_run):
     first = next(r for r in records if r["kind"] == "train")
     assert {"loss", "accuracy", "learning_rate", "images_per_sec", "epoch"} <= first.keys()
     assert (workdir / "curves.png").stat().st_size > 10_000
+    assert json.loads((workdir / "config.json").read_text())["model"] == "resnet8"
     (event_file,) = (workdir / "tensorboard").iterdir()
     tags = {
         value.tag
@@ -62,8 +66,62 @@ def test_resume_from_a_checkpoint_ends_with_the_same_params(finished_run, data_d
 def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):
     text = trainer.describe(tiny.make_config(data_dir), tmp_path)
     assert "0.1 × 1000 / 32 = 3.125 (linear scaling rule)" in text
-    assert "gradual, 4 updates" in text
-    assert "×0.1 at updates [8]" in text
+    assert "gradual, 4 updates (1 epochs) from 0.1 to 3.125" in text
+    assert "step ×0.1 at epochs 2 (as configured; updates 8)" in text
     assert "per device, over 250 examples" in text
-    assert "stem_bn/scale" in text.split("no weight decay on")[1]
+    assert "4 updates of 1000 examples" in text
+    decayed, not_decayed = text.split("\nweight decay on")[1].split("\nno weight decay on")
+    assert "9 conv kernels, 1 dense kernel, 1 bias" in decayed
+    assert "γ and β of 9 BatchNorm layers" in not_decayed
     assert (tmp_path / "lr_schedule.png").exists()
+
+
+def test_describe_places_the_paper_milestones_on_any_run_length(data_dir):
+    text = trainer.describe(
+        tiny.make_config(data_dir, num_epochs=30, **{"optimizer.decay_epochs": None})
+    )
+    assert "at epochs 10, 20, 26.67 (Goyal's 30, 60, 80 of 90 placed on 30 epochs" in text
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2, 4])
+def test_accumulation_keeps_the_learning_rate_at_every_epoch_boundary(accumulation_steps, data_dir):
+    """Micro-batches of 200 accumulated a times are the run at batch 200·a: same lr per epoch."""
+    accumulated = resolve.resolve(
+        tiny.make_config(data_dir, batch_size=200, accumulation_steps=accumulation_steps), 4
+    )
+    plain = resolve.resolve(tiny.make_config(data_dir, batch_size=200 * accumulation_steps), 4)
+    a, p = accumulated.layout, plain.layout
+    assert a.updates_per_epoch == p.steps_per_epoch
+    assert a.steps_per_epoch == a.updates_per_epoch * accumulation_steps
+    assert a.total_steps == accumulation_steps * p.total_steps
+    epochs = range(tiny.get_config().num_epochs + 1)
+    np.testing.assert_array_equal(
+        [float(accumulated.optimizer.schedule(e * a.updates_per_epoch)) for e in epochs],
+        [float(plain.optimizer.schedule(e * p.steps_per_epoch)) for e in epochs],
+    )
+
+
+def test_evaluate_only_scores_the_latest_checkpoint_and_writes_nothing(finished_run, data_dir):
+    workdir, result = finished_run
+    before = sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*"))
+    scored = trainer.evaluate(tiny.make_config(data_dir), str(workdir))
+    assert scored.pop("step") == tiny.TOTAL_STEPS
+    chex.assert_trees_all_close(scored, result, rtol=1e-6)
+    assert sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
+
+
+def test_load_run_gives_the_trainers_final_accuracy(finished_run, data_dir):
+    """The README's inference example: the model and weights from the work dir alone."""
+    workdir, result = finished_run
+    run = trainer.load_run(str(workdir))
+    assert run.step == tiny.TOTAL_STEPS and run.config.model == "resnet8"
+    source = datasets.load_source("mnist5k", run.spec.test_split, data_dir)
+    apply = jax.jit(lambda images: run.model.apply(run.variables, images, train=False))
+    correct = 0
+    for batch in pipeline.eval_batches(
+        source, run.spec, global_batch=500, process_index=0, process_count=1,
+        local_device_count=1, image_size=run.config.image_size,
+    ):  # fmt: skip
+        predictions = np.argmax(apply(batch["image"][0]), -1)
+        correct += int(np.sum((predictions == batch["label"][0]) * batch["mask"][0]))
+    assert correct / len(source) == pytest.approx(result["accuracy"], abs=1e-9)

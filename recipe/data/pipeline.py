@@ -49,9 +49,17 @@ _CROP_ATTEMPTS = 10
 _EVAL_CENTRAL_FRACTION = 0.875
 
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-    """Number of full global batches in an epoch; the remainder is dropped."""
-    return num_examples // global_batch
+def steps_per_epoch(num_examples: int, global_batch: int, accumulation_steps: int = 1) -> int:
+    """Global batches in an epoch: whole optimizer updates of `accumulation_steps` batches each.
+
+    The examples past the last whole update are dropped (each epoch's shuffle decides which), so
+    an epoch is ``num_examples // (global_batch · accumulation_steps)`` updates and every
+    example is seen at most once per epoch.
+
+    >>> steps_per_epoch(4000, 128), steps_per_epoch(4000, 128, accumulation_steps=2)
+    (31, 30)
+    """
+    return num_examples // (global_batch * accumulation_steps) * accumulation_steps
 
 
 def num_eval_steps(num_examples: int, global_batch: int) -> int:
@@ -225,11 +233,15 @@ class _TrainExample:
     seed: int
     size: tuple[int, int]
     augment: bool
+    accumulation_steps: int
 
     def __call__(self, local_position: int) -> dict[str, Any]:
         num_examples = len(self.source)
         step, position_in_step = self.layout.global_position(local_position)
-        epoch, step_in_epoch = divmod(step, steps_per_epoch(num_examples, self.layout.global_batch))
+        epoch_steps = steps_per_epoch(
+            num_examples, self.layout.global_batch, self.accumulation_steps
+        )
+        epoch, step_in_epoch = divmod(step, epoch_steps)
         position = step_in_epoch * self.layout.global_batch + position_in_step
         index = int(epoch_permutation(self.seed, epoch, num_examples)[position])
         example = self.source[index]
@@ -294,6 +306,7 @@ def train_batches(
     num_steps: int | None = None,
     augment: bool = True,
     image_size: int | None = None,
+    accumulation_steps: int = 1,
     worker_count: int = 0,
     prefetch_batches: int = 2,
 ) -> Iterator[Batch]:
@@ -311,6 +324,8 @@ def train_batches(
         num_steps: Number of batches to yield; None for an endless stream.
         augment: Apply training augmentation; if False, images get the evaluation treatment.
         image_size: Square output side; defaults to ``spec.image_shape``.
+        accumulation_steps: Micro-batches per optimizer update; an epoch is a whole number of
+            updates (``steps_per_epoch``).
         worker_count: Processes computing batches (0: threads of this process). Entry points
             using workers need an ``if __name__ == '__main__':`` guard.
         prefetch_batches: Batches computed ahead of the consumer.
@@ -324,12 +339,19 @@ def train_batches(
         ValueError: If the batch does not divide evenly or exceeds the split.
     """
     layout = _Layout(global_batch, process_index, process_count, local_device_count)
-    if steps_per_epoch(len(source), global_batch) < 1:
-        raise ValueError(f"global_batch {global_batch} exceeds the {len(source)} examples.")
+    if steps_per_epoch(len(source), global_batch, accumulation_steps) < 1:
+        raise ValueError(
+            f"global_batch {global_batch} × accumulation_steps {accumulation_steps} exceeds the "
+            f"{len(source)} examples."
+        )
     stop_step = start_step + num_steps if num_steps is not None else sys.maxsize // global_batch
     examples = grain.MapDataset.range(
         start_step * layout.local_batch, stop_step * layout.local_batch
-    ).map(_TrainExample(source, spec, layout, seed, _output_size(spec, image_size), augment))
+    ).map(
+        _TrainExample(
+            source, spec, layout, seed, _output_size(spec, image_size), augment, accumulation_steps
+        )
+    )
     batches = examples.batch(layout.local_batch, batch_fn=_Collate(spec, local_device_count))
     return _iterate(batches, worker_count, prefetch_batches)
 

@@ -1,87 +1,190 @@
-"""Orbax checkpoints of the train state beside a JSON description of the run that wrote them.
+"""Orbax checkpoints of the train state beside the identity of the run that wrote them.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a directory
-it lists as a step is whole; temporary directories left by a killed run are removed on start.
-A checkpoint that cannot be read (truncated or corrupt files) is reported, moved aside to
-`<step>.unreadable` (nothing is deleted) and the previous one is used. The 'meta' item records
-the config fields that must not change across a resume; a work dir written by an incompatible
-config is refused.
+Saving is asynchronous: `save` returns once the host copy of the state is handed to orbax, and
+the files are written in the background while training goes on; the next `save`, `wait` and
+`close` wait for it. Orbax writes each step into a temporary directory and renames it when
+complete, so a directory it lists as a step is whole; temporary directories left by a killed run
+are removed on start.
+
+Before anything is restored, `check_compatible` compares the latest checkpoint's stored run
+identity (the 'meta' item) and the structure and shapes of its state with the current run: a
+mismatch is `IncompatibleCheckpointError` and nothing is touched. Only a checkpoint that cannot
+be read (truncated or corrupt files) is reported and moved aside to `<step>.unreadable` (nothing
+is deleted), and the previous one is used. A failed write (disk full, permissions, a lost
+bucket) is `CheckpointWriteError`: the previous checkpoints stay intact and the failed step's
+temporary files are removed.
 """
 
-import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+
+_TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 class IncompatibleCheckpointError(ValueError):
-    """The work dir holds checkpoints of a run whose config differs where it matters."""
+    """The work dir holds checkpoints of a run whose config or state differs where it matters."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous ones are intact."""
 
 
 class Checkpointer:
     """Saves and restores {'state': train state pytree, 'meta': JSON dict} every N steps."""
 
-    def __init__(self, directory: pathlib.Path, *, keep: int):
-        self._directory = directory.absolute()
+    def __init__(self, directory: epath.PathLike, *, keep: int, asynchronous: bool = True):
+        self.directory = epath.Path(directory)
         self._manager = ocp.CheckpointManager(
-            self._directory,
-            item_names=("state", "meta"),
+            self.directory,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 create=True,
-                enable_async_checkpointing=False,
+                enable_async_checkpointing=asynchronous,
                 cleanup_tmp_directories=True,
             ),
         )
+        self._pending_step: int | None = None
 
-    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Writes `state` (host arrays, the same on every process) and `meta` at `step`."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+    def latest_step(self) -> int | None:
+        """The latest complete checkpoint, or None."""
+        return self._manager.latest_step()
 
-    def restore_latest(self, target: Any, meta: dict[str, Any]) -> tuple[int, Any] | None:
-        """(step, state) of the latest readable checkpoint, or None if there is none.
-
-        Raises:
-          IncompatibleCheckpointError: if the checkpoint's meta differs from `meta`.
-        """
+    def check_compatible(self, abstract_state: Any, meta: dict[str, Any]) -> None:
+        """Raises `IncompatibleCheckpointError` if the latest readable checkpoint was written by
+        another run (its 'meta' differs from `meta`) or holds a state of another structure or
+        shape than `abstract_state`. Reads metadata only; changes nothing."""
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
+                saved_meta = self._restore_meta(step)
+                saved_shapes = _shapes(self._manager.item_metadata(step)["state"].tree)
+            except Exception:  # unreadable: `restore` sets it aside and looks further
+                continue
+            check_same_run(self.directory, saved_meta, meta)
+            _check_same_shapes(self.directory, step, saved_shapes, _shapes(abstract_state))
+            return
+
+    def restore(
+        self, abstract_state: Any, meta: dict[str, Any], *, step: int | None = None
+    ) -> tuple[int, Any] | None:
+        """(step, state) of the latest readable checkpoint (of exactly `step`, if given), or
+        None if there is none.
+
+        Raises:
+          IncompatibleCheckpointError: if the checkpoint belongs to another run.
+        """
+        self.check_compatible(abstract_state, meta)
+        candidates = [s for s in self._manager.all_steps() if step in (None, s)]
+        for candidate in sorted(candidates, reverse=True):
+            try:
                 restored = self._manager.restore(
-                    step,
+                    candidate,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                        state=ocp.args.StandardRestore(abstract_state),
+                        meta=ocp.args.JsonRestore(),
                     ),
                 )
             except Exception as error:  # orbax/tensorstore raise many types for bad files
-                self._set_aside(step, error)
+                self._set_aside(candidate, error)
                 continue
-            _check_compatible(self._directory, restored.meta, meta)
-            return step, restored.state
+            return candidate, restored.state
         return None
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Starts writing `state` (host arrays, the same on every process) and `meta` at `step`.
+
+        Returns once orbax holds the data; the write finishes in the background. Waits for the
+        previous save first.
+
+        Raises:
+          CheckpointWriteError: this save or the previous one could not be written.
+        """
+        self.wait()
+        # Copies: the caller's arrays may alias device buffers that the next step reuses.
+        state = jax.tree_util.tree_map(np.array, state)
+        self._pending_step = step
+        self._guard_write(
+            lambda: self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+        )
+
+    def wait(self) -> None:
+        """Blocks until the last save is on disk.
+
+        Raises:
+          CheckpointWriteError: it could not be written.
+        """
+        self._guard_write(self._manager.wait_until_finished)
+        self._pending_step = None
+
+    def close(self) -> None:
+        """Waits for the last save, then releases orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def _guard_write(self, write) -> None:
+        try:
+            write()
+        except Exception as error:
+            step, self._pending_step = self._pending_step, None
+            self._remove_temporary_files()
+            previous = self._manager.latest_step()
+            kept = (
+                f"the checkpoint of step {previous} is intact"
+                if previous is not None and previous != step
+                else "no earlier checkpoint exists"
+            )
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CheckpointWriteError(
+                f"writing the checkpoint of step {step} to {self.directory} failed "
+                f"({type(error).__name__}: {detail[:300]}); {kept}. Free space or fix the "
+                "directory, then run the same command again to resume"
+            ) from error
+
+    def _remove_temporary_files(self) -> None:
+        if jax.process_index() != 0 or not self.directory.exists():
+            return
+        for path in self.directory.iterdir():
+            if _TMP_MARKER in path.name:
+                try:
+                    path.rmtree()
+                except OSError as error:
+                    logging.warning("could not remove %s: %s", path, error)
+
+    def _restore_meta(self, step: int) -> dict[str, Any]:
+        meta = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return self._manager.restore(step, args=meta).meta
 
     def _set_aside(self, step: int, error: Exception) -> None:
         """Moves an unreadable checkpoint out of the manager's sight, keeping its files."""
-        path = self._directory / str(step)
-        aside = path.with_name(f"{step}.unreadable")
+        path = self.directory / str(step)
+        aside = path.parent / f"{step}.unreadable"
         suffix = 1
         while aside.exists():
             suffix += 1
-            aside = path.with_name(f"{step}.unreadable{suffix}")
+            aside = path.parent / f"{step}.unreadable{suffix}"
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         logging.warning(
             "checkpoint %s is unreadable (%s: %s); moved to %s, resuming from the previous one",
             path,
             type(error).__name__,
-            error,
+            reason,
             aside,
         )
         if jax.process_index() == 0:
@@ -89,17 +192,59 @@ class Checkpointer:
         multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
         self._manager.reload()
 
-    def close(self) -> None:
-        self._manager.close()
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{'/'-joined path: (shape, dtype)} of a pytree of arrays, abstract arrays or metadata."""
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        names = []
+        for key in path:
+            for attribute in ("key", "name", "idx"):
+                if hasattr(key, attribute):
+                    names.append(str(getattr(key, attribute)))
+                    break
+        shapes["/".join(names)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+    return shapes
 
 
-def _check_compatible(directory: pathlib.Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+def check_same_run(directory: epath.Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Raises `IncompatibleCheckpointError` naming the (dotted) fields where two run identities
+    differ."""
+    saved, now = _flatten(saved), _flatten(now)
     differences = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    differences.update({k: (v, None) for k, v in saved.items() if k not in now})
     if differences:
         details = "; ".join(
-            f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differences.items()
+            f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in sorted(differences.items())
         )
         raise IncompatibleCheckpointError(
-            f"{directory} holds checkpoints of a different run ({details}). Use a new --workdir, "
-            "or restore the original config to resume."
+            f"{directory} holds a different run ({details}); nothing was changed. Use a new "
+            "--workdir, or restore the original config to resume"
         )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_shapes(
+    directory: epath.Path,
+    step: int,
+    saved: dict[str, tuple[tuple[int, ...], str]],
+    now: dict[str, tuple[tuple[int, ...], str]],
+) -> None:
+    if saved == now:
+        return
+    differing = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    details = ", ".join(f"{k}: checkpoint {saved.get(k)}, now {now.get(k)}" for k in differing[:3])
+    raise IncompatibleCheckpointError(
+        f"{directory}/{step} holds a train state of another structure ({len(differing)} arrays "
+        f"differ: {details}); nothing was changed. Use a new --workdir, or the code and config "
+        "that wrote it"
+    )

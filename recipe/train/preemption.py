@@ -1,9 +1,12 @@
-"""SIGTERM (what TPU VMs and schedulers send before preempting) as a request to stop cleanly.
+"""SIGTERM and SIGINT as requests to stop cleanly.
 
-The trainer finishes the current step, writes a checkpoint and raises `Preempted`; the command
-line exits with `EXIT_PREEMPTED`, and re-running the same command resumes. With several
-processes, the request is shared at the next sync point so that every process stops at the same
-step and writes the checkpoint together.
+SIGTERM is what TPU VMs and schedulers send before preempting; SIGINT is Ctrl-C. Within
+`stop_on_signals()`, either signal only records a request (the first one decides; any number of
+repeats are ignored, so a burst cannot interrupt a checkpoint write). The trainer then finishes
+the current step, writes a checkpoint, waits for it and raises `Stopped`; the command line exits
+with 75 for SIGTERM (EX_TEMPFAIL: run the same command again) and 130 for SIGINT (128 + 2, the
+shell's convention). With several processes, the request is shared at the next sync point so that
+every process stops at the same step and writes the checkpoint together.
 """
 
 import contextlib
@@ -15,49 +18,66 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: temporary failure, run the same command again
+EXIT_PREEMPTED = 75  # SIGTERM: EX_TEMPFAIL, a temporary failure
+EXIT_INTERRUPTED = 130  # SIGINT: 128 + 2
+_EXIT_CODES = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGINT: EXIT_INTERRUPTED}
+_DESCRIPTIONS = {signal.SIGTERM: "preempted (SIGTERM)", signal.SIGINT: "interrupted (SIGINT)"}
 
 
-class Preempted(Exception):
-    """Training stopped on SIGTERM after writing a checkpoint at `step`."""
+def exit_code(signum: int) -> int:
+    """The command line's exit status after stopping on `signum` (SIGTERM 75, SIGINT 130)."""
+    return _EXIT_CODES[signum]
 
-    def __init__(self, step: int, checkpoint_dir: str):
+
+class Stopped(Exception):
+    """Training stopped on a signal; the checkpoint of `step` holds every completed step."""
+
+    def __init__(self, signum: int, step: int, checkpoint_dir: str, wrote_checkpoint: bool):
+        written = "written" if wrote_checkpoint else "already there"
         super().__init__(
-            f"preempted: checkpoint written at step {step} in {checkpoint_dir}; run the same "
-            "command again to resume"
+            f"{_DESCRIPTIONS[signum]}: the checkpoint of step {step} is {written} in "
+            f"{checkpoint_dir}; run the same command again to resume"
         )
+        self.signum = signum
         self.step = step
+        self.exit_code = exit_code(signum)
 
 
 class StopRequest:
-    """Set by SIGTERM; `agreed()` tells whether any process has been asked to stop."""
+    """Records the first stop signal; `agreed()` tells whether any process received one."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._signum = 0
+        self._lock = threading.Lock()
 
-    def set(self) -> None:
-        self._event.set()
+    def set(self, signum: int) -> None:
+        with self._lock:
+            self._signum = self._signum or int(signum)
 
     def local(self) -> bool:
-        return self._event.is_set()
+        return bool(self._signum)
 
-    def agreed(self) -> bool:
-        """True on every process if any process has been asked to stop (a collective call)."""
+    def agreed(self) -> int:
+        """The stop signal any process received (the lowest number if they differ), or 0; a
+        collective call when there are several processes."""
         if jax.process_count() == 1:
-            return self.local()
-        flags = multihost_utils.process_allgather(np.array(self.local(), np.int32))
-        return bool(np.any(flags))
+            return self._signum
+        signums = multihost_utils.process_allgather(np.array(self._signum, np.int32))
+        received = [int(s) for s in np.ravel(signums) if s]
+        return min(received, default=0)
 
 
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[StopRequest]:
-    """Within the block, SIGTERM sets the returned `StopRequest` instead of killing the process."""
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Within the block, SIGTERM and SIGINT set the returned `StopRequest` instead of killing
+    the process or raising `KeyboardInterrupt`; the previous handlers are restored after it."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request  # signal handlers can only be installed from the main thread
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: request.set())
+    previous = {s: signal.signal(s, lambda signum, frame: request.set(signum)) for s in _EXIT_CODES}
     try:
         yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -74,15 +74,15 @@ def train_step(
       model: the linen model (its BatchNorm decides the statistics scope).
       tx: the optimizer.
       label_smoothing: ε of the loss.
-      skip_nonfinite: if the global loss or any update is not finite, keep the old state (as
-        dynamic loss scaling does) instead of applying the update.
+      skip_nonfinite: if the global loss, any update or any device's new BN statistics are not
+        finite, keep the old state (as dynamic loss scaling does) instead of applying the update.
       loss_penalty: a function of the parameters added to the loss that is differentiated
         (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
       cross-entropy, without the penalty), accuracy, learning_rate and `finite` (1.0 if the
-      update was finite).
+      loss, the update and every device's new BN statistics were finite).
     """
 
     def loss_fn(params):
@@ -112,17 +112,24 @@ def train_step(
         "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), AXIS),
         "learning_rate": optim.current_learning_rate(opt_state),
     }
-    # The updates carry both failure modes: NaN/inf gradients, and finite gradients times a
-    # learning rate that overflowed.
-    finite = jnp.isfinite(metrics["loss"]) & jnp.all(
-        jnp.array([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)])
-    )
+    # The updates carry both failure modes of the weights: NaN/inf gradients, and finite
+    # gradients times a learning rate that overflowed. BN statistics can overflow on their own
+    # (a huge activation gives an infinite running variance while the loss is still finite);
+    # they differ per device, so all devices agree on the verdict through `pmin`.
+    finite = lax.pmin(
+        _all_finite((metrics["loss"], updates, batch_stats)).astype(jnp.int32), AXIS
+    ).astype(bool)
     metrics["finite"] = finite.astype(jnp.float32)
     if skip_nonfinite:
         new_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(finite, new, old), new_state, state
         )
     return new_state, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:

@@ -1,15 +1,17 @@
 """The training loop: the Goyal et al. recipe on a TFDS dataset, data-parallel over devices.
 
-Read top to bottom: `build` resolves a config into the model, its initial variables, the
-optimizer and the batch layout (no data loading); `describe` prints that; `train_and_evaluate`
-checks the input, joins the cluster, opens the data, then `_train` restores or creates the
-state and runs the loop with periodic evaluation, logging and checkpointing.
+Read top to bottom: `train_and_evaluate` resolves the config (`resolve.resolve`: every field
+checked, the model, optimizer and batch layout computed, nothing compiled), opens the data and
+the work dir, then `_train` restores the latest checkpoint (after checking that it belongs to
+this run) or initialises the state, and runs the loop with periodic evaluation, logging and
+checkpointing. `describe` prints the resolved recipe; `evaluate` scores a work dir's latest
+checkpoint without training.
 """
 
 import dataclasses
 import functools
 import json
-import pathlib
+import os
 import time
 from typing import Any
 
@@ -17,12 +19,27 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 from jax.experimental import multihost_utils
 
-from recipe import masks, models, optim
+from recipe.configs import default
 from recipe.data import datasets, pipeline
-from recipe.train import checkpoints, config_checks, plots, preemption, steps
+from recipe.train import checkpoints, plots, preemption, steps
+from recipe.train.describe import recipe_text
 from recipe.train.metrics import MetricsWriter, read_metrics
+from recipe.train.resolve import ConfigError, Setup, check_fields, flat_fields, resolve
+
+__all__ = [
+    "ConfigError",
+    "NonFiniteLossError",
+    "SavedRun",
+    "describe",
+    "evaluate",
+    "load_run",
+    "restore_checkpoint",
+    "run_identity",
+    "train_and_evaluate",
+]
 
 # Config fields that may change between a run and its resumption: they do not affect the result.
 RESUMABLE_FIELDS = (
@@ -36,128 +53,18 @@ RESUMABLE_FIELDS = (
     "progress_bar",
     "eval_batch_size",
 )
-
-
-class ConfigError(ValueError):
-    """A config field, the work dir or the dataset is not usable; raised before any compile."""
+CONFIG_FILE = "config.json"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or an update became NaN/inf; the last good checkpoint is kept."""
+    """The loss, an update or the BN statistics became NaN/inf; the last good checkpoint is
+    kept."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """A config resolved against the devices: everything but data and compiled functions."""
-
-    spec: datasets.DatasetSpec
-    model: models.ResNet
-    variables: Any
-    optimizer: optim.Optimizer
-    steps_per_epoch: int
-    total_steps: int
-    per_device_batch: int
-    device_count: int
-    image_shape: tuple[int, int, int]
-
-
-def build(config: ml_collections.ConfigDict, device_count: int) -> Setup:
-    """Validates `config` and resolves the model, initial variables, optimizer and batch layout."""
-    config_checks.check_config(config, device_count)
-    spec = datasets.get_dataset_spec(config.dataset)
-    size = config.image_size
-    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    bn = config.bn
-    model = models.create_model(
-        config.model,
-        num_classes=spec.num_classes,
-        num_filters=config.num_filters,
-        bn_axis_name=steps.AXIS if bn.scope == "global" else None,
-        ghost_batch_size=bn.ghost_batch_size if bn.scope == "ghost" else None,
-        bn_momentum=bn.momentum,
-        dtype=jax.numpy.dtype(config.dtype),
-        zero_init_last_bn=config.zero_init_last_bn,
-    )
-    variables = steps.init_variables(model, image_shape, config.seed)
-    steps_per_epoch = pipeline.steps_per_epoch(spec.num_train, config.batch_size)
-    optimizer = optim.build_optimizer(
-        variables,
-        **config.optimizer,
-        batch_size=config.batch_size,
-        steps_per_epoch=steps_per_epoch,
-        epochs=config.num_epochs,
-        accumulation_steps=config.accumulation_steps,
-        weight_decay_in_loss=True,  # same updates as decay in the optimizer, faster (BENCHMARKS §1)
-    )
-    return Setup(
-        spec=spec,
-        model=model,
-        variables=variables,
-        optimizer=optimizer,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=config.num_epochs * steps_per_epoch,
-        per_device_batch=config.batch_size // device_count,
-        device_count=device_count,
-        image_shape=image_shape,
-    )
-
-
-def describe(config: ml_collections.ConfigDict, workdir: pathlib.Path | None = None) -> str:
-    """The resolved recipe as text; with `workdir`, also saves the lr schedule as a PNG there."""
-    setup = build(config, jax.device_count())
-    schedule = setup.optimizer.schedule
-    report = masks.decay_report(setup.variables, decay_bias=config.optimizer.decay_bias)
-    bn = config.bn
-    bn_scope = {
-        "device": f"per device, over {setup.per_device_batch} examples (Goyal §2.3)",
-        "global": f"across all devices, over {config.batch_size} examples",
-        "ghost": f"ghost batches of {bn.ghost_batch_size} examples within each device",
-    }[bn.scope]
-    lines = [
-        f"dataset            {setup.spec.name}: {setup.spec.num_train} train / "
-        f"{setup.spec.num_test} test, {setup.spec.num_classes} classes, images {setup.image_shape}",
-        f"model              {config.model} (width {config.num_filters}, dtype {config.dtype}, "
-        f"zero-γ last BN {config.zero_init_last_bn})",
-        f"global batch       {config.batch_size} = {setup.device_count} device"
-        f"{'s' if setup.device_count > 1 else ''} × "
-        f"{setup.per_device_batch} per device"
-        + (
-            f" (× {config.accumulation_steps} accumulated)" if config.accumulation_steps > 1 else ""
-        ),
-        f"learning rate      {schedule.base_lr} × {config.batch_size * config.accumulation_steps}"
-        f" / {config.optimizer.base_batch_size} = {schedule.peak_lr:g} (linear scaling rule)",
-        "warmup             none"
-        if schedule.warmup == "none"
-        else f"warmup             {schedule.warmup}, {schedule.warmup_steps} updates "
-        f"({config.optimizer.warmup_epochs} epochs) from {schedule.warmup_lr:g}",
-        f"decay              {schedule.decay}"
-        + (
-            f" ×{schedule.decay_factor} at updates {list(schedule.decay_boundaries)}"
-            if schedule.decay == "step"
-            else ""
-        ),
-        f"updates            {schedule.total_steps} ({config.num_epochs} epochs × "
-        f"{schedule.steps_per_epoch} per epoch)",
-        f"optimizer          SGD, momentum {config.optimizer.momentum}, nesterov "
-        f"{config.optimizer.nesterov}, weight decay {config.optimizer.weight_decay} "
-        "(coupled L2, in the loss)",
-        f"batch norm         {bn_scope}, momentum {bn.momentum}",
-        f"label smoothing    {config.label_smoothing}",
-        f"runner             {config.runner}",
-        f"weight decay on    {len(report.decayed)} tensors: {', '.join(report.decayed)}",
-        f"no weight decay on {len(report.not_decayed)} tensors: {', '.join(report.not_decayed)}",
-    ]
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "lr_schedule.png"
-        plots.plot_schedule(schedule, schedule.total_steps, schedule.steps_per_epoch, path)
-        lines.append(f"schedule plot      {path}")
-    return "\n".join(lines)
-
-
-def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def run_identity(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
     """The config fields a checkpoint must agree with to be resumed (JSON-normalised)."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS}
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    fields = {k: v for k, v in values.items() if k not in RESUMABLE_FIELDS}
     return json.loads(json.dumps(fields))
 
 
@@ -177,6 +84,146 @@ def initialize_distributed(distributed: ml_collections.ConfigDict) -> None:
     )
 
 
+def describe(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
+    """The resolved recipe as text (`--describe`); with `workdir`, also saves the learning-rate
+    schedule there as `lr_schedule.png`. Rejects exactly the inputs training rejects that do
+    not need the data or the work dir."""
+    check_fields(config)
+    setup = resolve(config, jax.device_count())
+    text = recipe_text(setup)
+    if workdir is not None:
+        path = _create_workdir(workdir) / "lr_schedule.png"
+        schedule = setup.optimizer.schedule
+        plots.plot_schedule(schedule, schedule.total_steps, schedule.steps_per_epoch, path)
+        text += f"\n{'schedule plot':<18} {path}"
+    return text
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Scores the latest checkpoint of `workdir` on the test split, without training.
+
+    The config must be the run's own (as for resuming). Writes nothing (a checkpoint that
+    cannot be read is moved aside, as a resumed run would).
+
+    Returns:
+      {'step': the checkpoint's step, 'loss', 'accuracy' (and 'top5' for > 10 classes)}.
+
+    Raises:
+      ConfigError: bad config or dataset, or `workdir` holds no checkpoint.
+      checkpoints.IncompatibleCheckpointError: the checkpoints belong to another run.
+    """
+    check_fields(config)
+    initialize_distributed(config.distributed)
+    setup = resolve(config, jax.device_count())
+    _, test_source = _open_data(setup)
+    step, state = restore_checkpoint(setup, workdir)
+    runner = steps.RUNNERS[config.runner]()
+    eval_step = runner.map(
+        functools.partial(steps.eval_step, model=setup.model, num_classes=setup.spec.num_classes)
+    )
+    result = _evaluate(setup, runner, eval_step, runner.replicate(state), test_source)
+    return {"step": step, **result}
+
+
+def restore_checkpoint(
+    setup: Setup, workdir: str, step: int | None = None
+) -> tuple[int, steps.TrainState]:
+    """(step, host train state) of the latest (or the given) checkpoint of `workdir`, after
+    checking that it belongs to the run `setup` describes.
+
+    Raises:
+      ConfigError: `workdir` holds no (readable) checkpoint, or not the requested step.
+      checkpoints.IncompatibleCheckpointError: the checkpoints belong to another run.
+    """
+    checkpoint_dir = epath.Path(workdir) / "checkpoints"
+    if not checkpoint_dir.exists():
+        raise ConfigError(f"{checkpoint_dir} does not exist: no checkpoint to load")
+    checkpointer = checkpoints.Checkpointer(checkpoint_dir, keep=setup.config.keep_checkpoints)
+    try:
+        restored = checkpointer.restore(
+            _abstract_state(setup), run_identity(setup.config), step=step
+        )
+    finally:
+        checkpointer.close()
+    if restored is None:
+        wanted = "no readable checkpoint" if step is None else f"no readable checkpoint {step}"
+        raise ConfigError(f"{checkpoint_dir} holds {wanted}")
+    return restored
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A trained model from a work dir, for inference in your own code.
+
+    `model.apply(variables, images, train=False)` gives the logits of a float32 batch of
+    images normalised as the training input was: `(x / 255 − mean) / std` with the dataset's
+    per-channel `spec.mean` and `spec.std`, at `image_shape`.
+
+    Attributes:
+      model: the linen model the checkpoint belongs to.
+      variables: {'params': ..., 'batch_stats': ...} (host arrays).
+      config: the run's config (from `<workdir>/config.json`).
+      spec: its dataset's spec (classes, image statistics).
+      image_shape: the model's input shape (height, width, channels).
+      step: the checkpoint's step.
+    """
+
+    model: Any
+    variables: dict[str, Any]
+    config: ml_collections.ConfigDict
+    spec: datasets.DatasetSpec
+    image_shape: tuple[int, int, int]
+    step: int
+
+
+def load_run(workdir: str, step: int | None = None) -> SavedRun:
+    """Loads the model and weights of a work dir's latest (or the given) checkpoint.
+
+    The config comes from the `config.json` the trainer writes into every work dir, so nothing
+    but the work dir is needed. Runs on one device (any BatchNorm scope evaluates the same).
+
+    >>> import recipe.train  # doctest: +SKIP
+    >>> run = recipe.train.load_run("runs/default")  # doctest: +SKIP
+    >>> logits = run.model.apply(run.variables, images, train=False)  # doctest: +SKIP
+
+    Raises:
+      ConfigError: `workdir` holds no config.json or no readable checkpoint.
+    """
+    config_path = epath.Path(workdir) / CONFIG_FILE
+    if not config_path.exists():
+        raise ConfigError(f"{config_path} does not exist: {workdir} is not a trainer's work dir")
+    config = _config_from_json(json.loads(config_path.read_text()))
+    setup = resolve(config, device_count=1)
+    step, state = restore_checkpoint(setup, workdir, step)
+    return SavedRun(
+        model=setup.model,
+        variables={"params": state.params, "batch_stats": state.batch_stats},
+        config=config,
+        spec=setup.spec,
+        image_shape=setup.image_shape,
+        step=step,
+    )
+
+
+def _config_from_json(values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A config saved as JSON (tuples became lists) on top of the default's fields and types."""
+    config = default.get_config()
+    for field, value in flat_fields(ml_collections.ConfigDict(values)).items():
+        node = config
+        *parents, leaf = field.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def _abstract_state(setup: Setup) -> steps.TrainState:
+    return jax.eval_shape(
+        lambda variables: steps.TrainState.create(variables, setup.optimizer.tx),
+        setup.abstract_variables,
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
 
@@ -184,58 +231,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       The final evaluation metrics (accuracy, loss, top5 when classes > 10).
 
     Raises:
-      ConfigError: bad config, work dir or dataset, before anything is compiled or loaded.
-      checkpoints.IncompatibleCheckpointError: `workdir` holds another config's checkpoints.
+      ConfigError: bad config, work dir or dataset, before anything is compiled or written.
+      checkpoints.IncompatibleCheckpointError: `workdir` holds another run's checkpoints; it is
+        left unchanged.
+      checkpoints.CheckpointWriteError: a checkpoint could not be written (disk full, ...); the
+        previous one is intact.
       NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`).
-      preemption.Preempted: SIGTERM arrived; a checkpoint was written first.
+      preemption.Stopped: SIGTERM or SIGINT arrived; a checkpoint was written first.
     """
-    # ---- Cluster, devices and bad input: everything is checked before compiling or loading.
+    # ---- Bad input first: every field, then the cluster, the data and the work dir.
+    check_fields(config)
     initialize_distributed(config.distributed)
-    workdir_path = pathlib.Path(workdir)
+    setup = resolve(config, jax.device_count())
+    sources = _open_data(setup)
+    workdir_path = _create_workdir(workdir)
+    with preemption.stop_on_signals() as stop_request:
+        return _train(setup, workdir_path, *sources, stop_request)
+
+
+def _open_data(setup: Setup) -> tuple[Any, Any]:
+    config, spec = setup.config, setup.spec
     try:
-        config_checks.check_config(config, jax.device_count())
-        config_checks.check_workdir(workdir_path)
-        spec = datasets.get_dataset_spec(config.dataset)
-        train_source = datasets.load_source(config.dataset, spec.train_split, config.data_dir)
-        test_source = datasets.load_source(config.dataset, spec.test_split, config.data_dir)
-    except (ValueError, datasets.DatasetNotPreparedError) as error:
-        raise ConfigError(str(error)) from error
-    with preemption.stop_on_sigterm() as stop_request:
-        return _train(config, workdir_path, train_source, test_source, stop_request)
+        return (
+            datasets.load_source(config.dataset, spec.train_split, config.data_dir),
+            datasets.load_source(config.dataset, spec.test_split, config.data_dir),
+        )
+    except datasets.DatasetNotPreparedError as error:
+        raise ConfigError(" ".join(str(error).split())) from error
+
+
+def _create_workdir(workdir: str) -> epath.Path:
+    path = epath.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"workdir {workdir!r} cannot be created: {error}") from error
+    if isinstance(path, os.PathLike) and not str(path).startswith(("gs://", "s3://")):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"workdir {workdir!r} is not writable")
+    return path
 
 
 def _train(
-    config: ml_collections.ConfigDict,
-    workdir: pathlib.Path,
+    setup: Setup,
+    workdir: epath.Path,
     train_source: Any,
     test_source: Any,
     stop_request: preemption.StopRequest,
 ) -> dict[str, float]:
-    # ---- The resolved recipe, and the state: fresh or restored from the latest checkpoint.
-    runner = steps.RUNNERS[config.runner]()
-    setup = build(config, jax.device_count())
+    checkpointer = checkpoints.Checkpointer(
+        workdir / "checkpoints", keep=setup.config.keep_checkpoints
+    )
+    try:
+        return _run(setup, workdir, train_source, test_source, stop_request, checkpointer)
+    finally:
+        # Waits for the checkpoint in flight: whatever ends the run (its end, a signal, an
+        # error), the checkpoint it reports is on disk.
+        checkpointer.close()
+
+
+def _run(
+    setup: Setup,
+    workdir: epath.Path,
+    train_source: Any,
+    test_source: Any,
+    stop_request: preemption.StopRequest,
+    checkpointer: checkpoints.Checkpointer,
+) -> dict[str, float]:
+    config, layout, optimizer = setup.config, setup.layout, setup.optimizer
     is_writer = jax.process_index() == 0
-    state = steps.TrainState.create(setup.variables, setup.optimizer.tx)
-    checkpoint_dir = workdir / "checkpoints"
-    checkpointer = checkpoints.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
+
+    # ---- The state: restored from the latest checkpoint of this run, or initialised.
     identity = run_identity(config)
-    restored = checkpointer.restore_latest(state, identity)
-    start_step, last_checkpoint = 0, None
-    if restored is not None:
+    abstract_state = _abstract_state(setup)
+    checkpoint_dir = workdir / "checkpoints"
+    checkpointer.check_compatible(abstract_state, identity)
+    _claim_workdir(workdir, config, identity, is_writer)
+    restored = checkpointer.restore(abstract_state, identity)
+    if restored is None:
+        start_step, last_checkpoint = 0, None
+        variables = steps.init_variables(setup.model, setup.image_shape, config.seed)
+        state = steps.TrainState.create(variables, optimizer.tx)
+    else:
         start_step, state = restored
         last_checkpoint = start_step
+        if is_writer:
+            print(f"resumed from the checkpoint of step {start_step} in {checkpoint_dir}")
     writer = MetricsWriter(workdir, enabled=is_writer)
     writer.drop_after(start_step)
 
     # ---- Compiled, device-mapped functions.
+    runner = steps.RUNNERS[config.runner]()
     train_step = runner.map(
         functools.partial(
             steps.train_step,
             model=setup.model,
-            tx=setup.optimizer.tx,
+            tx=optimizer.tx,
             label_smoothing=config.label_smoothing,
             skip_nonfinite=config.on_nonfinite == "skip",
-            loss_penalty=setup.optimizer.loss_penalty,
+            loss_penalty=optimizer.loss_penalty,
         ),
         donate_argnums=(0,),
     )
@@ -244,39 +338,19 @@ def _train(
     )
     average_batch_stats = runner.map(steps.average_batch_stats, donate_argnums=(0,))
     device_state = runner.replicate(state)
-    layout = dict(
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        local_device_count=jax.local_device_count(),
-        image_size=config.image_size,
-    )
 
-    def evaluate(device_state) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        for batch in pipeline.eval_batches(
-            test_source, setup.spec, global_batch=config.eval_batch_size, **layout
-        ):
-            out = steps.fetch_first(eval_step(device_state, runner.put(_model_inputs(batch))))
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        count = sums.pop("count")
-        result = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("top1") / count}
-        result.update({key: value / count for key, value in sums.items()})
-        return result
+    def evaluate_now(device_state) -> dict[str, float]:
+        return _evaluate(setup, runner, eval_step, device_state, test_source)
 
     def check_finite(step: int, fetched: dict[str, float]) -> None:
         if fetched["finite"] or config.on_nonfinite == "skip":
             return
         progress.close()
-        kept = (
-            f"step {last_checkpoint} in {checkpoint_dir}, left intact"
-            if last_checkpoint is not None
-            else "none (no checkpoint had been written)"
-        )
+        kept = _kept(last_checkpoint, checkpoint_dir)
         raise NonFiniteLossError(
-            f"non-finite loss or update at step {step} (loss {fetched['loss']}); the last good "
-            f"checkpoint is {kept}. Lower the learning rate, or set --config.on_nonfinite=skip "
-            "to skip such updates."
+            f"non-finite loss, update or BatchNorm statistics at step {step} (loss "
+            f"{fetched['loss']}); the last good checkpoint is {kept}. Lower the learning rate, "
+            "or set --config.on_nonfinite=skip to skip such updates."
         )
 
     # ---- The loop.
@@ -284,14 +358,15 @@ def _train(
         train_source,
         setup.spec,
         seed=config.seed,
-        global_batch=config.batch_size,
+        global_batch=layout.batch_size,
         start_step=start_step,
-        num_steps=setup.total_steps - start_step,
+        num_steps=layout.total_steps - start_step,
         augment=config.augment,
-        **layout,
+        accumulation_steps=layout.accumulation_steps,
+        **_process_layout(config),
     )
     progress = tqdm.tqdm(
-        total=setup.total_steps,
+        total=layout.total_steps,
         initial=start_step,
         disable=not (config.progress_bar and is_writer),
         unit="step",
@@ -302,7 +377,7 @@ def _train(
     # Throughput: steps dispatched since `timer_start`, which restarts after each log record,
     # evaluation and checkpoint so that images/s counts training time only.
     timer_start, timed_steps = time.perf_counter(), 0
-    eval_every = config.eval_every_epochs * setup.steps_per_epoch
+    eval_every = config.eval_every_epochs * layout.steps_per_epoch
     final_eval: dict[str, float] = {}
     step = start_step
     for batch in runner.prefetch(map(_model_inputs, host_batches)):
@@ -311,12 +386,12 @@ def _train(
         timed_steps += 1
         pending.append((step, metrics))
         progress.update(1)
-        is_last = step == setup.total_steps
+        is_last = step == layout.total_steps
         log_now = step % config.log_every_steps == 0 or is_last
         eval_now = step % eval_every == 0 or is_last
         checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
         sync_now = log_now or eval_now or checkpoint_now or len(pending) >= config.sync_every_steps
-        # One process checks SIGTERM every step; several agree on it at their common sync points.
+        # One process checks for a signal every step; several agree on it at their sync points.
         if not sync_now and not (jax.process_count() == 1 and stop_request.local()):
             continue
 
@@ -333,9 +408,9 @@ def _train(
             record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
             record["learning_rate"] = window[-1]["learning_rate"]
             record["images_per_sec"] = (
-                timed_steps * config.batch_size / (time.perf_counter() - timer_start)
+                timed_steps * layout.batch_size / (time.perf_counter() - timer_start)
             )
-            record["epoch"] = step / setup.steps_per_epoch
+            record["epoch"] = step / layout.steps_per_epoch
             writer.write(step, "train", record)
             progress.set_postfix(
                 loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
@@ -348,32 +423,94 @@ def _train(
             # training forward pass never reads them, so the trajectory is unchanged.
             device_state = average_batch_stats(device_state)
         if eval_now:
-            final_eval = evaluate(device_state)
-            writer.write(step, "eval", {**final_eval, "epoch": step / setup.steps_per_epoch})
+            final_eval = evaluate_now(device_state)
+            writer.write(step, "eval", {**final_eval, "epoch": step / layout.steps_per_epoch})
             progress.write(
-                f"epoch {step / setup.steps_per_epoch:g}: test accuracy "
+                f"epoch {step / layout.steps_per_epoch:g}: test accuracy "
                 f"{100 * final_eval['accuracy']:.2f}%, loss {final_eval['loss']:.4f}"
             )
-        if checkpoint_now or stop:
+        wrote = False
+        if (checkpoint_now or stop) and step != last_checkpoint:
             host_state = steps.fetch_first(device_state)
+            _check_finite_state(host_state, step, _kept(last_checkpoint, checkpoint_dir))
             _check_same_on_all_processes(host_state.params)
             checkpointer.save(step, host_state, identity)
-            last_checkpoint = step
+            last_checkpoint, wrote = step, True
         if stop:
             progress.close()
-            raise preemption.Preempted(step, str(checkpoint_dir))
+            writer.close()
+            raise preemption.Stopped(stop, step, str(checkpoint_dir), wrote)
         if eval_now or checkpoint_now:
             timer_start, timed_steps = time.perf_counter(), 0
     progress.close()
 
     # ---- Results.
     if not final_eval:  # resumed from the checkpoint of the last step
-        final_eval = evaluate(device_state)
+        final_eval = evaluate_now(device_state)
     if is_writer:
-        plots.plot_run(read_metrics(workdir), setup.steps_per_epoch, workdir / "curves.png")
+        plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
     writer.close()
-    checkpointer.close()
     return final_eval
+
+
+def _claim_workdir(
+    workdir: epath.Path, config: ml_collections.ConfigDict, identity: dict[str, Any], is_writer
+) -> None:
+    """Refuses a work dir whose `config.json` belongs to another run; writes it for a new one.
+
+    The checkpoints carry the run identity too; `config.json` also guards a run that stopped
+    before its first checkpoint, and tells a reader which config made the work dir.
+    """
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        checkpoints.check_same_run(workdir, run_identity(json.loads(path.read_text())), identity)
+    elif is_writer:
+        path.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def _kept(last_checkpoint: int | None, checkpoint_dir: epath.Path) -> str:
+    if last_checkpoint is None:
+        return "none (no checkpoint had been written)"
+    return f"step {last_checkpoint} in {checkpoint_dir}, left intact"
+
+
+def _check_finite_state(host_state: steps.TrainState, step: int, kept: str) -> None:
+    """Refuses to checkpoint a state with a NaN/inf weight, optimizer moment or BN statistic."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(host_state):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+            raise NonFiniteLossError(
+                f"the state of step {step} holds non-finite values "
+                f"({jax.tree_util.keystr(path)}), so it was not checkpointed; the last good "
+                f"checkpoint is {kept}. Lower the learning rate."
+            )
+
+
+def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, float]:
+    """Loss and accuracy (top-5 too for > 10 classes) over the whole test split."""
+    sums: dict[str, float] = {}
+    for batch in pipeline.eval_batches(
+        test_source,
+        setup.spec,
+        global_batch=setup.layout.eval_batch_size,
+        **_process_layout(setup.config),
+    ):
+        out = steps.fetch_first(eval_step(device_state, runner.put(_model_inputs(batch))))
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    count = sums.pop("count")
+    result = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("top1") / count}
+    result.update({key: value / count for key, value in sums.items()})
+    return result
+
+
+def _process_layout(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return dict(
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        local_device_count=jax.local_device_count(),
+        image_size=config.image_size,
+    )
 
 
 def _check_same_on_all_processes(params: Any) -> None:

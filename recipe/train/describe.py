@@ -1,0 +1,125 @@
+"""The resolved recipe as text: what `--describe` prints, from a `resolve.Setup`."""
+
+import math
+from typing import Any
+
+import jax
+
+from recipe.train.resolve import Setup
+
+_BN_SCOPES = {
+    "device": "per device, over {per_device} examples (Goyal §2.3)",
+    "global": "across all devices, over {batch} examples",
+    "ghost": "ghost batches of {ghost} examples within each device",
+}
+
+
+def recipe_text(setup: Setup) -> str:
+    """Every resolved number of the run, one topic per line."""
+    config, layout, spec = setup.config, setup.layout, setup.spec
+    schedule = setup.optimizer.schedule
+    shapes = _param_shapes(setup.abstract_variables)
+    devices = f"{layout.device_count} device{'s' if layout.device_count > 1 else ''}"
+    accumulated = (
+        f" (× {layout.accumulation_steps} accumulated = {layout.update_batch} per update)"
+        if layout.accumulation_steps > 1
+        else ""
+    )
+    lines = [
+        ("dataset", f"{spec.name}: {spec.num_train} train / {spec.num_test} test, "
+         f"{spec.num_classes} classes, images {setup.image_shape}"),
+        ("model", f"{config.model} (width {config.num_filters}, dtype {config.dtype}, zero-γ "
+         f"last BN {config.zero_init_last_bn}): {_count(shapes.values())} parameters in "
+         f"{len(shapes)} tensors"),
+        ("global batch", f"{layout.batch_size} = {devices} × {layout.per_device_batch} per "
+         f"device{accumulated}"),
+        ("epoch", f"{layout.updates_per_epoch} updates of {layout.update_batch} examples"
+         + (f"; {layout.dropped_per_epoch} of the {spec.num_train} training examples are left "
+            "out of each epoch (its shuffle decides which)" if layout.dropped_per_epoch else "")),
+        ("learning rate", f"{schedule.base_lr} × {layout.update_batch} / "
+         f"{config.optimizer.base_batch_size} = {schedule.peak_lr:g} (linear scaling rule)"),
+        ("warmup", "none" if schedule.warmup == "none" else
+         f"{schedule.warmup}, {schedule.warmup_steps} updates ({config.optimizer.warmup_epochs:g}"
+         f" epochs) from {schedule.warmup_lr:g} to {schedule.peak_lr:g}"),
+        ("decay", _decay_text(setup)),
+        ("updates", f"{schedule.total_steps} ({config.num_epochs} epochs × "
+         f"{schedule.steps_per_epoch} per epoch)"),
+        ("optimizer", f"SGD, momentum {config.optimizer.momentum}, nesterov "
+         f"{config.optimizer.nesterov}, weight decay {config.optimizer.weight_decay} (coupled L2, "
+         "in the loss)"),
+        ("batch norm", _BN_SCOPES[config.bn.scope].format(
+            per_device=layout.per_device_batch, batch=layout.batch_size,
+            ghost=config.bn.ghost_batch_size) + f", momentum {config.bn.momentum}"),
+        ("label smoothing", f"{config.label_smoothing}"),
+        ("runner", config.runner),
+    ]  # fmt: skip
+    report = setup.decay_report
+    bn_layers = _bn_layers(setup.abstract_variables)
+    lines += [
+        ("weight decay on", _group(report.decayed, shapes, bn_layers)),
+        ("no weight decay on", _group(report.not_decayed, shapes, bn_layers)),
+    ]
+    return "\n".join(f"{name:<18} {text}" for name, text in lines)
+
+
+def _decay_text(setup: Setup) -> str:
+    schedule, config = setup.optimizer.schedule, setup.config
+    if schedule.decay != "step":
+        return f"{schedule.decay} to 0 over the updates after warmup"
+    epochs = ", ".join(f"{e:.4g}" for e in schedule.decay_epochs)
+    origin = (
+        f"Goyal's 30, 60, 80 of 90 placed on {config.num_epochs} epochs"
+        if config.optimizer.decay_epochs is None
+        else "as configured"
+    )
+    return (
+        f"step ×{schedule.decay_factor} at epochs {epochs} ({origin}; updates "
+        f"{', '.join(map(str, schedule.decay_boundaries))})"
+    )
+
+
+def _param_shapes(variables: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        "/".join(str(key.key) for key in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+    }
+
+
+def _bn_layers(variables: Any) -> set[str]:
+    return {
+        "/".join(str(key.key) for key in path[:-1])
+        for path, _ in jax.tree_util.tree_leaves_with_path(variables.get("batch_stats", {}))
+    }
+
+
+def _count(shapes) -> str:
+    return f"{sum(math.prod(shape) for shape in shapes):,}"
+
+
+def _group(paths: list[str], shapes: dict[str, tuple[int, ...]], bn_layers: set[str]) -> str:
+    """'N tensors, P parameters: 21 conv kernels, 1 dense kernel, …', by the kind of layer."""
+    if not paths:
+        return "nothing"
+    kinds: dict[str, list[str]] = {}
+    for path in paths:
+        module, _, leaf = path.rpartition("/")
+        if module in bn_layers:
+            kind = "BatchNorm"
+        elif leaf == "kernel":
+            kind = "conv kernel" if len(shapes[path]) == 4 else "dense kernel"
+        else:
+            kind = leaf
+        kinds.setdefault(kind, []).append(module)
+    parts = []
+    order = ("conv kernel", "dense kernel", "bias", "BatchNorm")  # others after, by name
+    rank = {kind: i for i, kind in enumerate(order)}
+    for kind, modules in sorted(kinds.items(), key=lambda item: (rank.get(item[0], 9), item[0])):
+        if kind == "BatchNorm":
+            layers = len(set(modules))
+            parts.append(f"γ and β of {layers} BatchNorm layer{'s' if layers > 1 else ''}")
+        else:
+            plural = "es" if kind.endswith("s") else "s"
+            parts.append(f"{len(modules)} {kind}{plural if len(modules) > 1 else ''}")
+    return f"{len(paths)} tensors, {_count(shapes[p] for p in paths)} parameters: " + ", ".join(
+        parts
+    )

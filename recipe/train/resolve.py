@@ -1,0 +1,411 @@
+"""One resolve step: a config checked field by field and turned into everything a run needs.
+
+`resolve(config, device_count)` is pure: it reads no data, writes nothing and compiles nothing
+(the model's variables are shapes from `jax.eval_shape`). It runs first, before the work dir is
+created or the data opened, so every bad input is one line (`ConfigError`): the dotted config
+field, its value, what is allowed, and the command-line flag that fixes it. Training,
+`--describe` and `bench/` all go through it; what it returns (`Setup`) is computed once and
+passed down.
+
+Each rule lives once. A field's own range is a `recipe.checks` rule in `FIELD_RULES` (the same
+functions the library checks its arguments with); a rule between fields that the library owns
+(warmup shorter than the run, decay milestones after the warmup, ...) comes from calling the
+library's builders here, with their argument names translated to config fields.
+"""
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from recipe import checks, masks, models, optim, schedules
+from recipe.configs import default
+from recipe.data import datasets, pipeline
+from recipe.train import steps
+
+BN_SCOPES = ("device", "global", "ghost")
+DTYPES = ("float32", "bfloat16")
+ON_NONFINITE = ("stop", "skip")
+MAX_SEED = 2**32 - 1
+
+
+class ConfigError(ValueError):
+    """A config field (or the work dir, or the dataset) is not usable: one line, no traceback."""
+
+
+def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else rule(name, value)
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], Any]:
+    return functools.partial(_check_choice, allowed=allowed)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    return checks.check_choice(name, value, allowed)
+
+
+def _check_seed(name: str, value: Any) -> int:
+    seed = checks.check_non_negative_int(name, value)
+    if seed > MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2^32), got {value!r}")
+    return seed
+
+
+def _check_momentum(name: str, value: Any) -> Any:
+    return checks.check_interval(name, value, 0.0, 1.0, high_closed=False)
+
+
+def _check_decay_factor(name: str, value: Any) -> Any:
+    return checks.check_interval(name, value, 0.0, 1.0, low_closed=False)
+
+
+# The range of every config field on its own; between fields: `_check_fields_together` and the
+# library's builders. tests/test_bad_input.py checks that every field of configs/default.py has
+# a rule here.
+FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "dataset": _choice(datasets.DATASET_NAMES),
+    "data_dir": _optional(checks.check_string),
+    "augment": checks.check_bool,
+    "image_size": _optional(checks.check_positive_int),
+    "model": _choice(models.MODEL_NAMES),
+    "num_filters": checks.check_positive_int,
+    "zero_init_last_bn": checks.check_bool,
+    "dtype": _choice(DTYPES),
+    "bn.scope": _choice(BN_SCOPES),
+    "bn.ghost_batch_size": checks.check_positive_int,
+    "bn.momentum": checks.check_in_unit_interval,
+    "batch_size": checks.check_positive_int,
+    "accumulation_steps": checks.check_positive_int,
+    "eval_batch_size": checks.check_positive_int,
+    "num_epochs": checks.check_positive_int,
+    "label_smoothing": checks.check_in_unit_interval,
+    "optimizer.base_lr": checks.check_positive,
+    "optimizer.base_batch_size": checks.check_positive_int,
+    "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
+    "optimizer.warmup_epochs": checks.check_non_negative,
+    "optimizer.decay": _choice(schedules.DECAY_KINDS),
+    "optimizer.decay_epochs": _optional(checks.check_increasing),
+    "optimizer.decay_factor": _check_decay_factor,
+    "optimizer.weight_decay": checks.check_non_negative,
+    "optimizer.decay_bias": checks.check_bool,
+    "optimizer.momentum": _check_momentum,
+    "optimizer.nesterov": checks.check_bool,
+    "runner": _choice(tuple(steps.RUNNERS)),
+    "distributed.enabled": checks.check_bool,
+    "distributed.coordinator_address": _optional(checks.check_string),
+    "distributed.num_processes": _optional(checks.check_positive_int),
+    "distributed.process_id": _optional(checks.check_non_negative_int),
+    "seed": _check_seed,
+    "log_every_steps": checks.check_positive_int,
+    "sync_every_steps": checks.check_positive_int,
+    "eval_every_epochs": checks.check_positive_int,
+    "checkpoint_every_steps": checks.check_positive_int,
+    "keep_checkpoints": checks.check_positive_int,
+    "on_nonfinite": _choice(ON_NONFINITE),
+    "progress_bar": checks.check_bool,
+}
+
+# Library argument names → the config fields they come from, for the library's own messages.
+_LIBRARY_NAMES = {
+    "epochs": "num_epochs",
+    "base_lr": "optimizer.base_lr",
+    "base_batch_size": "optimizer.base_batch_size",
+    "warmup_epochs": "optimizer.warmup_epochs",
+    "decay_epochs": "optimizer.decay_epochs",
+    "decay_factor": "optimizer.decay_factor",
+    "weight_decay": "optimizer.weight_decay",
+    "momentum": "optimizer.momentum",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How the global batch is split over devices and accumulated into updates.
+
+    Attributes:
+      batch_size: the global batch of one step (one micro-batch), over all devices and hosts.
+      device_count: all devices of all processes.
+      per_device_batch: examples per device per step.
+      accumulation_steps: steps (micro-batches) per optimizer update.
+      steps_per_epoch: steps per epoch: whole updates, `updates_per_epoch · accumulation_steps`.
+      updates_per_epoch: optimizer updates per epoch.
+      total_steps: steps of the whole run (what the loop, checkpoints and logs count).
+      dropped_per_epoch: training examples each epoch leaves out (its shuffle decides which).
+      eval_batch_size: the global evaluation batch.
+    """
+
+    batch_size: int
+    device_count: int
+    per_device_batch: int
+    accumulation_steps: int
+    steps_per_epoch: int
+    updates_per_epoch: int
+    total_steps: int
+    dropped_per_epoch: int
+    eval_batch_size: int
+
+    @property
+    def update_batch(self) -> int:
+        """Examples per optimizer update (what the linear scaling rule scales by)."""
+        return self.batch_size * self.accumulation_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A config resolved against the devices: everything a run needs but data and compiled code.
+
+    Attributes:
+      config: the config it was resolved from (validated).
+      spec: the dataset.
+      image_shape: (height, width, channels) of the model's input.
+      model: the linen model (its BatchNorm scope included).
+      abstract_variables: the model's variables as `jax.ShapeDtypeStruct`s.
+      optimizer: the optax transformation, its schedule and the loss's L2 penalty.
+      layout: the batch layout and the run's length in steps.
+    """
+
+    config: ml_collections.ConfigDict
+    spec: datasets.DatasetSpec
+    image_shape: tuple[int, int, int]
+    model: models.ResNet
+    abstract_variables: Any
+    optimizer: optim.Optimizer
+    layout: BatchLayout
+
+    @property
+    def decay_report(self) -> masks.DecayReport:
+        return masks.decay_report(
+            self.abstract_variables, decay_bias=self.config.optimizer.decay_bias
+        )
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Checks that `config` has exactly the fields of configs/default.py, each in its range
+    (what can be checked before the device count is known).
+
+    Raises:
+      ConfigError: the first bad field, as one line naming it, its value, what is allowed and a
+        flag that fixes it.
+    """
+    _check_known_fields(config)
+    for name, rule in FIELD_RULES.items():
+        _apply(config, name, rule)
+
+
+def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
+    """Validates `config` and resolves it for `device_count` devices (all processes).
+
+    Raises:
+      ConfigError: the first bad field, as one line naming it, its value, what is allowed and a
+        flag that fixes it.
+    """
+    check_fields(config)
+    spec = datasets.get_dataset_spec(config.dataset)
+    layout = _batch_layout(config, spec, device_count)
+    size = config.image_size
+    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
+    model = models.create_model(
+        config.model,
+        num_classes=spec.num_classes,
+        num_filters=config.num_filters,
+        bn_axis_name=steps.AXIS if config.bn.scope == "global" else None,
+        ghost_batch_size=config.bn.ghost_batch_size if config.bn.scope == "ghost" else None,
+        bn_momentum=config.bn.momentum,
+        dtype=jnp.dtype(config.dtype),
+        zero_init_last_bn=config.zero_init_last_bn,
+    )
+    # Traced, not run: the key is made inside too, so resolving compiles nothing at all.
+    abstract_variables = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32), train=False
+        )
+    )
+    with _library_errors(config):
+        optimizer = optim.build_optimizer(
+            abstract_variables,
+            **config.optimizer,
+            batch_size=config.batch_size,
+            steps_per_epoch=layout.steps_per_epoch,
+            epochs=config.num_epochs,
+            accumulation_steps=config.accumulation_steps,
+            weight_decay_in_loss=True,  # same updates as decay in tx, faster (BENCHMARKS.md §1)
+        )
+    return Setup(
+        config=config,
+        spec=spec,
+        image_shape=image_shape,
+        model=model,
+        abstract_variables=abstract_variables,
+        optimizer=optimizer,
+        layout=layout,
+    )
+
+
+def flat_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """{dotted field: value} of every leaf of `config`."""
+    fields: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            fields.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            fields[f"{prefix}{key}"] = value
+    return fields
+
+
+def unknown_field_message(unknown: Iterable[str]) -> str:
+    """'unknown config field(s) …' with the closest known field for each, for one line."""
+    known = list(flat_fields(default.get_config()))
+    by_leaf = {field.rpartition(".")[2]: field for field in known}
+    parts = []
+    for field in sorted(unknown):
+        close = difflib.get_close_matches(field, known, n=1, cutoff=0.6) or [
+            by_leaf[leaf]
+            for leaf in difflib.get_close_matches(field.rpartition(".")[2], by_leaf, n=1)
+        ]
+        parts.append(f"{field} (did you mean {close[0]}?)" if close else field)
+    return (
+        f"unknown config field(s) {', '.join(parts)}; the fields are those of "
+        "recipe/configs/default.py"
+    )
+
+
+def cli_value(value: Any) -> str:
+    """`value` as it is spelled after `--config.field=` on the command line.
+
+    >>> cli_value((5.82, 10.41)), cli_value((2,)), cli_value(True)
+    ("'(5.82,10.41)'", "'(2,)'", 'true')
+    """
+    if isinstance(value, tuple | list):
+        items = [f"{v:g}" if isinstance(v, float) else str(v) for v in value]
+        return f"'({','.join(items)}{',' if len(items) == 1 else ''})'"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_known_fields(config: ml_collections.ConfigDict) -> None:
+    fields = set(flat_fields(config))
+    unknown = fields - set(FIELD_RULES)
+    if unknown:
+        raise ConfigError(unknown_field_message(unknown))
+    missing = set(FIELD_RULES) - fields
+    if missing:
+        raise ConfigError(
+            f"the config lacks field(s) {', '.join(sorted(missing))}; build it from "
+            "recipe.configs.default.get_config() and change what differs"
+        )
+
+
+def _apply(config: ml_collections.ConfigDict, name: str, rule: Callable[[str, Any], Any]) -> None:
+    try:
+        rule(name, _get(config, name))
+    except ValueError as error:
+        raise _error(str(error), name, config) from None
+
+
+def _get(config: ml_collections.ConfigDict, name: str) -> Any:
+    node = config
+    for key in name.split("."):
+        node = node[key]
+    return node
+
+
+def _error(message: str, field: str, config: ml_collections.ConfigDict) -> ConfigError:
+    """The one-line error: the check's message and a flag that fixes `field`."""
+    fix = _suggested_value(field, config)
+    return ConfigError(f"{message}; fix: --config.{field}={cli_value(fix)}")
+
+
+def _suggested_value(field: str, config: ml_collections.ConfigDict) -> Any:
+    """A value of `field` that passes its rules given the rest of `config` (the default if it
+    does)."""
+    if field == "optimizer.decay_epochs":
+        warmup = 0.0 if config.optimizer.warmup == "none" else config.optimizer.warmup_epochs
+        return tuple(round(e, 2) for e in schedules.paper_decay_epochs(config.num_epochs, warmup))
+    if field == "optimizer.warmup_epochs":
+        return min(_get(default.get_config(), field), config.num_epochs / 2)
+    return _get(default.get_config(), field)
+
+
+def _batch_layout(
+    config: ml_collections.ConfigDict, spec: datasets.DatasetSpec, device_count: int
+) -> BatchLayout:
+    for field in ("batch_size", "eval_batch_size"):
+        batch = config[field]
+        if batch < device_count or batch % device_count:
+            fixed = max(device_count, round(batch / device_count) * device_count)
+            raise ConfigError(
+                f"{field} must be a multiple of the device count {device_count} (at least one "
+                f"example per device), got {batch}; fix: --config.{field}={fixed}"
+            )
+    per_device = config.batch_size // device_count
+    if config.bn.scope == "ghost" and per_device % config.bn.ghost_batch_size:
+        divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+        nearest = min(divisors, key=lambda d: abs(d - config.bn.ghost_batch_size))
+        raise ConfigError(
+            f"bn.ghost_batch_size must divide the per-device batch {per_device} (batch_size "
+            f"{config.batch_size} / {device_count} devices), got {config.bn.ghost_batch_size}; "
+            f"fix: --config.bn.ghost_batch_size={nearest}"
+        )
+    update_batch = config.batch_size * config.accumulation_steps
+    if update_batch > spec.num_train:
+        raise ConfigError(
+            f"batch_size × accumulation_steps must be <= the {spec.num_train} training examples "
+            f"of {spec.name}, got {config.batch_size} × {config.accumulation_steps} = "
+            f"{update_batch}; fix: --config.accumulation_steps="
+            f"{max(1, spec.num_train // config.batch_size)}"
+        )
+    distributed = config.distributed
+    explicit = (
+        distributed.coordinator_address,
+        distributed.num_processes,
+        distributed.process_id,
+    )
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        raise ConfigError(
+            "distributed.coordinator_address, distributed.num_processes and "
+            "distributed.process_id must be set together (or all left unset for JAX to detect "
+            f"the cluster), got {explicit!r}; fix: set all three, or none"
+        )
+    if distributed.process_id is not None and distributed.process_id >= distributed.num_processes:
+        raise ConfigError(
+            f"distributed.process_id must be < distributed.num_processes "
+            f"({distributed.num_processes}), got {distributed.process_id}; fix: "
+            f"--config.distributed.process_id={distributed.num_processes - 1}"
+        )
+    steps_per_epoch = pipeline.steps_per_epoch(
+        spec.num_train, config.batch_size, config.accumulation_steps
+    )
+    return BatchLayout(
+        batch_size=config.batch_size,
+        device_count=device_count,
+        per_device_batch=per_device,
+        accumulation_steps=config.accumulation_steps,
+        steps_per_epoch=steps_per_epoch,
+        updates_per_epoch=steps_per_epoch // config.accumulation_steps,
+        total_steps=config.num_epochs * steps_per_epoch,
+        dropped_per_epoch=spec.num_train - steps_per_epoch * config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+    )
+
+
+@contextlib.contextmanager
+def _library_errors(config: ml_collections.ConfigDict) -> Iterator[None]:
+    """Turns a library `ValueError` into a `ConfigError` naming the config fields."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        message = _LIBRARY_NAME_PATTERN.sub(lambda m: _LIBRARY_NAMES[m.group(1)], str(error))
+        field = next((f for f in _LIBRARY_NAMES.values() if message.startswith(f + " ")), None)
+        raise (ConfigError(message) if field is None else _error(message, field, config)) from None
+
+
+_LIBRARY_NAME_PATTERN = re.compile(r"(?<![\w.])(" + "|".join(_LIBRARY_NAMES) + r")(?!\w)")
