@@ -10,14 +10,18 @@ Three measurements, each in worker subprocesses under `timeout -s KILL`:
   reproduction run. The trainer's metrics writer is wrapped to note the process's CPU time and
   the wall time at each training record; after ``--seconds`` of steady state (past the first
   record, which holds the compile) the worker sends itself SIGTERM and the trainer stops
-  cleanly. Seconds per epoch = steady seconds per step × steps per epoch.
-* ``loader``: `recipe.data.train_batches` alone (augmentation on, no prefetch thread), one core:
-  its CPU seconds per 60,000 images, the part of an epoch a model cannot make faster.
-* ``vmap``: the trainer's own train step (`recipe.train.steps.train_step` with
-  `trainer.build`'s model and optimizer) mapped by `jax.vmap` over S seeds' states and batches,
-  on one batch held on the device (no loader), against S = 1: per seed-step CPU and wall time
-  on one pinned core, and on both cores, one process running S = 2 against two pinned
-  processes running S = 1 side by side (the images per second of the machine).
+  cleanly. Seconds per epoch = steady seconds per step × steps per epoch. Each candidate runs
+  with the training split held decoded (`recipe.data.InMemorySource` wrapped around what
+  `load_source` returns); two also as the trainer reads today (the TFDS source, PNG decoded
+  every epoch).
+* ``loader``: `recipe.data.train_batches` alone (augmentation on, no prefetch thread), one core,
+  over the TFDS source and over `InMemorySource`: its CPU seconds per 60,000 images, the part
+  of an epoch a model cannot make faster, and the one-off decode into memory.
+* ``vmap``: the trainer's own train step (`recipe.train.steps.train_step`, with the model and
+  optimizer of `recipe.train.resolve.resolve`) mapped by `jax.vmap` over S seeds' states and
+  batches, on one batch held on the device (no loader), against S = 1: per seed-step CPU and
+  wall time on one pinned core, and on both cores, one process running S = 2 against two
+  pinned processes running S = 1 side by side (the images per second of the machine).
 
     python -m bench.fashion_design                 # all three; bench/results/fashion_design.json
     python -m bench.fashion_design --only epoch --seconds 40 --no-write
@@ -99,7 +103,7 @@ def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         try:
             trainer.train_and_evaluate(config, workdir)
-        except preemption.Preempted:
+        except preemption.Stopped:
             pass
     (step0, cpu0, wall0), (step1, cpu1, wall1) = marks[0], marks[-1]
     steps = step1 - step0
@@ -161,17 +165,17 @@ def vmap_worker(overrides: dict, seeds: int, steps: int) -> dict:
     import numpy as np
 
     from recipe.data import datasets, pipeline
+    from recipe.train import resolve
     from recipe.train import steps as train_steps
-    from recipe.train import trainer
 
     config = _config(overrides)
-    setup = trainer.build(config, 1)
-    states = []
-    for seed in range(seeds):
-        seeded = config.copy_and_resolve_references()
-        seeded.seed = seed
-        variables = trainer.build(seeded, 1).variables
-        states.append(train_steps.TrainState.create(variables, setup.optimizer.tx))
+    setup = resolve.resolve(config, 1)
+    states = [
+        train_steps.TrainState.create(
+            train_steps.init_variables(setup.model, setup.image_shape, seed), setup.optimizer.tx
+        )
+        for seed in range(seeds)
+    ]
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
     step_fn = functools.partial(
         train_steps.train_step,
