@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,cpu]'
+	$(PY) -m pip install --quiet -e '.[test,prepare]'
 	touch $@
 
 lint: $(INSTALLED)
@@ -23,14 +23,14 @@ test: lint
 train: $(INSTALLED)
 	$(PY) -m recipe.train --config recipe/configs/default.py --workdir runs/default
 
-# Benchmarks (BENCHMARKS.md sections 1–4; PyTorch comes from the `bench` extra) and the
+# Benchmarks (BENCHMARKS.md sections 1–4 and 6; PyTorch comes from the `bench` extra) and the
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 
 .PHONY: bench reproduce
 
 $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
-	$(PY) -m pip install --quiet -e '.[test,cpu,bench]'
+	$(PY) -m pip install --quiet -e '.[test,prepare,bench]'
 	touch $@
 
 bench: $(BENCH_INSTALLED)

@@ -2,8 +2,8 @@
 
 Benchmarks that need XLA flags (forced device counts, CPU options) run as worker subprocesses,
 because XLA reads `XLA_FLAGS` once, when jax initialises its backend. Every worker runs under
-`timeout -s KILL`: a CPU collective that hangs ignores SIGTERM (see ENVIRONMENT.md). A worker
-prints one JSON object as its last stdout line.
+`timeout -s KILL`: a CPU collective that hangs ignores SIGTERM (jax's preemption notifier
+catches it). A worker prints one JSON object as its last stdout line.
 """
 
 import datetime
@@ -183,7 +183,7 @@ HEADER = """# Benchmarks
 
 Measured, not asserted: every number below was written by a script in `bench/` from a real
 run on the machine described in its section. Re-run a section with the command given there
-(`make bench` re-runs sections 1–4, `make reproduce` section 5). Unit tests contain no timing.
+(`make bench` re-runs sections 1–4 and 6, `make reproduce` section 5). Unit tests contain no timing.
 
 """
 

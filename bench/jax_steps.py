@@ -31,7 +31,7 @@ from jax import lax
 
 from recipe import losses, masks, models, optim
 from recipe.configs import default
-from recipe.train import resolve, steps
+from recipe.train import resolve, steps, trainer
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
@@ -56,6 +56,7 @@ class Setup:
     image_shape: tuple[int, int, int]
     num_classes: int
     label_smoothing: float
+    normalize: Any  # the trainer's in-step input normalisation (uint8 batches; floats pass)
 
 
 def build(
@@ -93,6 +94,7 @@ def build(
         resolved.image_shape,
         resolved.spec.num_classes,
         config.label_smoothing,
+        trainer._normalize(resolved),
     )
 
 
@@ -137,6 +139,7 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
+            normalize=setup.normalize,
         )
         return fn, steps.TrainState.create(setup.variables, optimizer.tx)
     base = bare_setup or setup

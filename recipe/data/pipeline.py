@@ -13,27 +13,37 @@ example's augmentation draws from a generator seeded by ``(seed, epoch, example 
 Resuming at step ``s`` therefore yields exactly the batches an uninterrupted run sees from
 ``s``, and an example's augmentation does not depend on the batch size or the process count.
 
+Batches are computed ahead of the consumer by ``worker_count`` grain worker processes, or
+(``worker_count=0``) by ``thread_count`` threads of this process; the JPEG decoder and the
+resize release the GIL. Either way a batch is the same pure function of its step, so workers
+change neither the batches nor resumption.
+
 Evaluation: the split is padded to a multiple of ``G`` with masked all-zero examples and cut
 the same way, so every example is evaluated exactly once across all processes.
 
 Batches are dicts of numpy arrays, each with leading dimensions ``(D, B)``: ``'image'``
-float32 ``(D, B, H, W, C)`` normalised per channel as ``(x/255 - mean) / std``, ``'label'``
-int32, ``'index'`` int64 (the example's position in its split; -1 for padding) and, for
-evaluation only, ``'mask'`` float32 (1 for real examples, 0 for padding).
+float32 ``(D, B, H, W, C)`` normalised per channel as ``(x/255 - mean) / std`` (or, with
+``normalize=False``, the uint8 pixels, a quarter of the bytes to the devices, for
+``normalize_images`` inside the jitted step), ``'label'`` int32, ``'index'`` int64 (the
+example's position in its split; -1 for padding) and, for evaluation only, ``'mask'`` float32
+(1 for real examples, 0 for padding).
 """
 
 import dataclasses
 import functools
 import math
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import cv2
 import grain
 import numpy as np
 from absl import flags
 from PIL import Image
 
+from recipe.data import jpeg
 from recipe.data.datasets import DatasetSpec
 
 Batch = dict[str, np.ndarray]
@@ -78,16 +88,11 @@ def _output_size(spec: DatasetSpec, image_size: int | None) -> tuple[int, int]:
     return (image_size, image_size) if image_size else spec.image_shape[:2]
 
 
-def _resize(
-    image: np.ndarray,
-    size: tuple[int, int],
-    box: tuple[float, float, float, float] | None = None,
-    resample: Image.Resampling = Image.Resampling.BILINEAR,
-) -> np.ndarray:
-    """Resizes a uint8 ``(H, W, C)`` image (or its ``box`` = left, top, right, bottom) with PIL."""
+def _resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """Resizes a uint8 ``(H, W, C)`` image with PIL."""
     single_channel = image.shape[-1] == 1
     pil_image = Image.fromarray(image[..., 0] if single_channel else image)
-    resized = np.asarray(pil_image.resize((size[1], size[0]), resample=resample, box=box))
+    resized = np.asarray(pil_image.resize((size[1], size[0]), resample=resample))
     return resized[..., None] if single_channel else resized
 
 
@@ -110,7 +115,7 @@ def _pad_crop_flip(
 
 def _inception_crop_box(
     height: int, width: int, rng: np.random.Generator
-) -> tuple[float, float, float, float]:
+) -> tuple[int, int, int, int]:
     """Samples a random-resized-crop box (left, top, right, bottom), as torchvision does."""
     log_ratio_range = np.log(_CROP_ASPECT_RATIO_RANGE)
     for _ in range(_CROP_ATTEMPTS):
@@ -130,44 +135,78 @@ def _inception_crop_box(
     return left, top, left + crop_width, top + crop_height
 
 
-def _central_crop_box(height: int, width: int) -> tuple[float, float, float, float]:
-    """The central square of side 87.5% of the shorter side (left, top, right, bottom)."""
-    side = _EVAL_CENTRAL_FRACTION * min(height, width)
-    left, top = (width - side) / 2, (height - side) / 2
+def _central_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """The central square of side 87.5% of the shorter side (left, top, right, bottom), in
+    whole pixels as the Flax ImageNet example's ``_decode_and_center_crop`` takes it."""
+    side = int(_EVAL_CENTRAL_FRACTION * min(height, width))
+    top, left = (height - side + 1) // 2, (width - side + 1) // 2
     return left, top, left + side, top + side
 
 
+def _crop_resize(
+    image: np.ndarray | bytes,
+    box_for_shape: Callable[[int, int], tuple[int, int, int, int]],
+    size: tuple[int, int],
+    dct_scaling: bool,
+) -> np.ndarray:
+    """Resizes the box ``box_for_shape(height, width)`` of a decoded image or of JPEG bytes to
+    ``size``; with ``dct_scaling``, bytes are decoded only as far as the box needs
+    (``jpeg.decode_crop_resize``), else in full (the same pixels as a decoded array gives)."""
+    if isinstance(image, bytes):
+        box = box_for_shape(*jpeg.jpeg_shape(image))
+        if dct_scaling:
+            return jpeg.decode_crop_resize(image, box, size)
+        image = jpeg.decode(image)
+    else:
+        box = box_for_shape(*image.shape[:2])
+    return jpeg.crop_resize(image, box, size)
+
+
 def augment_image(
-    image: np.ndarray, spec: DatasetSpec, size: tuple[int, int], rng: np.random.Generator
+    image: np.ndarray | bytes, spec: DatasetSpec, size: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
     """Training augmentation of one uint8 ``(H, W, C)`` image; returns uint8 ``(*size, C)``.
 
     'small' family: zero-pad by ``spec.crop_padding``, random crop back to the stored size,
     mirror with probability 1/2 if ``spec.horizontal_flip``, then resize to ``size`` if it
     differs (box filter: an average pool when the factor is an integer). 'imagenet' family:
-    Inception-style random-resized crop (area 8–100%, aspect ratio 3/4–4/3) resized bilinearly
-    to ``size``, then the optional mirror.
+    Inception-style random-resized crop (Szegedy et al. 2015; area 8–100%, aspect ratio
+    3/4–4/3 log-uniform, 10 attempts, else the centre cut to the nearest allowed ratio) resized
+    to ``size``, then the optional mirror. 'imagenet' images may be given as JPEG bytes: the
+    box is drawn from the header's size and the image decoded at the coarsest DCT scale 1/s
+    that keeps the box at least ``size`` (``recipe.data.jpeg``), which moves the box's edges
+    by at most s/2 pixels; s = 1, the same pixels as from the decoded array, for every box
+    smaller than twice ``size``.
+
+    >>> from recipe.data import get_dataset_spec
+    >>> spec = get_dataset_spec("imagenette")
+    >>> image = np.zeros((375, 500, 3), np.uint8)
+    >>> augment_image(image, spec, (128, 128), np.random.default_rng(0)).shape
+    (128, 128, 3)
     """
-    height, width = image.shape[:2]
     if spec.family == "small":
+        height, width = image.shape[:2]
         image = _pad_crop_flip(image, spec.crop_padding, spec.horizontal_flip, rng)
         if size != (height, width):
             image = _resize(image, size, resample=Image.Resampling.BOX)
         return image
-    image = _resize(image, size, box=_inception_crop_box(height, width, rng))
+    box_for_shape = functools.partial(_inception_crop_box, rng=rng)
+    image = _crop_resize(image, box_for_shape, size, dct_scaling=True)
     if spec.horizontal_flip and rng.random() < 0.5:
-        image = image[:, ::-1]
+        # A contiguous copy (a reversed view would make collating the batch 3× slower).
+        image = cv2.flip(image, 1).reshape(image.shape)
     return image
 
 
-def eval_image(image: np.ndarray, spec: DatasetSpec, size: tuple[int, int]) -> np.ndarray:
-    """Deterministic preprocessing of one uint8 image: resize ('small') or central crop."""
-    height, width = image.shape[:2]
+def eval_image(image: np.ndarray | bytes, spec: DatasetSpec, size: tuple[int, int]) -> np.ndarray:
+    """Deterministic preprocessing of one uint8 image: resize ('small') or the central square
+    of 87.5% of the shorter side ('imagenet'; JPEG bytes are decoded in full, so evaluation
+    sees exactly the pixels of the decoded image whatever ``size``)."""
     if spec.family == "small":
-        if size == (height, width):
+        if size == image.shape[:2]:
             return image
         return _resize(image, size, resample=Image.Resampling.BOX)
-    return _resize(image, size, box=_central_crop_box(height, width))
+    return _crop_resize(image, _central_crop_box, size, dct_scaling=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,19 +237,37 @@ class _Layout:
         return step, self.process_index * self.local_batch + slot
 
 
+def normalize_images(images: Any, spec: DatasetSpec, dtype: Any = np.float32) -> Any:
+    """Per-channel normalisation ``(x/255 − mean) / std`` of uint8 images, cast to ``dtype``.
+
+    Works on numpy arrays (on the host) and on jax arrays (inside a jitted step, where XLA
+    fuses it into the first convolution's input). Floating-point images are taken as already
+    normalised and returned unchanged. Goyal et al. §5.1: "per-channel mean/std".
+
+    >>> from recipe.data import get_dataset_spec
+    >>> spec = get_dataset_spec("mnist5k")
+    >>> [round(float(x), 3) for x in normalize_images(np.array([[0], [255]], np.uint8), spec)[:, 0]]
+    [-0.425, 2.822]
+    """
+    if np.issubdtype(images.dtype, np.floating):
+        return images
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    return ((images.astype(np.float32) / np.float32(255.0) - mean) / std).astype(dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Collate:
-    """Stacks per-example dicts into a device-major batch, normalising the images."""
+    """Stacks per-example dicts into a device-major batch, optionally normalising the images."""
 
     spec: DatasetSpec
     local_device_count: int
+    normalize: bool
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> Batch:
-        images = np.stack([example["image"] for example in examples]).astype(np.float32)
-        mean = np.asarray(self.spec.mean, np.float32)
-        std = np.asarray(self.spec.std, np.float32)
+        images = np.stack([example["image"] for example in examples])
         batch = {
-            "image": (images / 255.0 - mean) / std,
+            "image": normalize_images(images, self.spec) if self.normalize else images,
             **{
                 key: np.asarray([example[key] for example in examples], dtype)
                 for key, dtype in (("label", np.int32), ("index", np.int64), ("mask", np.float32))
@@ -273,17 +330,26 @@ class _EvalExample:
         return {"image": image, "label": example["label"], "index": index, "mask": 1.0}
 
 
+def default_worker_count(processes_on_host: int = 1) -> int:
+    """The cores this process may run on (``os.sched_getaffinity``), shared among the
+    processes of one host that each run a loader; at least 1.
+
+    >>> default_worker_count() >= 1
+    True
+    """
+    return max(1, len(os.sched_getaffinity(0)) // processes_on_host)
+
+
 def _iterate(
-    dataset: grain.MapDataset, worker_count: int, prefetch_batches: int
+    dataset: grain.MapDataset, worker_count: int, thread_count: int, prefetch_batches: int
 ) -> Iterator[Batch]:
-    """Iterates a dataset of batches, computing upcoming batches in a thread or processes."""
+    """Iterates a dataset of batches, computing upcoming batches in threads or processes."""
     if worker_count and not flags.FLAGS.is_parsed():
         # grain's worker processes read absl flags; outside an absl app, use their defaults.
         flags.FLAGS.mark_as_parsed()
-    # One background thread: the per-example work holds the GIL, and two threads computed
-    # batches at less than half the speed of one on a 2-core machine.
     read_options = grain.ReadOptions(
-        num_threads=1 if prefetch_batches else 0, prefetch_buffer_size=prefetch_batches
+        num_threads=thread_count if prefetch_batches else 0,
+        prefetch_buffer_size=max(prefetch_batches, thread_count),
     )
     iter_dataset = dataset.to_iter_dataset(read_options)
     if worker_count:
@@ -308,7 +374,9 @@ def train_batches(
     image_size: int | None = None,
     accumulation_steps: int = 1,
     worker_count: int = 0,
+    thread_count: int = 1,
     prefetch_batches: int = 2,
+    normalize: bool = True,
 ) -> Iterator[Batch]:
     """Yields this process's training batches for global steps ``start_step, start_step + 1, …``.
 
@@ -326,12 +394,15 @@ def train_batches(
         image_size: Square output side; defaults to ``spec.image_shape``.
         accumulation_steps: Micro-batches per optimizer update; an epoch is a whole number of
             updates (``steps_per_epoch``).
-        worker_count: Processes computing batches (0: threads of this process). Entry points
-            using workers need an ``if __name__ == '__main__':`` guard.
+        worker_count: Processes computing batches (0: threads of this process), e.g.
+            ``default_worker_count()``. Entry points using workers need an
+            ``if __name__ == '__main__':`` guard.
+        thread_count: Threads computing batches when ``worker_count`` is 0.
         prefetch_batches: Batches computed ahead of the consumer.
+        normalize: Normalise images on the host to float32; False keeps them uint8.
 
     Returns:
-        An iterator of dicts: 'image' float32 ``(D, B, H, W, C)``, 'label' int32 ``(D, B)`` and
+        An iterator of dicts: 'image' ``(D, B, H, W, C)``, 'label' int32 ``(D, B)`` and
         'index' int64 ``(D, B)``, with ``D = local_device_count`` and
         ``B = global_batch / (process_count · D)``.
 
@@ -352,8 +423,10 @@ def train_batches(
             source, spec, layout, seed, _output_size(spec, image_size), augment, accumulation_steps
         )
     )
-    batches = examples.batch(layout.local_batch, batch_fn=_Collate(spec, local_device_count))
-    return _iterate(batches, worker_count, prefetch_batches)
+    batches = examples.batch(
+        layout.local_batch, batch_fn=_Collate(spec, local_device_count, normalize)
+    )
+    return _iterate(batches, worker_count, thread_count, prefetch_batches)
 
 
 def eval_batches(
@@ -366,7 +439,9 @@ def eval_batches(
     local_device_count: int,
     image_size: int | None = None,
     worker_count: int = 0,
+    thread_count: int = 1,
     prefetch_batches: int = 2,
+    normalize: bool = True,
 ) -> Iterator[Batch]:
     """Yields this process's evaluation batches; together they hold every example once.
 
@@ -383,7 +458,9 @@ def eval_batches(
         local_device_count: Devices of this process.
         image_size: Square output side; defaults to ``spec.image_shape``.
         worker_count: Processes computing batches (0: threads of this process).
+        thread_count: Threads computing batches when ``worker_count`` is 0.
         prefetch_batches: Batches computed ahead of the consumer.
+        normalize: Normalise images on the host to float32; False keeps them uint8.
 
     Returns:
         An iterator of dicts like ``train_batches``' plus 'mask' float32 ``(D, B)``.
@@ -393,5 +470,7 @@ def eval_batches(
     examples = grain.MapDataset.range(num_local_examples).map(
         _EvalExample(source, spec, layout, _output_size(spec, image_size))
     )
-    batches = examples.batch(layout.local_batch, batch_fn=_Collate(spec, local_device_count))
-    return _iterate(batches, worker_count, prefetch_batches)
+    batches = examples.batch(
+        layout.local_batch, batch_fn=_Collate(spec, local_device_count, normalize)
+    )
+    return _iterate(batches, worker_count, thread_count, prefetch_batches)

@@ -52,6 +52,7 @@ def recipe_text(setup: Setup) -> str:
             ghost=config.bn.ghost_batch_size) + f", momentum {config.bn.momentum}"),
         ("label smoothing", f"{config.label_smoothing}"),
         ("runner", config.runner),
+        ("input", _input_text(setup)),
     ]  # fmt: skip
     report = setup.decay_report
     bn_layers = _bn_layers(setup.abstract_variables)
@@ -60,6 +61,23 @@ def recipe_text(setup: Setup) -> str:
         ("no weight decay on", _group(report.not_decayed, shapes, bn_layers)),
     ]
     return "\n".join(f"{name:<18} {text}" for name, text in lines)
+
+
+def _input_text(setup: Setup) -> str:
+    """Who decodes, with what, and the bytes that cross to the devices."""
+    workers = setup.data_workers
+    who = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "1 thread"
+    if setup.spec.family == "imagenet":
+        decoder = "JPEG decoded by libjpeg-turbo at the DCT scale the crop needs, OpenCV resize"
+    else:
+        decoder = "uint8 arrays, no decoding"
+    per_image = math.prod(setup.image_shape)
+    per_step = setup.layout.batch_size * per_image
+    return (
+        f"{who}; {decoder}; uint8 to the devices, {per_step / 2**20:,.1f} MiB per step "
+        f"({per_image:,} bytes per image, a quarter of float32), normalised in the step; "
+        f"{setup.config.device_prefetch} batches placed ahead"
+    )
 
 
 def _decay_text(setup: Setup) -> str:

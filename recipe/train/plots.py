@@ -1,17 +1,18 @@
 """PNG plots of a run: learning rate, loss and accuracy against steps and epochs.
 
 Figures are built without pyplot, so importing this module leaves a notebook's backend alone.
+Paths are `etils.epath` paths: local, or `gs://…` and the other stores epath reaches.
 """
 
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure
 
 
-def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: pathlib.Path) -> None:
+def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: epath.PathLike) -> None:
     """Three panels from `metrics.jsonl` records: lr, training loss, train/test accuracy."""
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
@@ -41,12 +42,11 @@ def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: pathlib.
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_png(fig, path)
 
 
 def plot_schedule(
-    schedule: Callable[[Any], Any], total_steps: int, steps_per_epoch: int, path: pathlib.Path
+    schedule: Callable[[Any], Any], total_steps: int, steps_per_epoch: int, path: epath.PathLike
 ) -> None:
     """The learning rate at every optimizer update of the run."""
     steps = np.arange(total_steps + 1)
@@ -59,8 +59,7 @@ def plot_schedule(
     ax.set_title("learning-rate schedule")
     ax.grid(alpha=0.3)
     _epoch_axis(ax, steps_per_epoch)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_png(fig, path)
 
 
 def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
@@ -69,3 +68,10 @@ def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
         "top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch)
     )
     top.set_xlabel("epoch")
+
+
+def _save_png(fig: Figure, path: epath.PathLike) -> None:
+    """Writes `fig` through epath: matplotlib itself would treat `gs://b/x.png` as a local name."""
+    fig.tight_layout()
+    with epath.Path(path).open("wb") as file:
+        fig.savefig(file, format="png", dpi=100)

@@ -75,6 +75,8 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "data_dir": _optional(checks.check_string),
     "augment": checks.check_bool,
     "image_size": _optional(checks.check_positive_int),
+    "data_workers": _optional(checks.check_non_negative_int),
+    "device_prefetch": checks.check_positive_int,
     "model": _choice(models.MODEL_NAMES),
     "num_filters": checks.check_positive_int,
     "zero_init_last_bn": checks.check_bool,
@@ -170,6 +172,7 @@ class Setup:
       abstract_variables: the model's variables as `jax.ShapeDtypeStruct`s.
       optimizer: the optax transformation, its schedule and the loss's L2 penalty.
       layout: the batch layout and the run's length in steps.
+      data_workers: the loader's worker processes (`config.data_workers`, or its default).
     """
 
     config: ml_collections.ConfigDict
@@ -179,6 +182,7 @@ class Setup:
     abstract_variables: Any
     optimizer: optim.Optimizer
     layout: BatchLayout
+    data_workers: int
 
     @property
     def decay_report(self) -> masks.DecayReport:
@@ -246,7 +250,16 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         abstract_variables=abstract_variables,
         optimizer=optimizer,
         layout=layout,
+        data_workers=_data_workers(config.data_workers, spec),
     )
+
+
+def _data_workers(configured: int | None, spec: datasets.DatasetSpec) -> int:
+    """`data_workers`, or by default a process per allowed core for JPEG datasets and none
+    (one background thread) for the small in-memory ones."""
+    if configured is not None:
+        return configured
+    return pipeline.default_worker_count() if spec.family == "imagenet" else 0
 
 
 def flat_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

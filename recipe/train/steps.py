@@ -65,12 +65,13 @@ def train_step(
     label_smoothing: float,
     skip_nonfinite: bool,
     loss_penalty: Callable[[Any], jax.Array] | None = None,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
 
     Args:
       state: this device's state.
-      batch: {'image': [n, H, W, C] float32, 'label': [n] int32}.
+      batch: {'image': [n, H, W, C] float32 (or uint8, with `normalize`), 'label': [n] int32}.
       model: the linen model (its BatchNorm decides the statistics scope).
       tx: the optimizer.
       label_smoothing: ε of the loss.
@@ -78,6 +79,8 @@ def train_step(
         finite, keep the old state (as dynamic loss scaling does) instead of applying the update.
       loss_penalty: a function of the parameters added to the loss that is differentiated
         (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
+      normalize: maps `batch['image']` to the model's input inside the step, e.g.
+        `recipe.data.normalize_images` with the dataset's statistics bound, for uint8 batches.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
@@ -85,10 +88,12 @@ def train_step(
       loss, the update and every device's new BN statistics were finite).
     """
 
+    images = batch["image"] if normalize is None else normalize(batch["image"])
+
     def loss_fn(params):
         logits, new_model_state = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
         )
@@ -132,11 +137,19 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:
+def eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    num_classes: int,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
+) -> Metrics:
     """Sums of loss, top-1 (and top-5) hits and example count over the real (mask = 1) examples
-    of all devices' slices; BN uses the running statistics."""
+    of all devices' slices; BN uses the running statistics. `normalize` as in `train_step`."""
+    images = batch["image"] if normalize is None else normalize(batch["image"])
     logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
     )
     mask = batch["mask"]
     loss = losses.per_example_cross_entropy(logits, batch["label"])

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -52,6 +53,8 @@ RESUMABLE_FIELDS = (
     "keep_checkpoints",
     "progress_bar",
     "eval_batch_size",
+    "data_workers",
+    "device_prefetch",
 )
 CONFIG_FILE = "config.json"
 
@@ -119,7 +122,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     step, state = restore_checkpoint(setup, workdir)
     runner = steps.RUNNERS[config.runner]()
     eval_step = runner.map(
-        functools.partial(steps.eval_step, model=setup.model, num_classes=setup.spec.num_classes)
+        functools.partial(
+            steps.eval_step,
+            model=setup.model,
+            num_classes=setup.spec.num_classes,
+            normalize=_normalize(setup),
+        )
     )
     result = _evaluate(setup, runner, eval_step, runner.replicate(state), test_source)
     return {"step": step, **result}
@@ -330,11 +338,17 @@ def _run(
             label_smoothing=config.label_smoothing,
             skip_nonfinite=config.on_nonfinite == "skip",
             loss_penalty=optimizer.loss_penalty,
+            normalize=_normalize(setup),
         ),
         donate_argnums=(0,),
     )
     eval_step = runner.map(
-        functools.partial(steps.eval_step, model=setup.model, num_classes=setup.spec.num_classes)
+        functools.partial(
+            steps.eval_step,
+            model=setup.model,
+            num_classes=setup.spec.num_classes,
+            normalize=_normalize(setup),
+        )
     )
     average_batch_stats = runner.map(steps.average_batch_stats, donate_argnums=(0,))
     device_state = runner.replicate(state)
@@ -363,7 +377,7 @@ def _run(
         num_steps=layout.total_steps - start_step,
         augment=config.augment,
         accumulation_steps=layout.accumulation_steps,
-        **_process_layout(config),
+        **_loader_options(setup),
     )
     progress = tqdm.tqdm(
         total=layout.total_steps,
@@ -380,7 +394,8 @@ def _run(
     eval_every = config.eval_every_epochs * layout.steps_per_epoch
     final_eval: dict[str, float] = {}
     step = start_step
-    for batch in runner.prefetch(map(_model_inputs, host_batches)):
+    device_batches = runner.prefetch(map(_model_inputs, host_batches), config.device_prefetch)
+    for batch in device_batches:
         device_state, metrics = train_step(device_state, batch)
         step += 1
         timed_steps += 1
@@ -493,7 +508,7 @@ def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, 
         test_source,
         setup.spec,
         global_batch=setup.layout.eval_batch_size,
-        **_process_layout(setup.config),
+        **_loader_options(setup),
     ):
         out = steps.fetch_first(eval_step(device_state, runner.put(_model_inputs(batch))))
         for key, value in out.items():
@@ -504,12 +519,23 @@ def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, 
     return result
 
 
-def _process_layout(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _loader_options(setup: Setup) -> dict[str, Any]:
+    """This process's share of the batch, and uint8 images from `setup.data_workers` workers."""
     return dict(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         local_device_count=jax.local_device_count(),
-        image_size=config.image_size,
+        image_size=setup.config.image_size,
+        worker_count=setup.data_workers,
+        normalize=False,  # uint8 to the devices; `_normalize` inside the steps
+    )
+
+
+def _normalize(setup: Setup) -> Callable[[jax.Array], jax.Array]:
+    """The input normalisation of the steps, `(x/255 − mean) / std` in the compute dtype, which
+    XLA fuses into the first convolution."""
+    return functools.partial(
+        pipeline.normalize_images, spec=setup.spec, dtype=jax.numpy.dtype(setup.config.dtype)
     )
 
 
