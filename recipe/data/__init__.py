@@ -8,6 +8,7 @@ from recipe.data.datasets import (
     InMemorySource,
     default_data_dir,
     get_dataset_spec,
+    load_in_memory,
     load_source,
     prepare_dataset,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "eval_image",
     "get_dataset_spec",
     "normalize_images",
+    "load_in_memory",
     "load_source",
     "num_eval_steps",
     "prepare_dataset",

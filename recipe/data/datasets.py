@@ -12,6 +12,7 @@ prepare one.
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -396,3 +397,16 @@ class InMemorySource(Sequence[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {key: values[index] for key, values in self._fields.items()}
+
+
+@functools.cache
+def load_in_memory(name: str, split: str, data_dir: str | None = None) -> InMemorySource:
+    """``load_source(name, split, data_dir)`` decoded into an ``InMemorySource``, once per
+    process: a later call with the same arguments returns the same object, so several runs in
+    one process (a sweep) decode the split once.
+
+    Raises:
+        ValueError: If the name is unknown.
+        DatasetNotPreparedError: If the split is not prepared as array_record in ``data_dir``.
+    """
+    return InMemorySource(load_source(name, split, data_dir))
