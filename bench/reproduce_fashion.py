@@ -163,7 +163,7 @@ def run_one(job: Job, workdir: pathlib.Path) -> dict:
 
     overrides = {**SETTING, **job.overrides, "seed": job.seed}
     config = jax_steps.config_for(**overrides)
-    steps_per_epoch = 60_000 // config.batch_size
+    steps_per_epoch = _num_train(overrides) // config.batch_size
     # About 16 training records per epoch (every step at the largest batches).
     config.log_every_steps = max(1, steps_per_epoch // 16)
     config.eval_every_epochs = config.num_epochs  # the trainer's running-BN eval, once
@@ -606,7 +606,7 @@ def plot_steps(out: dict, analysis: dict, plt) -> None:
                 missed.append(batch)
         ax.plot(xs, ys, color=color, marker=marker, label=f"{label}: reached (mean over seeds)")
         if missed:
-            total = [out["setting"]["num_epochs"] * (60_000 // b) for b in missed]
+            total = [_updates(out["setting"], b) for b in missed]
             ax.scatter(
                 missed,
                 total,
@@ -706,7 +706,7 @@ def render(out: dict, analysis: dict) -> str:
     steps_rows = []
     for kind, by_batch in analysis.get("updates_to_target", {}).items():
         for batch, steps in by_batch.items():
-            total = s["num_epochs"] * (60_000 // batch)
+            total = _updates(s, batch)
             shown = ", ".join("not reached" if x is None else str(x) for x in steps)
             steps_rows.append([kind.upper() if kind == "lars" else "SGD", batch, shown, total])
     lines = [
@@ -725,8 +725,14 @@ def render(out: dict, analysis: dict) -> str:
         )
         + ".",
         "",
-        f"Setting: Fashion-MNIST (Xiao et al. 2017), all 60,000 training images (held decoded in "
-        f"memory), the 10,000 test images; {s['model']} width {s['num_filters']} on "
+        "Setting: Fashion-MNIST (Xiao et al. 2017), "
+        + (
+            "all 60,000 training images"
+            if _num_train(s) == 60_000
+            else f"the first {_num_train(s)} training images"
+        )
+        + " (held decoded in memory), the 10,000 test images; "
+        f"{s['model']} width {s['num_filters']} on "
         f"{s['image_size']}×{s['image_size']} inputs, {s['num_epochs']} epochs, Nesterov SGD, "
         "weight decay 1e-4 off BN, label smoothing "
         f"{s['label_smoothing']}, step decay ÷10 at epochs "
@@ -837,6 +843,15 @@ READING = [
     "factor of 2. The machine was shared with other jobs during this run; the wall time is "
     "what it took here.",
 ]
+
+
+def _num_train(setting: dict) -> int:
+    return setting.get("train_examples") or 60_000
+
+
+def _updates(setting: dict, batch: int) -> int:
+    """Updates in a run at `batch`."""
+    return setting["num_epochs"] * (_num_train(setting) // batch)
 
 
 def _rel(path: pathlib.Path) -> str:
