@@ -146,22 +146,30 @@ def jobs(
 def estimated_cost(job: Job) -> float:
     """Relative CPU cost of a run (bench/results/fashion_design.json: CPU s per epoch at 14×14
     is ~30 at batch 32, ~24 at 128–256, ~32 at 1024, ~43 at 4096–8192; the noise scale adds a
-    backward pass), to start the longest first."""
+    backward pass)."""
     per_epoch = {32: 30, 64: 27, 128: 24, 256: 24, 512: 28, 1024: 32, 2048: 38}.get(job.batch, 43)
     return per_epoch * (1.6 if job.overrides.get("noise_scale.enabled") else 1.0)
+
+
+def queue_order(job: Job) -> tuple:
+    """Table 1 first, then the sweep's and LARS's first seed, then their second, …; the longest
+    first within each: a grid cut short by its timeout keeps whole tables and one seed per
+    point."""
+    group = ("table1", "sweep", "lars").index(job.group)
+    return (0 if job.group == "table1" else 1 + job.seed, group, -estimated_cost(job))
 
 
 # ---------------------------------------------------------------------------------------------
 # One run, inside a worker process.
 
 
-def run_one(job: Job, workdir: pathlib.Path) -> dict:
+def run_one(job: Job, workdir: pathlib.Path, setting: dict) -> dict:
     from bench import jax_steps
     from recipe.data import datasets
     from recipe.train import trainer
     from recipe.train.metrics import read_metrics
 
-    overrides = {**SETTING, **job.overrides, "seed": job.seed}
+    overrides = {**setting, **job.overrides, "seed": job.seed}
     config = jax_steps.config_for(**overrides)
     steps_per_epoch = _num_train(overrides) // config.batch_size
     # About 16 training records per epoch (every step at the largest batches).
@@ -203,16 +211,22 @@ def run_one(job: Job, workdir: pathlib.Path) -> dict:
     return result
 
 
+def _tuples(values: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def worker() -> None:
-    """Reads one job per stdin line (JSON), runs it, answers one `RESULT {json}` line."""
+    """Reads one job per stdin line (JSON: the job, its work dir and the setting), runs it,
+    answers one `RESULT {json}` line."""
+    from recipe.train import preemption
+
     for line in sys.stdin:
         spec = json.loads(line)
-        overrides = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in spec["overrides"].items()
-        }
-        job = Job(spec["group"], spec["name"], spec["seed"], overrides)
+        job = Job(spec["group"], spec["name"], spec["seed"], _tuples(spec["overrides"]))
         try:
-            result = run_one(job, pathlib.Path(spec["workdir"]))
+            result = run_one(job, pathlib.Path(spec["workdir"]), _tuples(spec["setting"]))
+        except preemption.Stopped:
+            raise
         except Exception:  # noqa: BLE001  (reported with the run, the worker goes on)
             result = {**spec, "failed": traceback.format_exc()[-3000:]}
         print("RESULT " + json.dumps(result), flush=True)
@@ -224,7 +238,7 @@ def worker() -> None:
 
 def run_jobs(grid: list[Job], parallel: int, timeout: float, log=print) -> list[dict]:
     todo: queue.Queue[Job] = queue.Queue()
-    for job in sorted(grid, key=estimated_cost, reverse=True):
+    for job in sorted(grid, key=queue_order):
         todo.put(job)
     results: list[dict] = []
     lock = threading.Lock()
@@ -261,7 +275,11 @@ def run_jobs(grid: list[Job], parallel: int, timeout: float, log=print) -> list[
                 job = todo.get_nowait()
             except queue.Empty:
                 break
-            spec = {**dataclasses.asdict(job), "workdir": str(RUNS_DIR / job.key)}
+            spec = {
+                **dataclasses.asdict(job),
+                "workdir": str(RUNS_DIR / job.key),
+                "setting": SETTING,
+            }
             result = None
             try:
                 proc.stdin.write(json.dumps(spec) + "\n")

@@ -19,8 +19,12 @@ def test_grid_holds_table1_the_sweep_and_lars_once_each():
     assert {(j.name, j.batch) for j in noisy} == {("base", rf.BASE_BATCH)}
     # Figure 1's points are Table 1's base and gradual rows plus the sweep: no batch twice.
     assert not set(rf.SWEEP_BATCHES) & {rf.BASE_BATCH, rf.BASE_BATCH * rf.K}
-    # Longest first: the base runs, which also measure the noise scale.
-    assert max(grid, key=rf.estimated_cost).name == "base"
+    # Table 1 first, longest (the base, which also measures the noise scale) first; then one
+    # seed of every other point before the second.
+    order = sorted(grid, key=rf.queue_order)
+    assert [j.name for j in order[:3]] == ["base"] * 3
+    assert {j.group for j in order[:12]} == {"table1"}
+    assert {j.seed for j in order[12 : 12 + len(rf.SWEEP_BATCHES) + len(rf.LARS_BATCHES)]} == {0}
 
 
 @pytest.mark.parametrize("batch", [rf.BASE_BATCH * rf.K, 1024, 8192])
