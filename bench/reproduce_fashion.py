@@ -20,6 +20,7 @@ once for all seeds.
     python -m bench.reproduce_fashion             # the whole grid: BENCHMARKS.md section 7 and
                                                   # bench/reproduce_fashion_*.png
     python -m bench.reproduce_fashion --seeds 1 --groups table1 --no-write   # a quick look
+    python -m bench.reproduce_fashion --from-json bench/results/reproduce_fashion.json  # redraw
 
 It needs Fashion-MNIST: `apt-get install dataset-fashion-mnist` (offline), or TFDS's own
 download (see recipe/data/fashion_mnist.py). Run it on a quiet machine.
@@ -894,7 +895,18 @@ def main() -> None:
     parser.add_argument("--set", default="{}", help="JSON overrides of SETTING (exploration)")
     parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     parser.add_argument("--tag", help="also save the runs as bench/results/<tag>.json")
+    parser.add_argument(
+        "--from-json",
+        type=pathlib.Path,
+        help="redraw the figures and section 7 from a saved run (bench/results/...json)",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        out = json.loads(args.from_json.read_text())
+        analysis = analyse(out)
+        plot_all(out, analysis)
+        common.update_section(RESULTS_NAME, render(out, analysis))
+        return
     SETTING.update(json.loads(args.set))
     _check_dataset()
     grid = jobs(
