@@ -535,7 +535,7 @@ def plot_figure1(out: dict, analysis: dict, plt) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("mini-batch size kn")
     ax.set_ylabel("test error % (precise BN; diverged = 90)")
-    ax.set_title("Figure 1 at small scale: Fashion-MNIST, 3 epochs")
+    ax.set_title(f"Figure 1 at small scale: Fashion-MNIST, {out['setting']['num_epochs']} epochs")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     for r in completed(out["results"]):
