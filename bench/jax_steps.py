@@ -16,7 +16,9 @@ Variants (each a per-device function mapped by a `train.steps` runner, state don
   optimizer).
 
 `build(config, weight_decay_in_loss=False)` gives ``full`` with the decay in the optax chain
-instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates.
+instead (`optax.add_decayed_weights`, `build_optimizer`'s default): the same updates. The
+large-batch variants of section 1 are config overrides (`optimizer.name`, `bn.scope='group'`,
+`noise_scale.enabled`) resolved like any other; `step_fn` passes the resolved step options.
 """
 
 import dataclasses
@@ -56,6 +58,7 @@ class Setup:
     image_shape: tuple[int, int, int]
     num_classes: int
     label_smoothing: float
+    resolved: resolve.Setup  # the trainer's: its runner (`.runner()`) and noise-scale EMA
     normalize: Any  # the trainer's in-step input normalisation (uint8 batches; floats pass)
 
 
@@ -76,7 +79,7 @@ def build(
         config.zero_init_last_bn = zero_init_last_bn
     resolved = resolve.resolve(config, device_count or jax.device_count())
     model = resolved.model if stem is None else resolved.model.clone(stem=stem)
-    variables = steps.init_variables(model, resolved.image_shape, config.seed)
+    variables = _initial_variables(model, resolved.image_shape, config.seed)
     optimizer = resolved.optimizer
     if not weight_decay_in_loss:
         optimizer = optim.build_optimizer(
@@ -94,11 +97,23 @@ def build(
         resolved.image_shape,
         resolved.spec.num_classes,
         config.label_smoothing,
+        resolved,
         trainer._normalize(resolved),
     )
 
 
-def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
+def _initial_variables(model: models.ResNet, image_shape: tuple[int, ...], seed: int) -> Any:
+    """`steps.init_variables`, once per architecture: the BN statistics' scope does not change
+    the variables, and compiling an init costs tens of CPU seconds here."""
+    return _init_once(model.clone(bn_scope=models.BNScope.per_device()), image_shape, seed)
+
+
+@functools.cache
+def _init_once(model: models.ResNet, image_shape: tuple[int, ...], seed: int) -> Any:
+    return steps.init_variables(model, image_shape, seed)
+
+
+def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty, axis_name=steps.AXIS):
     """`bare` and the ladder: the minimal data-parallel step (loss is the only metric)."""
 
     def loss_fn(params):
@@ -117,7 +132,7 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
         return loss, new_model_state["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, steps.AXIS)
+    grads = lax.pmean(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = steps.TrainState(
         step=state.step + 1,
@@ -125,13 +140,20 @@ def _ladder_step(state, batch, *, model, tx, label_smoothing, loss_penalty):
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
-    return new_state, {"loss": lax.pmean(loss, steps.AXIS)}
+    return new_state, {"loss": lax.pmean(loss, axis_name)}
 
 
-def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
-    """(per-device step function, initial host TrainState) of a variant."""
+def step_fn(
+    variant: str,
+    setup: Setup,
+    bare_setup: Setup | None = None,
+    axis_name: steps.AxisName = steps.AXIS,
+):
+    """(per-device step function, initial host TrainState) of a variant, for a runner whose
+    `axis_name` spans the devices."""
     if variant == "full":
         optimizer = setup.optimizer
+        ema = setup.resolved.noise_scale_ema
         fn = functools.partial(
             steps.train_step,
             model=setup.model,
@@ -139,9 +161,11 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
             label_smoothing=setup.label_smoothing,
             skip_nonfinite=False,
             loss_penalty=optimizer.loss_penalty,
+            axis_name=axis_name,
+            noise_scale_ema=ema,
             normalize=setup.normalize,
         )
-        return fn, steps.TrainState.create(setup.variables, optimizer.tx)
+        return fn, steps.TrainState.create(setup.variables, optimizer.tx, ema)
     base = bare_setup or setup
     penalty = None
     if variant in ("bare", "+smoothing"):
@@ -158,7 +182,12 @@ def step_fn(variant: str, setup: Setup, bare_setup: Setup | None = None):
     model = base.model if variant == "bare" else setup.model
     variables = base.variables if variant == "bare" else setup.variables
     fn = functools.partial(
-        _ladder_step, model=model, tx=tx, label_smoothing=smoothing, loss_penalty=penalty
+        _ladder_step,
+        model=model,
+        tx=tx,
+        label_smoothing=smoothing,
+        loss_penalty=penalty,
+        axis_name=axis_name,
     )
     return fn, steps.TrainState.create(variables, tx)
 

@@ -18,7 +18,7 @@ from bench import common
 
 FAMILIES = {
     # name: (argv, timeout in s)
-    "overhead": (["-m", "bench.overhead", "--rounds", "100"], 900),
+    "overhead": (["-m", "bench.overhead", "--rounds", "100"], 2400),
     "loader": (["-m", "bench.loader"], 600),
     "runners": (["-m", "bench.runners"], 1200),
     "vs_torch": (["-m", "bench.vs_torch"], 2400),

@@ -2,15 +2,32 @@
 
 The library a Flax project imports: learning-rate schedules (linear scaling rule, gradual and
 constant warmup), the label-smoothed loss, the BatchNorm-free weight-decay mask, the Goyal
-initialisers, ResNets and the optimizer builder. Datasets and the input pipeline live in
-`recipe.data` (imported on demand: it pulls in TensorFlow Datasets and grain).
+initialisers, ResNets and the optimizer builder; past Goyal's 8k, LARS and LAMB behind the same
+builder, BatchNorm over groups of devices and the gradient noise scale (`recipe.noise_scale`).
+Datasets and the input pipeline live in `recipe.data` (imported on demand: it pulls in
+TensorFlow Datasets and grain).
 """
 
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 from recipe.losses import cross_entropy, l2_penalty, per_example_cross_entropy, smooth_labels
 from recipe.masks import DecayReport, decay_report, weight_decay_mask
-from recipe.models import MODEL_NAMES, BatchNorm, ResNet, create_model
-from recipe.optim import Optimizer, build_optimizer, current_learning_rate, goyal_sgd
+from recipe.models import MODEL_NAMES, BatchNorm, BNScope, ResNet, create_model, device_groups
+from recipe.noise_scale import (
+    NoiseScaleState,
+    noise_scale_ema,
+    simple_noise_scale,
+    smoothed_estimates,
+    unbiased_estimates,
+)
+from recipe.optim import (
+    OPTIMIZER_NAMES,
+    Optimizer,
+    build_optimizer,
+    current_learning_rate,
+    goyal_sgd,
+    lamb,
+    lars,
+)
 from recipe.schedules import (
     GoyalSchedule,
     constant,
@@ -29,9 +46,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODEL_NAMES",
+    "OPTIMIZER_NAMES",
+    "BNScope",
     "BatchNorm",
     "DecayReport",
     "GoyalSchedule",
+    "NoiseScaleState",
     "Optimizer",
     "ResNet",
     "bn_scale_init",
@@ -44,17 +64,24 @@ __all__ = [
     "cross_entropy",
     "current_learning_rate",
     "decay_report",
+    "device_groups",
     "epochs_to_steps",
     "fc_kernel_init",
     "goyal_schedule",
     "goyal_sgd",
     "gradual_warmup",
     "l2_penalty",
+    "lamb",
+    "lars",
+    "noise_scale_ema",
     "per_example_cross_entropy",
     "polynomial_decay",
     "scaled_learning_rate",
+    "simple_noise_scale",
     "smooth_labels",
+    "smoothed_estimates",
     "step_decay",
+    "unbiased_estimates",
     "warmup_multiplier_schedule",
     "weight_decay_mask",
 ]

@@ -23,6 +23,7 @@ the second stage.
 (2, 10)
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.typing import Dtype, Initializer
 
+from recipe import checks
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 
 LAST_BN_NAME = "bn_last"
@@ -40,8 +42,116 @@ LAST_BN_NAME = "bn_last"
 ModuleFactory = Callable[..., nn.Module]
 
 
+def device_groups(device_count: int, group_size: int) -> tuple[tuple[int, ...], ...]:
+    """Consecutive groups of `group_size` device indices: `BNScope.across`'s `groups`.
+
+    Ying et al. 2018 ("Image Classification at Supercomputer Scale") share BatchNorm
+    statistics within groups of replicas, so the BN batch stays near its best size whatever the
+    device count. The groups are consecutive indices along the mapped axis (neighbouring chips
+    on a TPU slice, the devices of a host).
+
+    Raises:
+        ValueError: If `group_size` is not a positive divisor of `device_count`.
+
+    >>> device_groups(4, 2)
+    ((0, 1), (2, 3))
+    """
+    checks.check_positive_int("group_size", group_size)
+    if device_count % group_size:
+        raise ValueError(
+            f"group_size must divide the device count {device_count}, got {group_size!r}"
+        )
+    return tuple(tuple(range(g, g + group_size)) for g in range(0, device_count, group_size))
+
+
+AxisName = str | tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BNScope:
+    """Which examples share a :class:`BatchNorm` layer's batch statistics: one value, made by
+    one of three constructors.
+
+    * ``BNScope.per_device()`` (the default): the examples on this device. Goyal §2.3 computes
+      BN statistics per worker over n = 32 examples, not across workers.
+    * ``BNScope.ghost(n)``: each run of n consecutive examples on this device is normalised
+      with its own statistics (ghost batches), e.g. to keep Goyal's n = 32 while a device holds
+      more. The running averages are updated with the mean over ghost batches of their means
+      and of their variances.
+    * ``BNScope.across(axis_name)``: μ and E[x²] are ``lax.pmean``-ed over the named mapped
+      axis (or axes), so all devices share the statistics of the concatenated batch.
+      ``BNScope.across(axis_name, groups=device_groups(d, g))``: each group of indices along
+      the axis shares its concatenated batch's statistics (Ying et al. 2018), through
+      ``lax.pmean``'s ``axis_index_groups`` (``jax.pmap`` supports them, as Flax's own
+      ``BatchNorm`` does). ``jax.shard_map`` has no ``axis_index_groups``: there, name the
+      inner axis of a (groups, devices in a group) mesh instead
+      (``recipe.train.steps.shard_map_runner(bn_group_size=...)`` builds one).
+
+    The dataclass is frozen and hashable, so it is a plain Flax module attribute; its
+    constructor rejects the combinations that mean nothing (ghost batches within a device
+    averaged across devices, groups without an axis).
+
+    Attributes:
+        axis_name: The mapped axis (or axes) the statistics are averaged over, or None (this
+            device's examples only).
+        groups: Groups of indices along ``axis_name`` sharing statistics, as tuples, or None
+            for the whole axis.
+        ghost_batch_size: Examples per ghost batch within a device, or None for the whole
+            per-device batch; must divide it.
+
+    >>> BNScope.ghost(32)
+    BNScope(axis_name=None, groups=None, ghost_batch_size=32)
+    >>> BNScope.across("batch", groups=device_groups(4, 2)).groups
+    ((0, 1), (2, 3))
+    >>> create_model("resnet50", bn_scope=BNScope.across("batch")).bn_scope.axis_name
+    'batch'
+    """
+
+    axis_name: AxisName | None = None
+    groups: tuple[tuple[int, ...], ...] | None = None
+    ghost_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.groups is not None:
+            if self.axis_name is None:
+                raise ValueError(
+                    f"BNScope: groups={self.groups!r} need the axis_name they index; use "
+                    "BNScope.across(axis_name, groups=...)."
+                )
+            object.__setattr__(self, "groups", tuple(tuple(g) for g in self.groups))
+        if self.ghost_batch_size is not None:
+            if self.axis_name is not None:
+                raise ValueError(
+                    f"BNScope: ghost_batch_size={self.ghost_batch_size} and "
+                    f"axis_name={self.axis_name!r} cannot be combined; ghost batches are "
+                    "normalised within one device."
+                )
+            if self.ghost_batch_size <= 0:
+                raise ValueError(
+                    f"BNScope: ghost_batch_size must be positive, got {self.ghost_batch_size}."
+                )
+
+    @classmethod
+    def per_device(cls) -> "BNScope":
+        """Statistics of the examples on this device (Goyal §2.3)."""
+        return cls()
+
+    @classmethod
+    def ghost(cls, batch_size: int) -> "BNScope":
+        """Statistics of each run of `batch_size` consecutive examples on this device."""
+        return cls(ghost_batch_size=batch_size)
+
+    @classmethod
+    def across(
+        cls, axis_name: AxisName, groups: Sequence[Sequence[int]] | None = None
+    ) -> "BNScope":
+        """Statistics of the batch concatenated over the mapped `axis_name`, or over each of
+        its `groups` of indices (:func:`device_groups`)."""
+        return cls(axis_name=axis_name, groups=groups)
+
+
 class BatchNorm(nn.Module):
-    """Batch normalisation with per-device, cross-device or ghost-batch statistics.
+    """Batch normalisation with per-device, cross-device, grouped or ghost-batch statistics.
 
     In training mode each feature (last axis) is normalised with statistics of the current batch:
 
@@ -49,16 +159,9 @@ class BatchNorm(nn.Module):
         running_mean ← momentum · running_mean + (1 − momentum) · μ_B   (likewise for var),
 
     where σ²_B is the biased batch variance E[x²] − μ_B² (as Flax's BatchNorm) and momentum = 0.9
-    (Goyal §2.3). The batch B is one of three scopes:
-
-    * per device (``axis_name=None``, the default): the examples on this device. Goyal §2.3
-      computes BN statistics per worker over n = 32 examples, not across workers.
-    * cross-device (``axis_name="batch"`` etc.): μ and E[x²] are ``lax.pmean``-ed over the named
-      axis, so all devices share the statistics of the concatenated batch.
-    * ghost batches (``ghost_batch_size=n``): each group of n consecutive examples on this device
-      is normalised with its own statistics, e.g. to keep Goyal's n = 32 while a device holds
-      more. The running averages are updated with the mean over groups of the group means and
-      of the group variances.
+    (Goyal §2.3). The batch B is the layer's ``bn_scope`` (:class:`BNScope`): this device's
+    examples (the default), ghost batches within it, or the batch concatenated over a mapped
+    axis or over groups of its devices.
 
     Statistics and the normalisation are computed in float32 whatever ``dtype`` is. In
     evaluation mode (``use_running_average=True``) the running averages are used instead. The
@@ -67,9 +170,8 @@ class BatchNorm(nn.Module):
     Attributes:
         use_running_average: Use the running averages instead of batch statistics; may instead
             be passed to ``__call__``.
-        axis_name: Mapped axis to average statistics over (cross-device BN), or None.
-        ghost_batch_size: Examples per ghost batch, or None; must divide the per-device batch.
-            Cannot be combined with ``axis_name``.
+        bn_scope: Which examples share the statistics (:class:`BNScope`; per device by default;
+            ``scope`` is Flax's own attribute).
         momentum: Decay of the running averages.
         epsilon: Added to the variance for numerical stability.
         dtype: Output dtype; None keeps the input's dtype.
@@ -78,7 +180,7 @@ class BatchNorm(nn.Module):
         bias_init: Initializer of β.
 
     >>> import jax, jax.numpy as jnp
-    >>> bn = BatchNorm(ghost_batch_size=2)
+    >>> bn = BatchNorm(bn_scope=BNScope.ghost(2))
     >>> x = jnp.arange(8.0).reshape(4, 2)
     >>> variables = bn.init(jax.random.key(0), x, use_running_average=True)
     >>> y, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
@@ -87,8 +189,7 @@ class BatchNorm(nn.Module):
     """
 
     use_running_average: bool | None = None
-    axis_name: str | None = None
-    ghost_batch_size: int | None = None
+    bn_scope: BNScope = BNScope()
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Dtype | None = None
@@ -109,24 +210,12 @@ class BatchNorm(nn.Module):
             The normalised input, in ``dtype`` (or ``x.dtype`` if ``dtype`` is None).
 
         Raises:
-            ValueError: If both ``ghost_batch_size`` and ``axis_name`` are set, if
-                ``ghost_batch_size`` is not positive, or if it does not divide the batch.
+            ValueError: If the scope's ``ghost_batch_size`` does not divide the batch.
         """
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        if self.ghost_batch_size is not None:
-            if self.axis_name is not None:
-                raise ValueError(
-                    f"BatchNorm: ghost_batch_size={self.ghost_batch_size} and "
-                    f"axis_name={self.axis_name!r} cannot be combined; ghost batches are "
-                    "normalised within one device."
-                )
-            if self.ghost_batch_size <= 0:
-                raise ValueError(
-                    f"BatchNorm: ghost_batch_size must be positive, got {self.ghost_batch_size}."
-                )
-
+        scope = self.bn_scope
         features = x.shape[-1]
         running_mean = self.variable(
             "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)
@@ -150,7 +239,7 @@ class BatchNorm(nn.Module):
             return y.astype(out_dtype)
 
         batch_size = x.shape[0]
-        group_size = batch_size if self.ghost_batch_size is None else self.ghost_batch_size
+        group_size = batch_size if scope.ghost_batch_size is None else scope.ghost_batch_size
         if batch_size % group_size:
             raise ValueError(
                 f"BatchNorm: ghost_batch_size={group_size} does not divide the per-device batch "
@@ -161,8 +250,10 @@ class BatchNorm(nn.Module):
         reduction_axes = tuple(range(1, groups.ndim - 1))
         mean = groups.mean(reduction_axes, keepdims=True)
         mean_of_squares = jnp.square(groups).mean(reduction_axes, keepdims=True)
-        if self.axis_name is not None:
-            mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
+        if scope.axis_name is not None:
+            mean, mean_of_squares = jax.lax.pmean(
+                (mean, mean_of_squares), scope.axis_name, axis_index_groups=scope.groups
+            )
         # E[x²] − E[x]² can round below zero.
         var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
         y = _normalize(groups, mean, var, scale, bias, self.epsilon).reshape(x.shape)
@@ -286,9 +377,8 @@ class ResNet(nn.Module):
         num_filters: Width of the stem and the first stage (64 for ImageNet, 16 for CIFAR).
         stem: ``"imagenet"`` (7×7/2 conv, BN, ReLU, 3×3/2 max pool) or ``"cifar"`` (3×3/1 conv,
             BN, ReLU).
-        bn_axis_name: Axis name for cross-device BN statistics, or None for per-device
-            statistics (Goyal §2.3).
-        ghost_batch_size: Examples per BN ghost batch within a device, or None.
+        bn_scope: Which examples share each BN layer's statistics (:class:`BNScope`); per
+            device by default (Goyal §2.3).
         bn_momentum: Momentum of the BN running averages (0.9, Goyal §2.3).
         dtype: Computation dtype (e.g. ``jnp.bfloat16``); params and BN statistics stay float32,
             and the logits are returned in float32.
@@ -309,8 +399,7 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     num_filters: int = 64
     stem: str = "imagenet"
-    bn_axis_name: str | None = None
-    ghost_batch_size: int | None = None
+    bn_scope: BNScope = BNScope()
     bn_momentum: float = 0.9
     dtype: Dtype = jnp.float32
     zero_init_last_bn: bool = True
@@ -340,8 +429,7 @@ class ResNet(nn.Module):
         norm = partial(
             BatchNorm,
             use_running_average=not train,
-            axis_name=self.bn_axis_name,
-            ghost_batch_size=self.ghost_batch_size,
+            bn_scope=self.bn_scope,
             momentum=self.bn_momentum,
             dtype=self.dtype,
         )
@@ -429,7 +517,7 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
         name: One of :data:`MODEL_NAMES`.
         **kwargs: Override any :class:`ResNet` field, e.g. ``num_classes``, ``num_filters``,
             ``stem="cifar"`` (an ImageNet ResNet for small images), ``dtype``,
-            ``bn_axis_name``, ``ghost_batch_size``, ``bn_momentum``, ``zero_init_last_bn``.
+            ``bn_scope`` (e.g. ``BNScope.ghost(32)``), ``bn_momentum``, ``zero_init_last_bn``.
 
     Returns:
         The (unbound) :class:`ResNet`.

@@ -11,7 +11,8 @@ The pieces:
 * warmups (§2.2): `gradual_warmup`, `constant_warmup`, and `warmup_multiplier_schedule` with the
   semantics of the study note's PyTorch `GradualWarmupScheduler`;
 * after-schedules: `step_decay`, `cosine_decay`, `polynomial_decay`;
-* `goyal_schedule`, the whole recipe from the global batch and the epoch counts (§5.1).
+* `goyal_schedule`, the whole recipe from the global batch and the epoch counts (§5.1), with
+  the polynomial decay of the MLPerf ResNet-50 LARS recipe as one more kind ('poly').
 
 Durations given in epochs are converted to steps in one place, `epochs_to_steps`.
 """
@@ -27,7 +28,7 @@ import optax
 from recipe import checks
 
 WARMUP_KINDS = ("gradual", "constant", "none")
-DECAY_KINDS = ("step", "cosine", "linear", "constant")
+DECAY_KINDS = ("step", "cosine", "linear", "poly", "constant")
 
 
 def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int = 256) -> float:
@@ -327,10 +328,12 @@ class GoyalSchedule:
       warmup_lr: where the warmup starts: η (kη if k < 1).
       warmup: 'gradual', 'constant' or 'none'.
       warmup_steps: updates spent in warmup.
-      decay: 'step', 'cosine', 'linear' or 'constant'.
+      decay: 'step', 'cosine', 'linear', 'poly' or 'constant'.
       decay_epochs: the epochs of the 'step' decay's milestones (as given, or the paper's).
       decay_boundaries: absolute steps at which the 'step' decay multiplies by `decay_factor`.
       decay_factor: the 'step' decay multiplier.
+      poly_power: the 'poly' decay's power.
+      poly_end_lr: the learning rate the 'poly' decay reaches at `total_steps`.
       total_steps: updates in the whole run.
       steps_per_epoch: optimizer updates per epoch.
     """
@@ -344,6 +347,8 @@ class GoyalSchedule:
     decay_epochs: tuple[float, ...]
     decay_boundaries: tuple[int, ...]
     decay_factor: float
+    poly_power: float
+    poly_end_lr: float
     total_steps: int
     steps_per_epoch: int
     schedule: optax.Schedule = dataclasses.field(repr=False, compare=False)
@@ -369,6 +374,8 @@ def goyal_schedule(
     decay: str = "step",
     decay_epochs: Sequence[float] | None = None,
     decay_factor: float = 0.1,
+    poly_power: float = 2.0,
+    poly_end_lr: float = 0.0,
 ) -> GoyalSchedule:
     """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
 
@@ -380,6 +387,10 @@ def goyal_schedule(
       from the start of training, warmup included: Goyal's 30, 60, 80 of 90; by default
       `paper_decay_epochs(epochs, warmup_epochs)`, the same milestones placed on this run);
     * 'cosine' / 'linear': from kη to 0 over the epochs after warmup;
+    * 'poly': end + (kη − end) · (1 − s/S)^p over the S updates after warmup (s counted from the
+      end of warmup), with p = `poly_power` and end = `poly_end_lr`: the MLPerf ResNet-50 LARS
+      recipe's decay (p = 2, end 1e-4; mlcommons/training_results_v0.7, Google's JAX
+      submission, `polynomial_learning_rate_fn`); it reaches `poly_end_lr` at `total_steps`;
     * 'constant': kη.
 
     Args:
@@ -394,6 +405,8 @@ def goyal_schedule(
       decay_epochs: for 'step', the epochs at which to decay, strictly between the end of
         warmup and `epochs`; None places the paper's milestones (`paper_decay_epochs`).
       decay_factor: for 'step', the multiplier, in (0, 1].
+      poly_power: for 'poly', the power p > 0 (2 in the MLPerf recipe; 1 is linear).
+      poly_end_lr: for 'poly', the final learning rate, in [0, kη].
 
     Returns:
       A `GoyalSchedule`: callable on the step, and carrying the resolved numbers.
@@ -432,6 +445,16 @@ def goyal_schedule(
             if decay == "cosine"
             else polynomial_decay(peak_lr, decay_steps)
         )
+    elif decay == "poly":
+        checks.check_non_negative("poly_end_lr", poly_end_lr)
+        if poly_end_lr > peak_lr:
+            raise ValueError(
+                f"poly_end_lr must be a number in [0, {peak_lr:g}] (the peak learning rate), "
+                f"got {poly_end_lr!r}"
+            )
+        after = polynomial_decay(
+            peak_lr, max(total_steps - warmup_steps, 1), final_value=poly_end_lr, power=poly_power
+        )
     else:
         after = constant(peak_lr)
 
@@ -454,6 +477,8 @@ def goyal_schedule(
         decay_epochs=tuple(decay_epochs) if decay == "step" else (),
         decay_boundaries=boundaries,
         decay_factor=decay_factor,
+        poly_power=poly_power,
+        poly_end_lr=poly_end_lr,
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
         schedule=schedule,

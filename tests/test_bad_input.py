@@ -100,6 +100,36 @@ BAD_INPUTS = {
         {"bn.scope": "ghost", "bn.ghost_batch_size": 32},
         r"bn\.ghost_batch_size must divide the per-device batch 250 .*got 32",
     ),
+    "BN group not dividing the devices": (
+        {"bn.scope": "group", "bn.group_size": 3},
+        r"bn\.group_size must divide the device count 4, got 3",
+    ),
+    "BN group of 0 devices": ({"bn.group_size": 0}, r"bn\.group_size must be an integer > 0"),
+    "unknown optimizer": (
+        {"optimizer.name": "adam"},
+        r"optimizer\.name must be one of 'sgd', 'lars', 'lamb'; got 'adam'",
+    ),
+    "trust coefficient 0": (
+        {"optimizer.trust_coefficient": 0.0},
+        r"optimizer\.trust_coefficient must be a finite number > 0, got 0\.0",
+    ),
+    "LAMB's beta2 1": ({"optimizer.beta2": 1.0}, r"optimizer\.beta2 .*\[0, 1\), got 1\.0"),
+    "LAMB with Nesterov": (
+        {"optimizer.name": "lamb"},
+        r"optimizer\.nesterov must be False for name='lamb'",
+    ),
+    "poly power 0": (
+        {"optimizer.decay": "poly", "optimizer.poly_power": 0.0},
+        r"optimizer\.poly_power must be a finite number > 0, got 0\.0",
+    ),
+    "poly end above the peak": (
+        {"optimizer.decay": "poly", "optimizer.poly_end_lr": 10.0},
+        r"optimizer\.poly_end_lr must be a number in \[0, 3\.125\] \(the peak learning rate\)",
+    ),
+    "noise scale EMA decay 1": (
+        {"noise_scale.decay": 1.0},
+        r"noise_scale\.decay must be a number in \[0, 1\), got 1\.0",
+    ),
     "bn momentum above 1": ({"bn.momentum": 1.5}, r"bn\.momentum must be a number in \[0, 1\]"),
     "unknown bn scope": ({"bn.scope": "sync"}, r"bn\.scope must be one of 'device', 'global'"),
     "unknown dataset": ({"dataset": "mnist"}, r"dataset must be one of 'mnist5k', 'cifar10'"),

@@ -20,6 +20,7 @@ from recipe.models import (
     MODEL_NAMES,
     BasicBlock,
     BatchNorm,
+    BNScope,
     BottleneckBlock,
     ResNet,
     create_model,
@@ -108,7 +109,7 @@ def test_registry_configuration(name, block_cls, stage_sizes, num_classes, num_f
     assert model.block_cls is block_cls
     assert tuple(model.stage_sizes) == stage_sizes
     assert (model.num_classes, model.num_filters, model.stem) == (num_classes, num_filters, stem)
-    assert (model.bn_axis_name, model.ghost_batch_size, model.bn_momentum) == (None, None, 0.9)
+    assert (model.bn_scope, model.bn_momentum) == (BNScope.per_device(), 0.9)
     assert model.zero_init_last_bn
 
 
@@ -252,16 +253,10 @@ def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
         chex.assert_type(state["intermediates"][block]["__call__"][0], jnp.bfloat16)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"ghost_batch_size": 3}, "ghost_batch_size=3 does not divide the per-device batch size 4"),
-        ({"ghost_batch_size": 2, "bn_axis_name": "batch"}, "cannot be combined"),
-    ],
-)
-def test_resnet_rejects_bad_bn_settings_in_training(overrides, message):
-    model = create_model("resnet20", num_filters=4, **overrides)
+def test_resnet_rejects_bad_bn_settings_in_training():
+    model = create_model("resnet20", num_filters=4, bn_scope=BNScope.ghost(3))
     images = jax.ShapeDtypeStruct((4, 8, 8, 3), jnp.float32)
+    message = "ghost_batch_size=3 does not divide the per-device batch size 4"
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(
             lambda x: model.init_with_output(jax.random.key(0), x, train=True, mutable=True),
@@ -272,7 +267,7 @@ def test_resnet_rejects_bad_bn_settings_in_training(overrides, message):
 def test_resnet_ghost_batch_norm_matches_separate_forward_passes():
     """With ghost batches of 2, each half of the batch is normalised on its own."""
     model, variables, images = tiny_model_and_variables("resnet20")
-    ghost_logits, _ = apply_model(model.clone(ghost_batch_size=2), variables, images, True)
+    ghost_logits, _ = apply_model(model.clone(bn_scope=BNScope.ghost(2)), variables, images, True)
     halves = [apply_model(model, variables, images[i : i + 2], True)[0] for i in (0, 2)]
     chex.assert_trees_all_close(ghost_logits, jnp.concatenate(halves), atol=1e-5)
 
@@ -294,7 +289,7 @@ def test_per_device_batch_norm_matches_numpy(shape, momentum):
 @pytest.mark.parametrize("ghost_batch_size", [1, 2, 4, 8])
 def test_ghost_batch_norm_normalises_each_group(ghost_batch_size):
     x = random_features((8, 3, 3, 5))
-    y, stats = train_step(BatchNorm(ghost_batch_size=ghost_batch_size), x)
+    y, stats = train_step(BatchNorm(bn_scope=BNScope.ghost(ghost_batch_size)), x)
 
     groups = [x[i : i + ghost_batch_size] for i in range(0, 8, ghost_batch_size)]
     normalised, means, variances = zip(*map(numpy_batch_norm, groups), strict=True)
@@ -305,23 +300,32 @@ def test_ghost_batch_norm_normalises_each_group(ghost_batch_size):
 
 def test_ghost_batch_size_must_divide_the_batch():
     with pytest.raises(ValueError, match="ghost_batch_size=3 does not divide .* batch size 8"):
-        train_step(BatchNorm(ghost_batch_size=3), random_features((8, 5)))
+        train_step(BatchNorm(bn_scope=BNScope.ghost(3)), random_features((8, 5)))
 
 
 @pytest.mark.parametrize(
-    ("bn", "message"),
+    ("fields", "message"),
     [
-        (BatchNorm(ghost_batch_size=2, axis_name="batch"), "cannot be combined"),
-        (BatchNorm(ghost_batch_size=0), "must be positive"),
+        ({"ghost_batch_size": 2, "axis_name": "batch"}, "cannot be combined"),
+        ({"ghost_batch_size": 0}, "must be positive"),
+        ({"groups": [[0, 1], [2, 3]]}, "need the axis_name they index"),
     ],
 )
-def test_invalid_ghost_settings_raise(bn, message):
+def test_invalid_scopes_raise(fields, message):
     with pytest.raises(ValueError, match=message):
-        bn.init(jax.random.key(0), random_features((8, 5)), use_running_average=True)
+        BNScope(**fields)
+
+
+def test_scope_constructors():
+    assert BNScope.per_device() == BNScope() == BatchNorm().bn_scope
+    assert BNScope.ghost(4) == BNScope(ghost_batch_size=4)
+    grouped = BNScope.across("batch", groups=[[0, 1], [2, 3]])
+    assert (grouped.axis_name, grouped.groups) == ("batch", ((0, 1), (2, 3)))
+    hash(grouped)  # a Flax module attribute: hashable, groups stored as tuples
 
 
 def test_evaluation_uses_running_averages():
-    bn = BatchNorm(use_running_average=True, ghost_batch_size=4)
+    bn = BatchNorm(use_running_average=True, bn_scope=BNScope.ghost(4))
     x = random_features((3, 5))  # Any batch size: ghost batches only matter in training.
     rng = np.random.default_rng(1)
     mean, var = rng.normal(size=5), rng.uniform(0.5, 2.0, size=5)
@@ -358,7 +362,7 @@ CROSS_DEVICE_SCRIPT = textwrap.dedent(
     """
     import jax
     import numpy as np
-    from recipe.models import BatchNorm
+    from recipe.models import BatchNorm, BNScope
 
     assert jax.device_count() == 2, jax.devices()
     x = np.random.default_rng(0).normal(1.5, 2.0, size=(2, 4, 3, 3, 5)).astype(np.float32)
@@ -371,7 +375,7 @@ CROSS_DEVICE_SCRIPT = textwrap.dedent(
         y, updates = jax.pmap(apply, axis_name="batch", in_axes=(None, 0))(variables, x)
         return np.asarray(y).reshape(8, 3, 3, 5), jax.device_get(updates["batch_stats"])
 
-    y_cross, stats_cross = train(BatchNorm(axis_name="batch"))
+    y_cross, stats_cross = train(BatchNorm(bn_scope=BNScope.across("batch")))
     y_local, _ = train(BatchNorm())
     y_all, updates = BatchNorm().apply(
         variables, x.reshape(8, 3, 3, 5), use_running_average=False, mutable=["batch_stats"]

@@ -420,7 +420,7 @@ def test_bad_kind_rejected_listing_allowed(kwargs, field, allowed):
     for name in allowed:
         assert repr(name) in str(info.value)
     assert set(schedules.WARMUP_KINDS) == {"gradual", "constant", "none"}
-    assert set(schedules.DECAY_KINDS) == {"step", "cosine", "linear", "constant"}
+    assert set(schedules.DECAY_KINDS) == {"step", "cosine", "linear", "poly", "constant"}
 
 
 @pytest.mark.parametrize("decay_epochs", [(3, 60, 80), (30, 60, 95)])

@@ -28,7 +28,9 @@ def _setup(bn_scope: str, weight_decay_in_loss: bool = True):
         "resnet8",
         num_classes=10,
         num_filters=4,
-        bn_axis_name=steps.AXIS if bn_scope == "global" else None,
+        bn_scope=models.BNScope.across(steps.AXIS)
+        if bn_scope == "global"
+        else models.BNScope.per_device(),
     )
     variables = steps.init_variables(model, IMAGE_SHAPE, seed=0)
     optimizer = optim.build_optimizer(

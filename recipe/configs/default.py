@@ -41,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.zero_init_last_bn = True  # Goyal §5.1: γ = 0 in the last BN of each residual block
     config.dtype = "float32"  # or "bfloat16"
     config.bn = ml_collections.ConfigDict()
-    config.bn.scope = "device"  # "device" (Goyal §2.3), "global" (cross-device) or "ghost"
+    # "device" (Goyal §2.3), "global" (cross-device), "group" (over groups of devices, Ying et
+    # al. 2018) or "ghost" (groups of examples within a device).
+    config.bn.scope = "device"
     config.bn.ghost_batch_size = 32  # n of "ghost": statistics over groups of n per device
+    config.bn.group_size = 2  # g of "group": consecutive devices sharing statistics; divides them
     config.bn.momentum = 0.9
 
     # Batch: the global batch kn over all devices and hosts, per optimizer micro-step.
@@ -54,21 +57,36 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Optimizer and schedule (recipe.optim.build_optimizer). lr = base_lr · batch / base_batch.
     config.optimizer = ml_collections.ConfigDict()
+    # "sgd" (Goyal §5.1), or past 8k "lars" (You et al. 2017; the MLPerf ResNet-50 recipe, see
+    # recipe/configs/mlperf_lars.py) or "lamb" (You et al. 2019; `momentum` is its b1).
+    config.optimizer.name = "sgd"
+    config.optimizer.trust_coefficient = 0.001  # LARS's c: layer lr = η · c · ‖w‖ / ‖g + λw‖
+    config.optimizer.beta2 = 0.999  # LAMB's second-moment decay
     config.optimizer.base_lr = 0.1
     config.optimizer.base_batch_size = 32  # n = 32 per worker in the paper; k = 4 here
     config.optimizer.warmup = "gradual"  # "gradual", "constant" or "none"
     config.optimizer.warmup_epochs = 2.0
-    config.optimizer.decay = "step"  # "step", "cosine", "linear" or "constant"
+    config.optimizer.decay = "step"  # "step", "cosine", "linear", "poly" or "constant"
     # Step-decay milestones in epochs; None places Goyal's 30, 60, 80 of 90 on this run's
     # num_epochs (recipe.schedules.paper_decay_epochs), so --config.num_epochs=N keeps the shape.
     config.optimizer.decay_epochs = ml_collections.config_dict.placeholder(tuple)
     config.optimizer.decay_factor = 0.1
+    config.optimizer.poly_power = 2.0  # "poly": lr = end + (peak − end) · (1 − s/S)^power
+    config.optimizer.poly_end_lr = 0.0  # "poly": the lr at the end (MLPerf: 1e-4)
     config.optimizer.weight_decay = 1e-4
     config.optimizer.decay_bias = True
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
 
-    # Parallelism: "pmap" (what the notebooks use) or "shard_map" (jit over a 1-D mesh).
+    # The gradient noise scale B_simple ≈ the critical batch (McCandlish et al. 2018, App. A),
+    # logged as train/noise_scale: each device's gradient against the global one (one scalar
+    # all-reduce), or on one device the two halves of the batch (a second backward pass).
+    config.noise_scale = ml_collections.ConfigDict()
+    config.noise_scale.enabled = False
+    config.noise_scale.decay = 0.99  # EMA of |G|² and tr(Σ) (separately) over ~100 steps
+
+    # Parallelism: "pmap" (what the notebooks use) or "shard_map" (jit over a 1-D mesh; a 2-D
+    # one, groups × devices in a group, for bn.scope="group").
     config.runner = "pmap"
     # Multi-host (jax.distributed); all None = a single process, unless the environment
     # (Cloud TPU, SLURM) describes the cluster and `distributed.enabled` is True.

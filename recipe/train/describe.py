@@ -10,6 +10,7 @@ from recipe.train.resolve import Setup
 _BN_SCOPES = {
     "device": "per device, over {per_device} examples (Goyal §2.3)",
     "global": "across all devices, over {batch} examples",
+    "group": "over groups of {group} devices, {group_batch} examples each (Ying et al. 2018)",
     "ghost": "ghost batches of {ghost} examples within each device",
 }
 
@@ -36,7 +37,7 @@ def recipe_text(setup: Setup) -> str:
         ("epoch", f"{layout.updates_per_epoch} updates of {layout.update_batch} examples"
          + (f"; {layout.dropped_per_epoch} of the {spec.num_train} training examples are left "
             "out of each epoch (its shuffle decides which)" if layout.dropped_per_epoch else "")),
-        ("learning rate", f"{schedule.base_lr} × {layout.update_batch} / "
+        ("learning rate", f"{schedule.base_lr:g} × {layout.update_batch} / "
          f"{config.optimizer.base_batch_size} = {schedule.peak_lr:g} (linear scaling rule)"),
         ("warmup", "none" if schedule.warmup == "none" else
          f"{schedule.warmup}, {schedule.warmup_steps} updates ({config.optimizer.warmup_epochs:g}"
@@ -44,13 +45,14 @@ def recipe_text(setup: Setup) -> str:
         ("decay", _decay_text(setup)),
         ("updates", f"{schedule.total_steps} ({config.num_epochs} epochs × "
          f"{schedule.steps_per_epoch} per epoch)"),
-        ("optimizer", f"SGD, momentum {config.optimizer.momentum}, nesterov "
-         f"{config.optimizer.nesterov}, weight decay {config.optimizer.weight_decay} (coupled L2, "
-         "in the loss)"),
+        ("optimizer", _optimizer_text(setup)),
         ("batch norm", _BN_SCOPES[config.bn.scope].format(
             per_device=layout.per_device_batch, batch=layout.batch_size,
-            ghost=config.bn.ghost_batch_size) + f", momentum {config.bn.momentum}"),
+            ghost=config.bn.ghost_batch_size, group=config.bn.group_size,
+            group_batch=config.bn.group_size * layout.per_device_batch)
+         + f", momentum {config.bn.momentum}"),
         ("label smoothing", f"{config.label_smoothing}"),
+        ("noise scale", _noise_scale_text(setup)),
         ("runner", config.runner),
         ("input", _input_text(setup)),
     ]  # fmt: skip
@@ -61,6 +63,46 @@ def recipe_text(setup: Setup) -> str:
         ("no weight decay on", _group(report.not_decayed, shapes, bn_layers)),
     ]
     return "\n".join(f"{name:<18} {text}" for name, text in lines)
+
+
+def _optimizer_text(setup: Setup) -> str:
+    o = setup.config.optimizer
+    excluded = "BN γ/β" + ("" if o.decay_bias else " and biases")
+    if o.name == "lars":
+        return (
+            f"LARS (You et al. 2017, optax.lars), trust coefficient {o.trust_coefficient}, "
+            f"momentum {o.momentum}, nesterov {o.nesterov}, weight decay {o.weight_decay} "
+            f"(coupled L2, in the loss: inside the trust ratio); {excluded}: plain momentum, "
+            "no trust ratio, no decay"
+        )
+    if o.name == "lamb":
+        return (
+            f"LAMB (You et al. 2019, optax.lamb), b1 {o.momentum}, b2 {o.beta2}, weight decay "
+            f"{o.weight_decay} (decoupled, in the optimizer); {excluded}: plain Adam, no trust "
+            "ratio, no decay"
+        )
+    return (
+        f"SGD, momentum {o.momentum}, nesterov {o.nesterov}, weight decay {o.weight_decay} "
+        "(coupled L2, in the loss)"
+    )
+
+
+def _noise_scale_text(setup: Setup) -> str:
+    if setup.noise_scale_ema is None:
+        return "not measured (--config.noise_scale.enabled=true logs B_simple ≈ B_crit)"
+    layout = setup.layout
+    small = (
+        f"the two halves ({layout.batch_size // 2} each) of the batch"
+        if layout.device_count == 1
+        else f"each device's {layout.per_device_batch} examples"
+    )
+    return (
+        f"B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) from the gradients of {small} and of "
+        f"all {layout.batch_size}, EMA decay {setup.config.noise_scale.decay}, logged as "
+        "train/noise_scale. It estimates the critical batch: well below it doubling the batch "
+        "halves the steps to a given loss, well above it the steps barely drop; compare it "
+        f"with this run's batch of {layout.update_batch}"
+    )
 
 
 def _input_text(setup: Setup) -> str:
@@ -87,6 +129,11 @@ def _input_text(setup: Setup) -> str:
 
 def _decay_text(setup: Setup) -> str:
     schedule, config = setup.optimizer.schedule, setup.config
+    if schedule.decay == "poly":
+        return (
+            f"poly, power {schedule.poly_power:g}, from {schedule.peak_lr:g} to "
+            f"{schedule.poly_end_lr:g} over the updates after warmup"
+        )
     if schedule.decay != "step":
         return f"{schedule.decay} to 0 over the updates after warmup"
     epochs = ", ".join(f"{e:.4g}" for e in schedule.decay_epochs)

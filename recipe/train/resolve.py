@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from recipe import checks, masks, models, optim, schedules
+from recipe import checks, masks, models, noise_scale, optim, schedules
 from recipe.configs import default
 from recipe.data import datasets, pipeline
 from recipe.train import steps
 
-BN_SCOPES = ("device", "global", "ghost")
+BN_SCOPES = ("device", "global", "group", "ghost")
 DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
 MAX_SEED = 2**32 - 1
@@ -85,12 +85,16 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "dtype": _choice(DTYPES),
     "bn.scope": _choice(BN_SCOPES),
     "bn.ghost_batch_size": checks.check_positive_int,
+    "bn.group_size": checks.check_positive_int,
     "bn.momentum": checks.check_in_unit_interval,
     "batch_size": checks.check_positive_int,
     "accumulation_steps": checks.check_positive_int,
     "eval_batch_size": checks.check_positive_int,
     "num_epochs": checks.check_positive_int,
     "label_smoothing": checks.check_in_unit_interval,
+    "optimizer.name": _choice(optim.OPTIMIZER_NAMES),
+    "optimizer.trust_coefficient": checks.check_positive,
+    "optimizer.beta2": _check_momentum,
     "optimizer.base_lr": checks.check_positive,
     "optimizer.base_batch_size": checks.check_positive_int,
     "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
@@ -98,10 +102,14 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "optimizer.decay": _choice(schedules.DECAY_KINDS),
     "optimizer.decay_epochs": _optional(checks.check_increasing),
     "optimizer.decay_factor": _check_decay_factor,
+    "optimizer.poly_power": checks.check_positive,
+    "optimizer.poly_end_lr": checks.check_non_negative,
     "optimizer.weight_decay": checks.check_non_negative,
     "optimizer.decay_bias": checks.check_bool,
     "optimizer.momentum": _check_momentum,
     "optimizer.nesterov": checks.check_bool,
+    "noise_scale.enabled": checks.check_bool,
+    "noise_scale.decay": _check_momentum,
     "runner": _choice(tuple(steps.RUNNERS)),
     "distributed.enabled": checks.check_bool,
     "distributed.coordinator_address": _optional(checks.check_string),
@@ -127,6 +135,8 @@ _LIBRARY_NAMES = {
     "decay_factor": "optimizer.decay_factor",
     "weight_decay": "optimizer.weight_decay",
     "momentum": "optimizer.momentum",
+    "nesterov": "optimizer.nesterov",
+    "poly_end_lr": "optimizer.poly_end_lr",
 }
 
 
@@ -175,6 +185,7 @@ class Setup:
       optimizer: the optax transformation, its schedule and the loss's L2 penalty.
       layout: the batch layout and the run's length in steps.
       data_workers: the loader's worker processes (`config.data_workers`, or its default).
+      noise_scale_ema: the gradient noise scale's averages, when `noise_scale.enabled`.
     """
 
     config: ml_collections.ConfigDict
@@ -185,6 +196,13 @@ class Setup:
     optimizer: optim.Optimizer
     layout: BatchLayout
     data_workers: int
+    noise_scale_ema: noise_scale.NoiseScaleEMA | None = None
+
+    def runner(self) -> steps.Runner:
+        """The config's runner over all devices (for BN over device groups under shard_map,
+        its two-axis mesh)."""
+        group_size = self.config.bn.group_size if self.config.bn.scope == "group" else None
+        return steps.make_runner(self.config.runner, bn_group_size=group_size)
 
     @property
     def decay_report(self) -> masks.DecayReport:
@@ -222,8 +240,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         config.model,
         num_classes=spec.num_classes,
         num_filters=config.num_filters,
-        bn_axis_name=steps.AXIS if config.bn.scope == "global" else None,
-        ghost_batch_size=config.bn.ghost_batch_size if config.bn.scope == "ghost" else None,
+        bn_scope=_bn_scope(config, device_count),
         bn_momentum=config.bn.momentum,
         dtype=jnp.dtype(config.dtype),
         zero_init_last_bn=config.zero_init_last_bn,
@@ -242,7 +259,8 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             steps_per_epoch=layout.steps_per_epoch,
             epochs=config.num_epochs,
             accumulation_steps=config.accumulation_steps,
-            weight_decay_in_loss=True,  # same updates as decay in tx, faster (BENCHMARKS.md §1)
+            # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
+            weight_decay_in_loss=config.optimizer.name != "lamb",
         )
     return Setup(
         config=config,
@@ -253,6 +271,11 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         optimizer=optimizer,
         layout=layout,
         data_workers=_data_workers(config.data_workers, spec),
+        noise_scale_ema=(
+            noise_scale.noise_scale_ema(config.noise_scale.decay)
+            if config.noise_scale.enabled
+            else None
+        ),
     )
 
 
@@ -275,6 +298,18 @@ def _training_examples(
             f"got {count}; fix: --config.train_examples={spec.num_train}"
         )
     return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
+
+
+def _bn_scope(config: ml_collections.ConfigDict, device_count: int) -> models.BNScope:
+    """The model's `BNScope` for `bn.scope` ('device', 'ghost', 'global' or 'group')."""
+    bn = config.bn
+    if bn.scope == "ghost":
+        return models.BNScope.ghost(bn.ghost_batch_size)
+    if bn.scope == "global":
+        return models.BNScope.across(steps.AXIS)
+    if bn.scope == "group":
+        return steps.group_bn_scope(config.runner, device_count, bn.group_size)
+    return models.BNScope.per_device()
 
 
 def _data_workers(configured: int | None, spec: datasets.DatasetSpec) -> int:
@@ -366,6 +401,8 @@ def _suggested_value(field: str, config: ml_collections.ConfigDict) -> Any:
         return tuple(round(e, 2) for e in schedules.paper_decay_epochs(config.num_epochs, warmup))
     if field == "optimizer.warmup_epochs":
         return min(_get(default.get_config(), field), config.num_epochs / 2)
+    if field == "optimizer.nesterov" and config.optimizer.name == "lamb":
+        return False
     return _get(default.get_config(), field)
 
 
@@ -388,6 +425,19 @@ def _batch_layout(
             f"bn.ghost_batch_size must divide the per-device batch {per_device} (batch_size "
             f"{config.batch_size} / {device_count} devices), got {config.bn.ghost_batch_size}; "
             f"fix: --config.bn.ghost_batch_size={nearest}"
+        )
+    if config.bn.scope == "group" and device_count % config.bn.group_size:
+        divisors = [d for d in range(1, device_count + 1) if device_count % d == 0]
+        nearest = max(d for d in divisors if d <= config.bn.group_size)
+        raise ConfigError(
+            f"bn.group_size must divide the device count {device_count}, got "
+            f"{config.bn.group_size}; fix: --config.bn.group_size={nearest}"
+        )
+    if config.noise_scale.enabled and device_count == 1 and per_device % 2:
+        raise ConfigError(
+            "batch_size must be even for noise_scale.enabled on one device (its gradient is "
+            f"measured on the two halves of the batch), got {config.batch_size}; fix: "
+            f"--config.batch_size={config.batch_size + 1}"
         )
     update_batch = config.batch_size * config.accumulation_steps
     if update_batch > spec.num_train:

@@ -6,6 +6,12 @@ gradients with `lax.pmean` over `AXIS`, which is Remark 3's normalisation by the
 The same function runs under `jax.pmap` and under `jax.shard_map` inside `jax.jit` over a 1-D
 device mesh; both runners hold the state with a leading device axis (per-device BN statistics
 differ between devices) and take batches shaped (devices, per-device batch, ...).
+
+BatchNorm over groups of devices (Ying et al. 2018) needs `lax.pmean`'s `axis_index_groups`,
+which pmap supports and shard_map does not; `shard_map_runner(bn_group_size=g)` therefore maps
+over a two-axis mesh (groups × devices in a group): the per-device functions reduce over both
+axes (`Runner.axis_name`, passed as their `axis_name`), the model's BN over the inner one
+(`group_bn_scope` gives the model's `BNScope` for either runner).
 """
 
 import collections
@@ -24,29 +30,43 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from recipe import losses, optim
+from recipe import losses, models, noise_scale, optim
+from recipe.noise_scale import NoiseScaleEMA, NoiseScaleState
 
 AXIS = "batch"
+# The two axes of shard_map's mesh for BN over groups of devices: which group, which device in it.
+GROUPS_AXIS, IN_GROUP_AXIS = "bn_groups", "bn_group"
+AxisName = str | tuple[str, ...]
+# The metrics `train_step(noise_scale_ema=...)` adds: B_simple, |G|² and tr(Σ) from the EMAs.
+NOISE_SCALE_METRICS = ("noise_scale", "noise_grad_sq", "noise_trace")
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes: the micro-step count, weights, BN statistics, optimizer."""
+    """Everything a step changes: the micro-step count, weights, BN statistics, optimizer, and
+    the gradient noise scale's averages (None when it is not measured)."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: optax.OptState
+    noise_scale: NoiseScaleState | None = None
 
     @classmethod
-    def create(cls, variables: Any, tx: optax.GradientTransformation) -> "TrainState":
+    def create(
+        cls,
+        variables: Any,
+        tx: optax.GradientTransformation,
+        noise_scale_ema: NoiseScaleEMA | None = None,
+    ) -> "TrainState":
         return cls(
             step=jnp.zeros((), jnp.int32),
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(variables["params"]),
+            noise_scale=None if noise_scale_ema is None else noise_scale_ema.init(),
         )
 
 
@@ -65,6 +85,8 @@ def train_step(
     label_smoothing: float,
     skip_nonfinite: bool,
     loss_penalty: Callable[[Any], jax.Array] | None = None,
+    axis_name: AxisName = AXIS,
+    noise_scale_ema: NoiseScaleEMA | None = None,
     normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
@@ -79,13 +101,24 @@ def train_step(
         finite, keep the old state (as dynamic loss scaling does) instead of applying the update.
       loss_penalty: a function of the parameters added to the loss that is differentiated
         (`recipe.optim.Optimizer.loss_penalty`: the weight decay, when `tx` has none).
+      axis_name: the axis (or axes) spanning all devices (`Runner.axis_name`).
+      noise_scale_ema: measure the gradient noise scale (`recipe.noise_scale`) into
+        `state.noise_scale` (created with `TrainState.create(..., noise_scale_ema)`). The small
+        batch is each device's, the big one the global batch; on one device, the two halves
+        of its batch (which costs a second backward pass). |G|² is of the gradient the
+        optimizer is given, so it includes the L2 term when `loss_penalty` carries the decay:
+        that term is part of the objective being minimised, and being noise-free it adds to
+        |G|² and not to tr(Σ). Exact when examples are independent; with BN statistics shared
+        across examples (any BN scope) the coupled examples make it approximate.
       normalize: maps `batch['image']` to the model's input inside the step, e.g.
         `recipe.data.normalize_images` with the dataset's statistics bound, for uint8 batches.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
       cross-entropy, without the penalty), accuracy, learning_rate and `finite` (1.0 if the
-      loss, the update and every device's new BN statistics were finite).
+      loss, the update and every device's new BN statistics were finite); with
+      `noise_scale_ema`, also noise_scale (B_simple), noise_grad_sq (|G|²) and noise_trace
+      (tr(Σ)), from the averaged estimates.
     """
 
     images = batch["image"] if normalize is None else normalize(batch["image"])
@@ -101,28 +134,62 @@ def train_step(
         objective = loss if loss_penalty is None else loss + loss_penalty(params)
         return objective, (loss, logits, new_model_state["batch_stats"])
 
-    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    grads = lax.pmean(grads, AXIS)
+    split_one_device = noise_scale_ema is not None and lax.axis_size(axis_name) == 1
+    if split_one_device:
+        loss, logits, batch_stats, grads, half_grads = _whole_and_half_batch_gradients(
+            state,
+            images,
+            batch["label"],
+            model=model,
+            label_smoothing=label_smoothing,
+            loss_penalty=loss_penalty,
+        )
+    else:
+        (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+    local_grads = grads
+    grads = lax.pmean(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
+        noise_scale=state.noise_scale,
     )
     metrics = {
-        "loss": lax.pmean(loss, AXIS),
-        "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), AXIS),
+        "loss": lax.pmean(loss, axis_name),
+        "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), axis_name),
         "learning_rate": optim.current_learning_rate(opt_state),
     }
+    if noise_scale_ema is not None:
+        per_device = batch["label"].shape[0]
+        if split_one_device:  # the halves' gradients G_1 and 2·G − G_1, and G
+            other_half = jax.tree_util.tree_map(lambda g, h: 2.0 * g - h, grads, half_grads)
+            observation = (
+                0.5 * (_squared_norm(half_grads) + _squared_norm(other_half)),
+                _squared_norm(grads),
+                per_device // 2,
+                per_device,
+            )
+        else:
+            observation = (
+                *noise_scale.squared_norms(local_grads, grads, axis_name),
+                per_device,
+                per_device * lax.axis_size(axis_name),
+            )
+        averages = noise_scale_ema.update(state.noise_scale, *observation)
+        new_state = new_state.replace(noise_scale=averages)
+        grad_sq, trace = noise_scale.smoothed_estimates(averages)
+        values = (noise_scale.simple_noise_scale(averages), grad_sq, trace)
+        metrics.update(zip(NOISE_SCALE_METRICS, values, strict=True))
     # The updates carry both failure modes of the weights: NaN/inf gradients, and finite
     # gradients times a learning rate that overflowed. BN statistics can overflow on their own
     # (a huge activation gives an infinite running variance while the loss is still finite);
     # they differ per device, so all devices agree on the verdict through `pmin`.
     finite = lax.pmin(
-        _all_finite((metrics["loss"], updates, batch_stats)).astype(jnp.int32), AXIS
+        _all_finite((metrics["loss"], updates, batch_stats)).astype(jnp.int32), axis_name
     ).astype(bool)
     metrics["finite"] = finite.astype(jnp.float32)
     if skip_nonfinite:
@@ -130,6 +197,51 @@ def train_step(
             lambda new, old: jnp.where(finite, new, old), new_state, state
         )
     return new_state, metrics
+
+
+def _whole_and_half_batch_gradients(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    model: nn.Module,
+    label_smoothing: float,
+    loss_penalty: Callable[[Any], jax.Array] | None,
+) -> tuple[jax.Array, jax.Array, Any, Any, Any]:
+    """(loss, logits, batch_stats, gradient over the batch, gradient over its first half) from
+    one forward pass and two backward passes (the noise scale on a single device)."""
+    per_device = labels.shape[0]
+    if per_device % 2:
+        raise ValueError(
+            "measuring the gradient noise scale on one device splits its batch in halves: the "
+            f"batch must be even, got {per_device}"
+        )
+
+    def terms(params):
+        logits, new_model_state = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        per_example = losses.per_example_cross_entropy(logits, labels, label_smoothing)
+        penalty = jnp.zeros((), jnp.float32) if loss_penalty is None else loss_penalty(params)
+        return (per_example, penalty), (logits, new_model_state["batch_stats"])
+
+    (per_example, penalty), backward, (logits, batch_stats) = jax.vjp(
+        terms, state.params, has_aux=True
+    )
+    # Cotangents shaped (and, under shard_map, device-varying) like the outputs they weigh.
+    one = jnp.ones_like(penalty)
+    whole = jnp.ones_like(per_example) / per_device
+    first_half = jnp.where(jnp.arange(per_device) < per_device // 2, 2.0 * whole, 0.0 * whole)
+    (grads,) = backward((whole, one))
+    (half_grads,) = backward((first_half, one))
+    return jnp.mean(per_example), logits, batch_stats, grads, half_grads
+
+
+def _squared_norm(tree: Any) -> jax.Array:
+    return optax.tree_utils.tree_norm(tree, squared=True)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -143,6 +255,7 @@ def eval_step(
     *,
     model: nn.Module,
     num_classes: int,
+    axis_name: AxisName = AXIS,
     normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Metrics:
     """Sums of loss, top-1 (and top-5) hits and example count over the real (mask = 1) examples
@@ -161,12 +274,12 @@ def eval_step(
     if num_classes > 10:
         top5 = lax.top_k(logits, 5)[1]
         sums["top5"] = jnp.sum(jnp.any(top5 == batch["label"][:, None], -1) * mask)
-    return lax.psum(sums, AXIS)
+    return lax.psum(sums, axis_name)
 
 
-def average_batch_stats(state: TrainState) -> TrainState:
+def average_batch_stats(state: TrainState, axis_name: AxisName = AXIS) -> TrainState:
     """Averages BN running statistics over devices (before evaluation and checkpointing)."""
-    return state.replace(batch_stats=lax.pmean(state.batch_stats, AXIS))
+    return state.replace(batch_stats=lax.pmean(state.batch_stats, axis_name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,12 +291,15 @@ class Runner:
       devices: the devices this process places data on (pmap) or the whole mesh (shard_map).
       put: host pytree with a leading axis of this process's devices → device arrays.
       map: per-device function → mapped function over that leading axis.
+      axis_name: the axis (or axes) of the mapped functions that spans all devices: their
+        `axis_name` argument.
     """
 
     name: str
     devices: tuple[jax.Device, ...]
     put: Callable[[Any], Any]
     map: Callable[..., Callable[..., Any]]
+    axis_name: AxisName = AXIS
 
     def prefetch(self, batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
         """Places each host batch on the devices `size − 1` batches ahead of its use, so the
@@ -224,11 +340,28 @@ def pmap_runner(devices: list[jax.Device] | None = None) -> Runner:
     return Runner(name="pmap", devices=local_devices, put=put, map=map_)
 
 
-def shard_map_runner(devices: list[jax.Device] | None = None) -> Runner:
-    """`jax.shard_map` inside `jax.jit` over a 1-D mesh of all (global) devices, or `devices`."""
+def shard_map_runner(
+    devices: list[jax.Device] | None = None, bn_group_size: int | None = None
+) -> Runner:
+    """`jax.shard_map` inside `jax.jit` over a 1-D mesh of all (global) devices, or `devices`.
+
+    With `bn_group_size` = g, over a (devices / g) × g mesh (`GROUPS_AXIS`, `IN_GROUP_AXIS`)
+    instead, for BatchNorm over groups of g consecutive devices (`group_bn_scope`); the mapped
+    functions then reduce over both axes (`Runner.axis_name`).
+    """
     devices = tuple(devices or jax.devices())
-    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
-    sharding = NamedSharding(mesh, P(AXIS))
+    if bn_group_size is None:
+        axes, shape = (AXIS,), (len(devices),)
+    else:
+        groups = models.device_groups(len(devices), bn_group_size)
+        axes, shape = (GROUPS_AXIS, IN_GROUP_AXIS), (len(groups), bn_group_size)
+    mesh = jax.sharding.Mesh(
+        np.array(devices).reshape(shape),
+        axes,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
+    )
+    axis_name = axes[0] if len(axes) == 1 else axes
+    sharding = NamedSharding(mesh, P(axis_name))
 
     def put(tree):
         return jax.tree_util.tree_map(
@@ -241,10 +374,35 @@ def shard_map_runner(devices: list[jax.Device] | None = None) -> Runner:
             squeezed = jax.tree_util.tree_map(lambda x: x[0], args)
             return jax.tree_util.tree_map(lambda x: x[None], fn(*squeezed))
 
-        mapped = jax.shard_map(per_shard, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS))
+        mapped = jax.shard_map(per_shard, mesh=mesh, in_specs=P(axis_name), out_specs=P(axis_name))
         return jax.jit(mapped, donate_argnums=donate_argnums)
 
-    return Runner(name="shard_map", devices=devices, put=put, map=map_)
+    return Runner(name="shard_map", devices=devices, put=put, map=map_, axis_name=axis_name)
 
 
 RUNNERS = {"pmap": pmap_runner, "shard_map": shard_map_runner}
+
+
+def make_runner(name: str, bn_group_size: int | None = None) -> Runner:
+    """The runner `name` ('pmap' or 'shard_map') over all devices. With `bn_group_size` (BN
+    over groups of that many devices), shard_map's mesh is two-axis; pmap's groups live in the
+    model's BN (`group_bn_scope`)."""
+    if name == "shard_map":
+        return shard_map_runner(bn_group_size=bn_group_size)
+    return RUNNERS[name]()
+
+
+def group_bn_scope(runner: str, device_count: int, group_size: int) -> models.BNScope:
+    """The model's `BNScope` for BatchNorm over groups of `group_size` consecutive devices
+    under `runner` ('pmap' or 'shard_map'; the latter built with
+    `shard_map_runner(bn_group_size=group_size)`).
+
+    >>> group_bn_scope("pmap", 4, 2)
+    BNScope(axis_name='batch', groups=((0, 1), (2, 3)), ghost_batch_size=None)
+    >>> group_bn_scope("shard_map", 4, 2)
+    BNScope(axis_name='bn_group', groups=None, ghost_batch_size=None)
+    """
+    groups = models.device_groups(device_count, group_size)
+    if runner == "pmap":
+        return models.BNScope.across(AXIS, groups=groups)
+    return models.BNScope.across(IN_GROUP_AXIS)

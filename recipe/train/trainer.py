@@ -121,15 +121,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     setup = resolve(config, jax.device_count())
     _, test_source = _open_data(setup)
     step, state = restore_checkpoint(setup, workdir)
-    runner = steps.RUNNERS[config.runner]()
-    eval_step = runner.map(
-        functools.partial(
-            steps.eval_step,
-            model=setup.model,
-            num_classes=setup.spec.num_classes,
-            normalize=_normalize(setup),
-        )
-    )
+    runner = setup.runner()
+    eval_step = runner.map(_eval_step(setup, runner))
     result = _evaluate(setup, runner, eval_step, runner.replicate(state), test_source)
     return {"step": step, **result}
 
@@ -202,7 +195,8 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
     if not config_path.exists():
         raise ConfigError(f"{config_path} does not exist: {workdir} is not a trainer's work dir")
     config = _config_from_json(json.loads(config_path.read_text()))
-    setup = resolve(config, device_count=1)
+    # One device evaluates any BN scope; BN over groups of g devices resolves for g of them.
+    setup = resolve(config, device_count=config.bn.group_size if config.bn.scope == "group" else 1)
     step, state = restore_checkpoint(setup, workdir, step)
     return SavedRun(
         model=setup.model,
@@ -228,8 +222,20 @@ def _config_from_json(values: dict[str, Any]) -> ml_collections.ConfigDict:
 
 def _abstract_state(setup: Setup) -> steps.TrainState:
     return jax.eval_shape(
-        lambda variables: steps.TrainState.create(variables, setup.optimizer.tx),
+        lambda variables: steps.TrainState.create(
+            variables, setup.optimizer.tx, setup.noise_scale_ema
+        ),
         setup.abstract_variables,
+    )
+
+
+def _eval_step(setup: Setup, runner: steps.Runner):
+    return functools.partial(
+        steps.eval_step,
+        model=setup.model,
+        num_classes=setup.spec.num_classes,
+        axis_name=runner.axis_name,
+        normalize=_normalize(setup),
     )
 
 
@@ -321,7 +327,7 @@ def _run(
     if restored is None:
         start_step, last_checkpoint = 0, None
         variables = steps.init_variables(setup.model, setup.image_shape, config.seed)
-        state = steps.TrainState.create(variables, optimizer.tx)
+        state = steps.TrainState.create(variables, optimizer.tx, setup.noise_scale_ema)
     else:
         start_step, state = restored
         last_checkpoint = start_step
@@ -331,7 +337,7 @@ def _run(
     writer.drop_after(start_step)
 
     # ---- Compiled, device-mapped functions.
-    runner = steps.RUNNERS[config.runner]()
+    runner = setup.runner()
     train_step = runner.map(
         functools.partial(
             steps.train_step,
@@ -340,19 +346,17 @@ def _run(
             label_smoothing=config.label_smoothing,
             skip_nonfinite=config.on_nonfinite == "skip",
             loss_penalty=optimizer.loss_penalty,
+            axis_name=runner.axis_name,
+            noise_scale_ema=setup.noise_scale_ema,
             normalize=_normalize(setup),
         ),
         donate_argnums=(0,),
     )
-    eval_step = runner.map(
-        functools.partial(
-            steps.eval_step,
-            model=setup.model,
-            num_classes=setup.spec.num_classes,
-            normalize=_normalize(setup),
-        )
+    eval_step = runner.map(_eval_step(setup, runner))
+    average_batch_stats = runner.map(
+        functools.partial(steps.average_batch_stats, axis_name=runner.axis_name),
+        donate_argnums=(0,),
     )
-    average_batch_stats = runner.map(steps.average_batch_stats, donate_argnums=(0,))
     device_state = runner.replicate(state)
 
     def evaluate_now(device_state) -> dict[str, float]:
@@ -423,7 +427,10 @@ def _run(
 
         if log_now and window:
             record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-            record["learning_rate"] = window[-1]["learning_rate"]
+            # Values of the latest step: the lr, and the noise scale's (already averaged) EMAs.
+            for key in ("learning_rate", *steps.NOISE_SCALE_METRICS):
+                if key in record:
+                    record[key] = window[-1][key]
             record["images_per_sec"] = (
                 timed_steps * layout.batch_size / (time.perf_counter() - timer_start)
             )
