@@ -17,13 +17,14 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two worker processes (pytest-xdist): CI has 2 cores.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 train: $(INSTALLED)
 	$(PY) -m recipe.train --config recipe/configs/default.py --workdir runs/default
 
-# Benchmarks (BENCHMARKS.md sections 1–4 and 6; PyTorch comes from the `bench` extra) and the
+# Benchmarks (BENCHMARKS.md sections 1–4, 6 and 7; PyTorch comes from the `bench` extra) and the
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 
@@ -39,7 +40,7 @@ bench: $(BENCH_INSTALLED)
 reproduce: $(INSTALLED)
 	$(PY) -m bench.reproduce
 
-# Goyal et al. on Fashion-MNIST (section 7): Table 1, Figure 1's batch-size frontier with LARS
+# Goyal et al. on Fashion-MNIST (section 8): Table 1, Figure 1's batch-size frontier with LARS
 # past it, and the gradient noise scale's prediction; about 40 minutes on 2 cores. A target of
 # its own, so that `make reproduce` stays 8 minutes with nothing to install. It needs the
 # dataset: `apt-get install dataset-fashion-mnist` (offline), or network access for TFDS.

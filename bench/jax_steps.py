@@ -60,6 +60,7 @@ class Setup:
     label_smoothing: float
     resolved: resolve.Setup  # the trainer's: its runner (`.runner()`) and noise-scale EMA
     normalize: Any  # the trainer's in-step input normalisation (uint8 batches; floats pass)
+    mix: Any = None  # the train step's Mixup / CutMix (`resolve.Setup.mix`)
 
 
 def build(
@@ -99,6 +100,7 @@ def build(
         config.label_smoothing,
         resolved,
         trainer._normalize(resolved),
+        resolved.mix,
     )
 
 
@@ -164,6 +166,7 @@ def step_fn(
             axis_name=axis_name,
             noise_scale_ema=ema,
             normalize=setup.normalize,
+            mix=setup.mix,
         )
         return fn, steps.TrainState.create(setup.variables, optimizer.tx, ema)
     base = bare_setup or setup
@@ -215,3 +218,36 @@ class Stepper:
     def __call__(self) -> None:
         self.state, metrics = self.step(self.state, self.batch)
         jax.block_until_ready((self.state, metrics))
+
+
+# The modern-recipe extras, each the trainer's own step with one config switch on top of
+# ``full`` (torchvision's ResNet-50 recipe values): the weight EMA (timm's decay warmup, target
+# 0.9998), Mixup α = 0.2 / CutMix α = 1.0 switched per batch, and one batch of precise-BN
+# statistics (`steps.precise_bn_update`: a training-mode forward pass, no gradient).
+EMA = "full + weight EMA"
+MIXING = "full + Mixup/CutMix"
+PRECISE_BN = "precise BN, one batch"
+EXTRAS = {
+    EMA: {"ema.decay": 0.9998},
+    MIXING: {"mixing.mixup_alpha": 0.2, "mixing.cutmix_alpha": 1.0},
+    PRECISE_BN: {},
+}
+
+
+def extra_fn(name: str, **overrides: Any):
+    """(per-device function, initial host state) of one of `EXTRAS`, for `Stepper`, built from
+    the default config with `overrides` and the extra's switches, through `resolve`."""
+    setup = build(config_for(**overrides, **EXTRAS[name]))
+    if name != PRECISE_BN:
+        return step_fn("full", setup)
+    estimator = steps.precise_bn_estimator(setup.model)
+    state = steps.TrainState.create(setup.variables, setup.optimizer.tx)
+
+    def update(carry, batch):
+        stats, train_state = carry
+        stats = steps.precise_bn_update(
+            stats, train_state, batch, estimator=estimator, ema=False, normalize=setup.normalize
+        )
+        return (stats, train_state), {}
+
+    return update, (steps.precise_bn_init(state, estimator=estimator), state)

@@ -41,6 +41,9 @@ LABELS = {
     AA_CHECK: "A/A check: the full step compiled a second time",
     DECAY_IN_OPTIMIZER: "full, weight decay by `optax.add_decayed_weights` in the optimizer "
     "instead of (λ/2)·Σ‖w‖² in the loss",
+    jax_steps.EMA: "+ weight EMA (`recipe.weight_ema`, timm's decay warmup)",
+    jax_steps.MIXING: "+ Mixup α 0.2 / CutMix α 1.0 per batch (`recipe.mixup_cutmix`)",
+    jax_steps.PRECISE_BN: "one batch of precise-BN statistics (`recipe.precise_bn_estimator`)",
     "lars": "full, LARS (`build_optimizer(name='lars')`: trust ratio per tensor, BN/bias masked)",
     "lamb": "full, LAMB (`build_optimizer(name='lamb')`, decoupled decay in the optimizer)",
     "noise scale": "full + gradient noise scale on one device (`train_step(noise_scale_ema=...)`: "
@@ -107,6 +110,9 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
         in_optimizer = jax_steps.build(config, weight_decay_in_loss=False)
         fn, state = jax_steps.step_fn("full", in_optimizer)
         fns[DECAY_IN_OPTIMIZER] = jax_steps.Stepper(runner, fn, state, batch)
+    for name in jax_steps.EXTRAS:
+        fn, state = jax_steps.extra_fn(name)
+        fns[name] = jax_steps.Stepper(runner, fn, state, batch)
     if large_batch:
         fns.update(_large_batch_steppers(runner))
     compile_s = _compile_and_warm(fns, warmup)
@@ -122,6 +128,7 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
             "runner": config.runner,
             "devices": 1,
             "rounds": rounds,
+            "steps_per_epoch": setup.optimizer.schedule.steps_per_epoch,
         },
         "variants": {
             name: {
@@ -131,6 +138,14 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
                 "wall_ratio": common.paired_ratio(wall, name, "bare"),
                 "cpu_ratio": common.paired_ratio(cpu, name, "bare"),
                 "first_call_s": compile_s[name],
+                **(
+                    {
+                        "wall_ratio_vs_full": common.paired_ratio(wall, name, "full"),
+                        "cpu_ratio_vs_full": common.paired_ratio(cpu, name, "full"),
+                    }
+                    if name in jax_steps.EXTRAS
+                    else {}
+                ),
             }
             for name in fns
         },
@@ -189,6 +204,8 @@ def render(result: dict) -> str:
     m, c = result["machine"], result["config"]
     rows = []
     for name, v in result["variants"].items():
+        if name in jax_steps.EXTRAS:
+            continue
         wr, cr = v["wall_ratio"], v["cpu_ratio"]
         rows.append([
             LABELS.get(name, name),
@@ -199,6 +216,31 @@ def render(result: dict) -> str:
         ])  # fmt: skip
     full = result["variants"]["full"]
     in_optimizer = result["variants"].get(DECAY_IN_OPTIMIZER)
+    extras = [name for name in jax_steps.EXTRAS if name in result["variants"]]
+    extra_rows = []
+    for name in extras:
+        v = result["variants"][name]
+        wr, cr = v["wall_ratio_vs_full"], v["cpu_ratio_vs_full"]
+        extra_rows.append([
+            LABELS.get(name, name),
+            f"{v['wall_ms']:.1f}",
+            f"{wr[0]:.3f} [{wr[1]:.3f}, {wr[2]:.3f}]",
+            f"{v['cpu_ms']:.1f}",
+            f"{cr[0]:.3f} [{cr[1]:.3f}, {cr[2]:.3f}]",
+        ])  # fmt: skip
+    per_epoch = c.get("steps_per_epoch")
+    precise = result["variants"].get(jax_steps.PRECISE_BN)
+    precise_text = ""
+    if precise and per_epoch:
+        share = precise["cpu_ratio_vs_full"][0]
+        costs = ", ".join(
+            f"{n} batches {n * share:.1f} steps ({100 * n * share / per_epoch:.0f}% of an epoch)"
+            for n in (8, 16, 32)
+        )
+        precise_text = (
+            f" A batch of precise-BN statistics costs {share:.2f} train steps (CPU); per "
+            f"evaluation, with {per_epoch} train steps per epoch: {costs}."
+        )
     return "\n".join([
         "## 1. Recipe overhead",
         "",
@@ -229,6 +271,23 @@ def render(result: dict) -> str:
             f"{in_optimizer['wall_ratio'][0]:.3f}× wall, {in_optimizer['cpu_ratio'][0]:.3f}× CPU."
             if in_optimizer
             else ""
+        ),
+        *(
+            [
+                "",
+                "What the modern recipes add (issue #15), timed in the same rounds, as ratios "
+                "to the full step:",
+                "",
+                common.md_table(
+                    ["on top of the full step", "wall ms", "wall / full [95% CI]", "CPU ms",
+                     "CPU / full [95% CI]"],
+                    extra_rows,
+                ),
+                "",
+                precise_text.strip(),
+            ]
+            if extras
+            else []
         ),
         *_render_large_batch(result),
     ])  # fmt: skip

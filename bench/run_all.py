@@ -1,9 +1,11 @@
-"""`make bench`: runs benchmark families 1–4 and 6 and rewrites their sections of BENCHMARKS.md.
+"""`make bench`: runs benchmark families 1–4, 6 and 7 and rewrites their sections of
+BENCHMARKS.md.
 
 Each family is its own command too (`python -m bench.overhead`, `bench.vs_torch`,
-`bench.loader`, `bench.runners`, `bench.input`); this driver runs them one after another as
-subprocesses under `timeout -s KILL`, then writes the summary at the top of BENCHMARKS.md from
-their JSON results (bench/results/*.json). Section 5 is `make reproduce` (bench/reproduce.py).
+`bench.loader`, `bench.runners`, `bench.input`, `bench.precise_bn`); this driver runs them one
+after another as subprocesses under `timeout -s KILL`, then writes the summary at the top of
+BENCHMARKS.md from their JSON results (bench/results/*.json). Section 5 is `make reproduce`
+(bench/reproduce.py).
 
     python -m bench.run_all [--only overhead,loader]
 """
@@ -23,8 +25,18 @@ FAMILIES = {
     "runners": (["-m", "bench.runners"], 1200),
     "vs_torch": (["-m", "bench.vs_torch"], 2400),
     "input": (["-m", "bench.input"], 1500),
+    "precise_bn": (["-m", "bench.precise_bn"], 1800),
 }
-SECTIONS = ("summary", "overhead", "vs_torch", "loader", "runners", "reproduce", "input")
+SECTIONS = (
+    "summary",
+    "overhead",
+    "vs_torch",
+    "loader",
+    "runners",
+    "reproduce",
+    "input",
+    "precise_bn",
+)
 
 
 def ensure_skeleton() -> None:

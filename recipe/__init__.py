@@ -3,14 +3,17 @@
 The library a Flax project imports: learning-rate schedules (linear scaling rule, gradual and
 constant warmup), the label-smoothed loss, the BatchNorm-free weight-decay mask, the Goyal
 initialisers, ResNets and the optimizer builder; past Goyal's 8k, LARS and LAMB behind the same
-builder, BatchNorm over groups of devices and the gradient noise scale (`recipe.noise_scale`).
+builder, BatchNorm over groups of devices and the gradient noise scale (`recipe.noise_scale`);
+and what modern ResNet recipes add: precise BatchNorm statistics, a weight EMA, Mixup/CutMix.
 Datasets and the input pipeline live in `recipe.data` (imported on demand: it pulls in
 TensorFlow Datasets and grain).
 """
 
+from recipe.ema import ema_decay, ema_params, weight_ema
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 from recipe.losses import cross_entropy, l2_penalty, per_example_cross_entropy, smooth_labels
 from recipe.masks import DecayReport, decay_report, weight_decay_mask
+from recipe.mixing import mixing_key, mixup_cutmix
 from recipe.models import MODEL_NAMES, BatchNorm, BNScope, ResNet, create_model, device_groups
 from recipe.noise_scale import (
     NoiseScaleState,
@@ -28,6 +31,7 @@ from recipe.optim import (
     lamb,
     lars,
 )
+from recipe.precise_bn import precise_batch_stats, precise_bn_estimator
 from recipe.schedules import (
     GoyalSchedule,
     constant,
@@ -65,6 +69,8 @@ __all__ = [
     "current_learning_rate",
     "decay_report",
     "device_groups",
+    "ema_decay",
+    "ema_params",
     "epochs_to_steps",
     "fc_kernel_init",
     "goyal_schedule",
@@ -73,9 +79,13 @@ __all__ = [
     "l2_penalty",
     "lamb",
     "lars",
+    "mixing_key",
+    "mixup_cutmix",
     "noise_scale_ema",
     "per_example_cross_entropy",
     "polynomial_decay",
+    "precise_batch_stats",
+    "precise_bn_estimator",
     "scaled_learning_rate",
     "simple_noise_scale",
     "smooth_labels",
@@ -84,4 +94,5 @@ __all__ = [
     "unbiased_estimates",
     "warmup_multiplier_schedule",
     "weight_decay_mask",
+    "weight_ema",
 ]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe import checks, losses, masks, schedules
+from recipe import checks, ema, losses, masks, schedules
 
 _INJECTED_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
@@ -58,6 +58,7 @@ def goyal_sgd(
     momentum: float = 0.9,
     nesterov: bool = True,
     accumulation_steps: int = 1,
+    ema_decay: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
     """`chain(add_decayed_weights(λ, mask), sgd(η_t, momentum, nesterov))`, lr readable.
 
@@ -76,6 +77,10 @@ def goyal_sgd(
       momentum: m in [0, 1) (0.9 in the paper).
       nesterov: Nesterov momentum (§5.1).
       accumulation_steps: micro-batches per optimizer update, >= 1.
+      ema_decay: with a decay (a float, or a schedule of the update count such as
+        `recipe.ema.ema_decay(0.9998)`), `recipe.ema.weight_ema` is chained last, inside the
+        accumulation, so the average of the weights is taken once per real update and read
+        with `recipe.ema.ema_params(opt_state)`; None keeps no average.
 
     >>> import jax.numpy as jnp
     >>> tx = goyal_sgd(0.1)
@@ -93,7 +98,7 @@ def goyal_sgd(
         tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask), sgd)
     else:  # no per-parameter work for a decay of zero (e.g. when the loss carries it)
         tx = optax.chain(sgd)
-    return _accumulated(tx, accumulation_steps)
+    return _accumulated(tx, accumulation_steps, ema_decay)
 
 
 def lars(
@@ -105,6 +110,7 @@ def lars(
     momentum: float = 0.9,
     nesterov: bool = False,
     accumulation_steps: int = 1,
+    ema_decay: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
     """LARS (You et al. 2017, arXiv 1708.03888): `optax.lars` with one mask, lr readable.
 
@@ -137,6 +143,7 @@ def lars(
       momentum: m in [0, 1).
       nesterov: Nesterov momentum (MLPerf: False).
       accumulation_steps: micro-batches per optimizer update, >= 1 (as `goyal_sgd`).
+      ema_decay: a weight EMA chained last (as `goyal_sgd`); None keeps none.
 
     >>> import jax.numpy as jnp
     >>> tx = lars(0.1)
@@ -160,7 +167,7 @@ def lars(
         momentum=momentum,
         nesterov=nesterov,
     )
-    return _accumulated(tx, accumulation_steps)
+    return _accumulated(tx, accumulation_steps, ema_decay)
 
 
 def _masked_lamb(
@@ -189,6 +196,7 @@ def lamb(
     b2: float = 0.999,
     eps: float = 1e-6,
     accumulation_steps: int = 1,
+    ema_decay: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
     """LAMB (You et al. 2019, arXiv 1904.00962): `optax.lamb` with a trust-ratio mask too.
 
@@ -211,6 +219,7 @@ def lamb(
       b1, b2: Adam's moment decays, in [0, 1).
       eps: Adam's ε > 0.
       accumulation_steps: micro-batches per optimizer update, >= 1 (as `goyal_sgd`).
+      ema_decay: a weight EMA chained last (as `goyal_sgd`); None keeps none.
 
     >>> import jax.numpy as jnp
     >>> tx = lamb(0.01)
@@ -231,7 +240,7 @@ def lamb(
         weight_decay=weight_decay,
         mask=True if mask is None else mask,
     )
-    return _accumulated(tx, accumulation_steps)
+    return _accumulated(tx, accumulation_steps, ema_decay)
 
 
 def _injectable_learning_rate(learning_rate: Any) -> Any:
@@ -249,10 +258,15 @@ def _injectable_learning_rate(learning_rate: Any) -> Any:
 
 
 def _accumulated(
-    tx: optax.GradientTransformation, accumulation_steps: int
+    tx: optax.GradientTransformation,
+    accumulation_steps: int,
+    ema_decay: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
-    """`tx` run once every `accumulation_steps` micro-batches on their mean gradient."""
+    """`tx`, then the weight EMA when `ema_decay` is given, run once every
+    `accumulation_steps` micro-batches on their mean gradient."""
     checks.check_positive_int("accumulation_steps", accumulation_steps)
+    if ema_decay is not None:
+        tx = optax.chain(tx, ema.weight_ema(ema_decay))
     if accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps).gradient_transformation()
     return tx
@@ -302,6 +316,8 @@ def build_optimizer(
     name: str = "sgd",
     trust_coefficient: float = 0.001,
     beta2: float = 0.999,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = True,
 ) -> Optimizer:
     """The whole §5.1 optimizer for a model: schedule, BN-free weight-decay mask, Nesterov SGD.
 
@@ -332,6 +348,9 @@ def build_optimizer(
       name: one of `OPTIMIZER_NAMES`: 'sgd' (`goyal_sgd`), 'lars' or 'lamb'.
       trust_coefficient: LARS's c (see `lars`).
       beta2: LAMB's b2 (see `lamb`).
+      ema_decay: the target decay of a weight EMA in [0, 1] (`recipe.ema.weight_ema`, kept in
+        the optimizer state, for any `name`); 0 keeps none.
+      ema_warmup: warm the EMA's decay up as timm's `ModelEmaV3` does (`recipe.ema.ema_decay`).
 
     Returns:
       `Optimizer(tx, schedule, loss_penalty)`.
@@ -369,6 +388,7 @@ def build_optimizer(
         poly_end_lr=poly_end_lr,
     )
     mask = masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias)
+    averaging = ema.ema_decay(ema_decay, warmup=ema_warmup) if ema_decay else None
     decay_in_tx = 0.0 if weight_decay_in_loss else weight_decay
     if name == "lars":
         tx = lars(
@@ -379,6 +399,7 @@ def build_optimizer(
             momentum=momentum,
             nesterov=nesterov,
             accumulation_steps=accumulation_steps,
+            ema_decay=averaging,
         )
     elif name == "lamb":
         tx = lamb(
@@ -388,6 +409,7 @@ def build_optimizer(
             b1=momentum,
             b2=beta2,
             accumulation_steps=accumulation_steps,
+            ema_decay=averaging,
         )
     else:
         tx = goyal_sgd(
@@ -397,6 +419,7 @@ def build_optimizer(
             momentum=momentum,
             nesterov=nesterov,
             accumulation_steps=accumulation_steps,
+            ema_decay=averaging,
         )
     loss_penalty = None
     if weight_decay_in_loss:

@@ -35,7 +35,6 @@ when their state_dict is saved and restored too.
 """
 
 import collections
-import math
 from collections.abc import Sequence
 
 import jax
@@ -43,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from recipe import checks
-from recipe.schedules import _float32
+from recipe.schedules import _float32, half_cosine
 
 TIMM_SCHEDULES = ("cosine", "step", "multistep")
 
@@ -209,7 +208,7 @@ def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> opt
     def schedule(step):
         # Reduce modulo the period with integers, then fold onto [0, T_max] by symmetry.
         phase = jnp.mod(jnp.asarray(step), 2 * T_max)
-        return eta_min + (base_lr - eta_min) * _half_cosine(
+        return eta_min + (base_lr - eta_min) * half_cosine(
             jnp.minimum(phase, 2 * T_max - phase), T_max
         )
 
@@ -347,18 +346,26 @@ def timm_scheduler(
     The keyword arguments are `create_scheduler_v2`'s (`--sched`, `--epochs`, `--decay-epochs`,
     `--decay-milestones`, `--decay-rate`, `--min-lr`, `--warmup-lr`, `--warmup-epochs`,
     `--warmup-prefix`, `--lr-cycle-decay`, `--lr-cycle-limit`; `step_on_epochs=False` is
-    `--sched-on-updates`). timm evaluates its scheduler at t = the epoch (`scheduler.step(epoch)`
-    after each epoch) or, with `step_on_epochs=False`, at t = the update count
-    (`scheduler.step_update(num_updates)` after each update, every duration × updates_per_epoch);
-    this returns lr(u) for update u, holding each value for a whole epoch in the first case.
-    With W = warmup_t, the main schedules are, at t' = t − W (`warmup_prefix`) or t' = t:
+    `--sched-on-updates`). timm's `train.py` calls `scheduler.step(epoch + 1)` at the end of
+    each epoch, so epoch e runs at the scheduler's value at t = e; with `step_on_epochs=False` it
+    calls `scheduler.step_update(num_updates)` after each update, so update u runs at t = u
+    (every duration × updates_per_epoch). At t = 0 nothing has been called yet: the first epoch
+    or update runs at the value the scheduler's constructor sets, `warmup_lr` with a warmup and
+    `base_lr` without, which differs from timm's formula at t = 0 only for a multistep milestone
+    of 0 or 1. This returns lr(u) for update u, holding each value for a whole epoch in the
+    first case. With W = warmup_t, the main schedules are, at t' = t − W (`warmup_prefix`) or
+    t' = t:
 
     * 'cosine' (`CosineLRScheduler`, cycle_mul = 1, k_decay = 1): with T = t_initial (the epochs),
       i = ⌊t'/T⌋, lr = min_lr + ½ (base_lr · cycle_decay^i − min_lr)(1 + cos(π (t' − iT)/T)) while
       i < cycle_limit, then min_lr (the cooldown epochs);
     * 'step' (`StepLRScheduler`): base_lr · decay_rate^⌊t'/decay_t⌋;
-    * 'multistep' (`MultiStepLRScheduler`): base_lr · decay_rate^bisect_right(milestones, t')
-      (timm releases before 0.9 used t' + 1 here);
+    * 'multistep' (`MultiStepLRScheduler`): base_lr · decay_rate^bisect_right(milestones, t' + 1),
+      so milestone m takes effect at t' = m − 1, one epoch (or update) *before* m, where
+      PyTorch's `MultiStepLR` (`multistep_lr`) and timm's own 'step' decay at m. Every timm
+      release with the class (0.5.4 through 1.0.x) computes it so (`get_curr_decay_steps`), and
+      it is kept: huggingface/pytorch-image-models#2745 and #2753, which would drop the + 1, were
+      closed unmerged. timm assumes sorted milestones; unsorted ones are rejected here;
 
     and the warmup is `timm_warmup(main, base_lr, W, warmup_lr, warmup_prefix)`.
 
@@ -386,6 +393,10 @@ def timm_scheduler(
     >>> prefixed = timm_scheduler(1.0, warmup_prefix=True, **kwargs)
     >>> [round(float(prefixed(t)), 4) for t in range(6)]
     [0.0, 0.5, 1.0, 1.0, 0.5, 0.5]
+    >>> multistep = timm_scheduler(1.0, sched="multistep", decay_milestones=[3],
+    ...                            updates_per_epoch=1)
+    >>> [round(float(multistep(t)), 4) for t in range(5)]  # milestone 3 applies at t = 2
+    [1.0, 1.0, 0.1, 0.1, 0.1]
     """
     checks.check_non_negative("base_lr", base_lr)
     checks.check_positive_int("updates_per_epoch", updates_per_epoch)
@@ -394,6 +405,11 @@ def timm_scheduler(
     checks.check_positive("decay_epochs", decay_epochs)
     for i, milestone in enumerate(decay_milestones):
         checks.check_non_negative_int(f"decay_milestones[{i}]", milestone)
+    if list(decay_milestones) != sorted(decay_milestones):
+        raise ValueError(
+            f"decay_milestones must be non-decreasing (timm bisects them), got "
+            f"{list(decay_milestones)}"
+        )
     checks.check_non_negative("decay_rate", decay_rate)
     checks.check_non_negative("min_lr", min_lr)
     checks.check_non_negative("warmup_lr", warmup_lr)
@@ -405,14 +421,14 @@ def timm_scheduler(
     unit = 1 if step_on_epochs else updates_per_epoch
     t_initial, warmup_t = num_epochs * unit, warmup_epochs * unit
     decay_t = decay_epochs * unit
-    milestones = sorted(int(m) * unit for m in decay_milestones)
+    milestones = [int(m) * unit for m in decay_milestones]
 
     if sched == "cosine":
 
         def main(t):
             cycle = t // t_initial
             peak = base_lr * _power(cycle_decay, cycle)
-            lr = min_lr + (peak - min_lr) * _half_cosine(t - cycle * t_initial, t_initial)
+            lr = min_lr + (peak - min_lr) * half_cosine(t - cycle * t_initial, t_initial)
             return jnp.where(cycle < cycle_limit, lr, min_lr)
 
     elif sched == "step":
@@ -428,14 +444,21 @@ def timm_scheduler(
         thresholds = jnp.asarray(milestones, jnp.int32)
 
         def main(t):
-            # bisect_right(milestones, t): how many milestones are <= t.
-            decays = jnp.sum(thresholds <= jnp.asarray(t)[..., None], axis=-1)
+            # bisect_right(milestones, t + 1): how many milestones are <= t + 1.
+            decays = jnp.sum(thresholds <= jnp.asarray(t)[..., None] + 1, axis=-1)
             return base_lr * _power(decay_rate, decays)
 
     warmed_up = timm_warmup(main, base_lr, warmup_t, warmup_lr, warmup_prefix)
+    # Before the first `step`/`step_update` call: the constructor's value.
+    initial_lr = warmup_lr if warmup_t else base_lr
+
+    def scheduled(t):
+        t = jnp.asarray(t)
+        return jnp.where(t == 0, jnp.float32(initial_lr), warmed_up(t))
+
     if step_on_epochs:
-        return stepped_per_epoch(warmed_up, updates_per_epoch)
-    return warmed_up
+        return stepped_per_epoch(scheduled, updates_per_epoch)
+    return _float32(scheduled)
 
 
 def _check_factor_open_at_zero(name: str, value: object) -> None:
@@ -447,16 +470,3 @@ def _check_factor_open_at_zero(name: str, value: object) -> None:
 def _power(base: float, exponent: jax.Array) -> jax.Array:
     """base ** exponent for a Python float base and an integer (or float) array exponent."""
     return jnp.power(jnp.float32(base), jnp.asarray(exponent, jnp.float32))
-
-
-def _half_cosine(t: jax.Array, period: int) -> jax.Array:
-    """½ · (1 + cos(π t / period)) for integers 0 <= t <= period, accurate near both ends.
-
-    Computed as cos²(π t / 2P), or as sin²(π (P − t) / 2P) past the middle, so that the value
-    keeps its relative precision where it approaches 0 (1 + cos(x) would cancel there).
-    """
-    t = jnp.asarray(t)
-    scale = math.pi / (2 * period)
-    near_start = jnp.cos(scale * t.astype(jnp.float32))
-    near_end = jnp.sin(scale * (period - t).astype(jnp.float32))
-    return jnp.square(jnp.where(2 * t <= period, near_start, near_end))

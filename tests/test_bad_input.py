@@ -153,6 +153,46 @@ BAD_INPUTS = {
         r"checkpoint_every_steps must be an integer > 0",
     ),
     "unknown on_nonfinite": ({"on_nonfinite": "ignore"}, r"on_nonfinite must be one of 'stop'"),
+    "negative precise BN batches": (
+        {"bn.precise_batches": -1},
+        r"bn\.precise_batches must be an integer >= 0, got -1",
+    ),
+    "negative mixup alpha": (
+        {"mixing.mixup_alpha": -0.2},
+        r"mixing\.mixup_alpha must be a finite number >= 0, got -0\.2",
+    ),
+    "infinite cutmix alpha": (
+        {"mixing.cutmix_alpha": math.inf},
+        r"mixing\.cutmix_alpha must be a finite number >= 0, got inf",
+    ),
+    "mixing switch probability above 1": (
+        {"mixing.switch_prob": 1.5},
+        r"mixing\.switch_prob must be a number in \[0, 1\], got 1\.5",
+    ),
+    "mixing probability NaN": (
+        {"mixing.prob": math.nan},
+        r"mixing\.prob must be a number in \[0, 1\], got nan",
+    ),
+    "mixing stop epoch past the end": (
+        {"mixing.stop_epoch": 4},
+        r"mixing\.stop_epoch must be <= num_epochs \(3\) or None \(mix to the end\), got 4",
+    ),
+    "negative mixing stop epoch": (
+        {"mixing.stop_epoch": -1},
+        r"mixing\.stop_epoch must be an integer >= 0, got -1",
+    ),
+    "per-device mixing unset": (
+        {"mixing.per_device": None},
+        r"mixing\.per_device must be True or False, got None",
+    ),
+    "EMA decay 1": ({"ema.decay": 1.0}, r"ema\.decay must be a number in \[0, 1\), got 1\.0"),
+    "negative EMA decay": ({"ema.decay": -0.5}, r"ema\.decay must be a number in \[0, 1\)"),
+    "EMA warmup unset": ({"ema.warmup": None}, r"ema\.warmup must be True or False, got None"),
+    "EMA without precise BN": (
+        {"ema.decay": 0.99, "bn.precise_batches": 0},
+        r"ema\.decay > 0 needs bn\.precise_batches > 0 .*got ema\.decay=0\.99 and "
+        r"bn\.precise_batches=0",
+    ),
     "process id without the others": (
         {"distributed.process_id": 1},
         r"distributed\.coordinator_address, distributed\.num_processes and "

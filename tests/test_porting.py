@@ -400,43 +400,60 @@ def test_stepped_per_epoch_holds_each_value_for_an_epoch():
 
 
 # ---------------------------------------------------------------------------------------------
-# timm: `Scheduler._get_lr(t)` of its cosine, step and multistep schedulers, in plain Python.
+# timm: its schedulers' `_get_lr(t)` and the way its `train.py` drives them, in plain Python.
 # ---------------------------------------------------------------------------------------------
 
 
-def timm_get_lr(t, base, sched, *, warmup_t, warmup_lr_init, warmup_prefix, **kw):
-    if t < warmup_t:
-        return warmup_lr_init + t * (base - warmup_lr_init) / warmup_t
-    if warmup_prefix:
-        t = t - warmup_t
-    if sched == "cosine":
-        t_initial, lr_min = kw["t_initial"], kw["lr_min"]
-        i = t // t_initial
-        t_curr = t - t_initial * i
-        lr_max = base * kw["cycle_decay"] ** i
-        if i < kw["cycle_limit"]:
-            return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * t_curr / t_initial))
-        return lr_min
-    if sched == "step":
-        return base * kw["decay_rate"] ** (t // kw["decay_t"])
-    return base * kw["decay_rate"] ** bisect.bisect_right(kw["decay_t"], t)
+class TimmScheduler:
+    """timm's `Scheduler` + `CosineLRScheduler` / `StepLRScheduler` / `MultiStepLRScheduler`
+    (timm 0.6.13–1.0.x) for one parameter group: the constructor sets the group's lr, `step`
+    and `step_update` set `_get_lr(t)` when t counts epochs or updates respectively."""
+
+    def __init__(self, opt, sched, *, t_in_epochs, warmup_t, warmup_lr_init, warmup_prefix, **kw):
+        self.opt, self.sched, self.kw = opt, sched, kw
+        self.base = opt.lr
+        self.t_in_epochs = t_in_epochs
+        self.warmup_t, self.warmup_lr_init = warmup_t, warmup_lr_init
+        self.warmup_prefix = warmup_prefix
+        if warmup_t:
+            self.warmup_step = (self.base - warmup_lr_init) / warmup_t
+            opt.lr = warmup_lr_init  # `super().update_groups(self.warmup_lr_init)`
+
+    def get_curr_decay_steps(self, t):  # MultiStepLRScheduler's, verbatim
+        return bisect.bisect_right(self.kw["decay_t"], t + 1)
+
+    def _get_lr(self, t):
+        if t < self.warmup_t:
+            return self.warmup_lr_init + t * self.warmup_step
+        if self.warmup_prefix:
+            t = t - self.warmup_t
+        kw = self.kw
+        if self.sched == "cosine":
+            t_initial, lr_min = kw["t_initial"], kw["lr_min"]
+            i = t // t_initial
+            t_curr = t - t_initial * i
+            lr_max = self.base * kw["cycle_decay"] ** i
+            if i < kw["cycle_limit"]:
+                return lr_min + 0.5 * (lr_max - lr_min) * (
+                    1 + math.cos(math.pi * t_curr / t_initial)
+                )
+            return lr_min
+        if self.sched == "step":
+            return self.base * kw["decay_rate"] ** (t // kw["decay_t"])
+        return self.base * kw["decay_rate"] ** self.get_curr_decay_steps(t)
+
+    def step(self, epoch):
+        if self.t_in_epochs:
+            self.opt.lr = self._get_lr(epoch)
+
+    def step_update(self, num_updates):
+        if not self.t_in_epochs:
+            self.opt.lr = self._get_lr(num_updates)
 
 
-TIMM_CASES = [
-    # create_scheduler_v2 kwargs, updates_per_epoch, number of updates
-    (dict(sched="cosine", num_epochs=10, min_lr=1e-3, warmup_epochs=3, warmup_lr=1e-5), 1, 14),
-    (dict(sched="cosine", num_epochs=6, warmup_epochs=2, warmup_prefix=True), 3, 30),
-    (dict(sched="cosine", num_epochs=4, cycle_limit=2, cycle_decay=0.5, warmup_lr=0.0), 2, 20),
-    (dict(sched="cosine", num_epochs=5, warmup_epochs=2, step_on_epochs=False), 4, 30),
-    (dict(sched="step", decay_epochs=3, decay_rate=0.5, warmup_epochs=2), 2, 24),
-    (dict(sched="step", decay_epochs=2.5, decay_rate=0.5, step_on_epochs=False), 2, 20),
-    (dict(sched="multistep", decay_milestones=(2, 5), warmup_epochs=1, warmup_prefix=True), 3, 27),
-    (dict(sched="multistep", decay_milestones=(1, 3), step_on_epochs=False), 5, 25),
-]
-
-
-def timm_reference(base, kwargs, updates_per_epoch, n):
-    """timm's create_scheduler_v2 conversions, then _get_lr at the epoch or at the update."""
+def timm_train_lrs(base, kwargs, updates_per_epoch, n):
+    """The lr of updates 0 … n − 1 in timm's `train.py`: `create_scheduler_v2`'s conversions,
+    `step_update(num_updates)` after every update and `step(epoch + 1)` after every epoch."""
     kw = dict(
         sched="cosine",
         num_epochs=300,
@@ -454,7 +471,11 @@ def timm_reference(base, kwargs, updates_per_epoch, n):
     kw.update(kwargs)
     unit = 1 if kw["step_on_epochs"] else updates_per_epoch
     sched = kw["sched"]
-    options = dict(
+    optimizer = Optimizer(base)
+    scheduler = TimmScheduler(
+        optimizer,
+        sched,
+        t_in_epochs=kw["step_on_epochs"],
         warmup_t=kw["warmup_epochs"] * unit,
         warmup_lr_init=kw["warmup_lr"],
         warmup_prefix=kw["warmup_prefix"],
@@ -469,16 +490,59 @@ def timm_reference(base, kwargs, updates_per_epoch, n):
             else [m * unit for m in kw["decay_milestones"]]
         ),
     )
-    times = [u // updates_per_epoch if kw["step_on_epochs"] else u for u in range(n)]
-    return [timm_get_lr(t, base, sched, **options) for t in times]
+    lrs, num_updates = [], 0
+    for epoch in range(-(-n // updates_per_epoch)):
+        for _ in range(updates_per_epoch):
+            lrs.append(optimizer.lr)
+            num_updates += 1
+            scheduler.step_update(num_updates=num_updates)
+        scheduler.step(epoch + 1)
+    return lrs[:n]
+
+
+TIMM_CASES = [
+    # create_scheduler_v2 kwargs, updates_per_epoch, number of updates
+    (dict(sched="cosine", num_epochs=10, min_lr=1e-3, warmup_epochs=3, warmup_lr=1e-5), 1, 14),
+    (dict(sched="cosine", num_epochs=6, warmup_epochs=2, warmup_prefix=True), 3, 30),
+    (dict(sched="cosine", num_epochs=4, cycle_limit=2, cycle_decay=0.5, warmup_lr=0.0), 2, 20),
+    (dict(sched="cosine", num_epochs=5, warmup_epochs=2, step_on_epochs=False), 4, 30),
+    (dict(sched="step", decay_epochs=3, decay_rate=0.5, warmup_epochs=2), 2, 24),
+    (dict(sched="step", decay_epochs=2.5, decay_rate=0.5, step_on_epochs=False), 2, 20),
+    # multistep, per epoch and per update, with and without warmup_prefix, milestones at the
+    # boundaries (0 and 1 meet the constructor's value at t = 0; a repeated milestone).
+    (dict(sched="multistep", decay_milestones=(2, 5), warmup_epochs=1, warmup_prefix=True), 3, 27),
+    (dict(sched="multistep", decay_milestones=(2, 5), warmup_epochs=1), 3, 27),
+    (dict(sched="multistep", decay_milestones=(1, 3), step_on_epochs=False), 5, 25),
+    (
+        dict(sched="multistep", decay_milestones=(1, 4), step_on_epochs=False, warmup_epochs=1),
+        4,
+        24,
+    ),
+    (
+        dict(sched="multistep", decay_milestones=(0, 3, 3), warmup_epochs=2, warmup_prefix=True),
+        2,
+        16,
+    ),
+    (dict(sched="multistep", decay_milestones=(0, 1, 4), decay_rate=0.5), 1, 8),
+    (dict(sched="multistep", decay_milestones=(30, 60, 80)), 1, 90),
+]
 
 
 @pytest.mark.parametrize("kwargs, updates_per_epoch, n", TIMM_CASES)
 def test_timm_scheduler(kwargs, updates_per_epoch, n):
     base = 0.4
-    expected = timm_reference(base, kwargs, updates_per_epoch, n)
+    expected = timm_train_lrs(base, kwargs, updates_per_epoch, n)
     schedule = porting.timm_scheduler(base, updates_per_epoch=updates_per_epoch, **kwargs)
     assert_schedule_equals(schedule, expected)
+
+
+def test_timm_multistep_decays_one_epoch_before_each_milestone():
+    # timm's documented-by-code behaviour, spelled out: ÷10 from epoch 29, 59 and 79.
+    schedule = porting.timm_scheduler(
+        1.0, sched="multistep", decay_milestones=(30, 60, 80), updates_per_epoch=2
+    )
+    lrs = [float(schedule(2 * epoch)) for epoch in (28, 29, 58, 59, 78, 79)]
+    np.testing.assert_allclose(lrs, [1.0, 0.1, 0.1, 0.01, 0.01, 0.001], rtol=RTOL)
 
 
 @pytest.mark.parametrize("warmup_prefix", [False, True])
@@ -550,8 +614,21 @@ def test_timm_warmup_of_zero_steps_is_the_main_schedule():
             lambda: porting.timm_scheduler(0.1, updates_per_epoch=1, cycle_limit=0),
             "cycle_limit must be an integer > 0",
         ),
+        (
+            lambda: porting.timm_scheduler(0.1, updates_per_epoch=1, decay_milestones=(5, 2)),
+            "decay_milestones must be non-decreasing",
+        ),
     ],
 )
 def test_invalid_arguments_raise_naming_the_field(build, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build()
+
+
+@pytest.mark.parametrize("base, t_max, eta_min", [(3.2, 13260, 0.0), (0.4, 7, 1e-3)])
+def test_cosine_annealing_lr_is_accurate_to_float32_over_whole_periods(base, t_max, eta_min):
+    # The same accurate form as recipe.cosine_decay: relative 1e-6 at every step, no slack.
+    t = np.arange(2 * t_max + 3)
+    expected = [closed_cosine(int(s), base, t_max, eta_min) for s in t]
+    got = jax.jit(porting.cosine_annealing_lr(base, t_max, eta_min))(jnp.asarray(t, jnp.int32))
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-6, atol=0)

@@ -127,12 +127,14 @@ def _start(workdir: Path, data_dir: str, fault: dict[str, str] | None = None) ->
 
 
 def _error_lines(stderr: str) -> list[str]:
-    """stderr without absl's and Python's warnings (orbax and jax log some at WARNING)."""
+    """stderr without absl's and Python's warnings (orbax and jax log some at WARNING), and
+    without XLA's "Very slow compile?" banner, which a loaded machine gets."""
     return [
         line
         for line in stderr.splitlines()
         if line.strip()
-        and not line.startswith(("WARNING", "W1", "I1", "E1"))
+        and not line.startswith(("WARNING", "W1", "I1", "E1", "[Compiling module"))
+        and line.strip("*")
         and "Warning" not in line
     ]
 

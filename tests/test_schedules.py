@@ -476,3 +476,19 @@ def test_decay_epochs_on_the_same_update_are_refused():
         schedules.goyal_schedule(
             batch_size=256, steps_per_epoch=2, epochs=4, warmup="none", decay_epochs=(1.0, 1.1)
         )
+
+
+# (init, final, decay steps): Goyal's 90-epoch cosine at kn = 8k (13,260 updates after the
+# warmup), a floor, a short decay, and an odd length (the sin²/cos² switch off the grid).
+ACCURACY_CASES = [(3.2, 0.0, 13260), (0.4, 1e-3, 1000), (1.0, 0.0, 7), (0.1, 0.0, 2001)]
+
+
+@pytest.mark.parametrize("init, final, decay_steps", ACCURACY_CASES)
+def test_cosine_decay_is_accurate_to_float32_over_the_whole_curve(init, final, decay_steps):
+    # Relative 1e-6 at every step, the tail included (no absolute slack), against float64.
+    t = np.arange(decay_steps + 3)
+    done = np.minimum(t, decay_steps).astype(np.float64)
+    expected = final + (init - final) * 0.5 * (1.0 + np.cos(np.pi * done / decay_steps))
+    got = jax.jit(schedules.cosine_decay(init, decay_steps, final))(jnp.asarray(t, jnp.int32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-6, atol=0)

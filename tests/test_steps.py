@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from recipe import models, optim
+from recipe import losses, mixing, models, optim
 from recipe.train import steps
 
 NUM_DEVICES = 4
@@ -23,8 +23,8 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def _setup(bn_scope: str, weight_decay_in_loss: bool = True):
-    model = models.create_model(
+def _setup(bn_scope: str, weight_decay_in_loss: bool = True, model=None):
+    model = model or models.create_model(
         "resnet8",
         num_classes=10,
         num_filters=4,
@@ -143,6 +143,59 @@ def test_weight_decay_in_the_loss_or_the_optimizer_trains_the_same():
     chex.assert_trees_all_close(
         steps.fetch_first(in_loss.params), steps.fetch_first(in_tx.params), rtol=1e-5, atol=1e-6
     )
+
+
+def test_mixing_in_the_train_step_is_the_library_on_each_devices_slice_until_it_stops():
+    """Step 0 mixes (its loss is the cross-entropy of each device's slice mixed by
+    `recipe.mixing` with the device's key); from `stop_step` = 1 on, the step is the plain one."""
+    model = models.ResNet(
+        stage_sizes=(1,), block_cls=models.BasicBlock, num_classes=10, num_filters=4, stem="cifar"
+    )
+    state, step_fn = _setup("device", model=model)
+    # Logits far from uniform, so that the loss tells the targets apart.
+    fc = dict(state.params["fc"], kernel=jax.random.normal(jax.random.key(1), (4, 10)))
+    state = state.replace(params={**state.params, "fc": fc})
+    options = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "switch_prob": 0.5}
+    mix = steps.mixing_fn(
+        7, num_classes=10, label_smoothing=0.1, per_device=True, stop_step=1, **options
+    )
+    runner = steps.pmap_runner(jax.devices()[:NUM_DEVICES])
+    mixed_step = runner.map(functools.partial(step_fn, mix=mix))
+    plain_step = runner.map(step_fn)
+    batches = [
+        runner.put(jax.tree_util.tree_map(lambda x: x.reshape(NUM_DEVICES, -1, *x.shape[1:]), b))
+        for b in (_batch(0), _batch(1))
+    ]
+    start = runner.replicate(state)
+    after_mixed, mixed_metrics = mixed_step(start, batches[0])
+    _, plain_metrics = plain_step(start, batches[0])
+
+    @jax.jit
+    def slice_loss(images, targets):
+        logits, _ = model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return losses.cross_entropy(logits, targets)
+
+    batch, per_slice = _batch(0), []
+    for device in range(NUM_DEVICES):
+        rows = slice(device * BATCH // NUM_DEVICES, (device + 1) * BATCH // NUM_DEVICES)
+        key = jax.random.fold_in(mixing.mixing_key(7, 0), device)
+        images, targets = mixing.mixup_cutmix(
+            key, batch["image"][rows], batch["label"][rows], num_classes=10,
+            label_smoothing=0.1, **options,
+        )  # fmt: skip
+        per_slice.append(float(slice_loss(images, targets)))
+    mixed_loss = float(steps.fetch_first(mixed_metrics)["loss"])
+    np.testing.assert_allclose(mixed_loss, np.mean(per_slice), rtol=1e-5)
+    assert abs(mixed_loss - float(steps.fetch_first(plain_metrics)["loss"])) > 1e-3
+
+    # Step 1 >= stop_step: exactly the plain step from the same state.
+    switched_off = jax.device_get(mixed_step(after_mixed, batches[1]))
+    chex.assert_trees_all_equal(switched_off, jax.device_get(plain_step(after_mixed, batches[1])))
 
 
 def test_uint8_batches_normalised_in_the_step_train_as_host_normalised_floats():

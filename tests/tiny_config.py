@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 1000
     config.eval_batch_size = 1000
     config.num_epochs = 3
+    config.bn.precise_batches = 1  # 1,000 examples: precise BN without a large cost per run
     config.optimizer.warmup_epochs = 1
     config.optimizer.decay_epochs = (2,)
     config.log_every_steps = 2

@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.bn.ghost_batch_size = 32  # n of "ghost": statistics over groups of n per device
     config.bn.group_size = 2  # g of "group": consecutive devices sharing statistics; divides them
     config.bn.momentum = 0.9
+    # Precise BN (Wu & Johnson 2021): before each evaluation (and so in the checkpoint of the
+    # last step), recompute the BN statistics with the current weights over this many training
+    # batches (the stream's next ones, without augmentation); 0 evaluates the running averages.
+    config.bn.precise_batches = 8
 
     # Batch: the global batch kn over all devices and hosts, per optimizer micro-step.
     config.batch_size = 128
@@ -54,6 +58,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 500
     config.num_epochs = 15
     config.label_smoothing = 0.1
+
+    # Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019), as timm's `Mixup`: an α of 0 turns
+    # each off; with both on, CutMix with probability switch_prob. Label smoothing is applied once,
+    # to the mixed targets. λ and the box come from (seed, step): one draw per global batch, or
+    # per device with per_device. Mixing stops from stop_epoch on (None: never).
+    config.mixing = ml_collections.ConfigDict()
+    config.mixing.mixup_alpha = 0.0
+    config.mixing.cutmix_alpha = 0.0
+    config.mixing.switch_prob = 0.5
+    config.mixing.prob = 1.0  # probability of mixing a batch at all
+    config.mixing.per_device = False
+    config.mixing.stop_epoch = ml_collections.config_dict.placeholder(int)
+
+    # Weight EMA (timm's ModelEmaV3): the target decay of an average of the weights kept in the
+    # optimizer state and evaluated beside them with its own precise BN statistics; 0 keeps none.
+    # warmup: timm's decay warmup, 1 − n^(−2/3) after the n-th update, until it reaches decay.
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.0
+    config.ema.warmup = True
 
     # Optimizer and schedule (recipe.optim.build_optimizer). lr = base_lr · batch / base_batch.
     config.optimizer = ml_collections.ConfigDict()

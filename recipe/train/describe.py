@@ -51,7 +51,11 @@ def recipe_text(setup: Setup) -> str:
             ghost=config.bn.ghost_batch_size, group=config.bn.group_size,
             group_batch=config.bn.group_size * layout.per_device_batch)
          + f", momentum {config.bn.momentum}"),
-        ("label smoothing", f"{config.label_smoothing}"),
+        ("evaluated BN", _precise_bn_text(setup)),
+        ("label smoothing", f"{config.label_smoothing}"
+         + (", applied once to the mixed targets" if setup.mix else "")),
+        ("mixup / cutmix", _mixing_text(setup)),
+        ("weight EMA", _ema_text(setup)),
         ("noise scale", _noise_scale_text(setup)),
         ("runner", config.runner),
         ("input", _input_text(setup)),
@@ -146,6 +150,48 @@ def _decay_text(setup: Setup) -> str:
         f"step ×{schedule.decay_factor} at epochs {epochs} ({origin}; updates "
         f"{', '.join(map(str, schedule.decay_boundaries))})"
     )
+
+
+def _precise_bn_text(setup: Setup) -> str:
+    config, layout = setup.config, setup.layout
+    if not config.bn.precise_batches:
+        return "running averages"
+    n = config.bn.precise_batches
+    estimate = (
+        "mean of the ghost-batch statistics"
+        if config.bn.scope == "ghost"
+        else "population mean and variance"
+    )
+    return (
+        f"precise BN: {estimate} of the current weights over {n} training batch"
+        f"{'es' if n > 1 else ''} ({n * layout.batch_size} examples, no augmentation) before "
+        "each evaluation"
+    )
+
+
+def _mixing_text(setup: Setup) -> str:
+    mixing = setup.config.mixing
+    if setup.mix is None:
+        return "off"
+    kinds = [
+        f"{name} α {alpha:g}"
+        for name, alpha in (("Mixup", mixing.mixup_alpha), ("CutMix", mixing.cutmix_alpha))
+        if alpha > 0
+    ]
+    text = " or ".join(kinds)
+    if len(kinds) == 2:
+        text += f" (CutMix with probability {mixing.switch_prob:g})"
+    text += ", every batch" if mixing.prob == 1 else f", a batch with probability {mixing.prob:g}"
+    text += ", a draw per device" if mixing.per_device else ", one draw per global batch"
+    return text + ("" if mixing.stop_epoch is None else f", until epoch {mixing.stop_epoch}")
+
+
+def _ema_text(setup: Setup) -> str:
+    ema = setup.config.ema
+    if not ema.decay:
+        return "off"
+    warmup = ", timm's warmup 1 − n^(−2/3)" if ema.warmup else ""
+    return f"decay {ema.decay:g}{warmup}; evaluated beside the weights, with its own precise BN"
 
 
 def _param_shapes(variables: Any) -> dict[str, tuple[int, ...]]:

@@ -87,11 +87,20 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "bn.ghost_batch_size": checks.check_positive_int,
     "bn.group_size": checks.check_positive_int,
     "bn.momentum": checks.check_in_unit_interval,
+    "bn.precise_batches": checks.check_non_negative_int,
     "batch_size": checks.check_positive_int,
     "accumulation_steps": checks.check_positive_int,
     "eval_batch_size": checks.check_positive_int,
     "num_epochs": checks.check_positive_int,
     "label_smoothing": checks.check_in_unit_interval,
+    "mixing.mixup_alpha": checks.check_non_negative,
+    "mixing.cutmix_alpha": checks.check_non_negative,
+    "mixing.switch_prob": checks.check_in_unit_interval,
+    "mixing.prob": checks.check_in_unit_interval,
+    "mixing.per_device": checks.check_bool,
+    "mixing.stop_epoch": _optional(checks.check_non_negative_int),
+    "ema.decay": _check_momentum,
+    "ema.warmup": checks.check_bool,
     "optimizer.name": _choice(optim.OPTIMIZER_NAMES),
     "optimizer.trust_coefficient": checks.check_positive,
     "optimizer.beta2": _check_momentum,
@@ -182,9 +191,11 @@ class Setup:
       image_shape: (height, width, channels) of the model's input.
       model: the linen model (its BatchNorm scope included).
       abstract_variables: the model's variables as `jax.ShapeDtypeStruct`s.
-      optimizer: the optax transformation, its schedule and the loss's L2 penalty.
+      optimizer: the optax transformation, its schedule and the loss's L2 penalty (and the
+        weight EMA, in its state, when `ema.decay` > 0).
       layout: the batch layout and the run's length in steps.
       data_workers: the loader's worker processes (`config.data_workers`, or its default).
+      mix: the train step's Mixup / CutMix (`steps.mixing_fn`), or None when both α are 0.
       noise_scale_ema: the gradient noise scale's averages, when `noise_scale.enabled`.
     """
 
@@ -196,6 +207,7 @@ class Setup:
     optimizer: optim.Optimizer
     layout: BatchLayout
     data_workers: int
+    mix: Callable[..., Any] | None = None
     noise_scale_ema: noise_scale.NoiseScaleEMA | None = None
 
     def runner(self) -> steps.Runner:
@@ -232,6 +244,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         flag that fixes it.
     """
     check_fields(config)
+    _check_ema(config)
     spec = _training_examples(config, datasets.get_dataset_spec(config.dataset))
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
@@ -261,6 +274,8 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             accumulation_steps=config.accumulation_steps,
             # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
             weight_decay_in_loss=config.optimizer.name != "lamb",
+            ema_decay=config.ema.decay,
+            ema_warmup=config.ema.warmup,
         )
     return Setup(
         config=config,
@@ -271,6 +286,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         optimizer=optimizer,
         layout=layout,
         data_workers=_data_workers(config.data_workers, spec),
+        mix=_mixing(config, spec, layout),
         noise_scale_ema=(
             noise_scale.noise_scale_ema(config.noise_scale.decay)
             if config.noise_scale.enabled
@@ -298,6 +314,42 @@ def _training_examples(
             f"got {count}; fix: --config.train_examples={spec.num_train}"
         )
     return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
+
+
+def _check_ema(config: ml_collections.ConfigDict) -> None:
+    if config.ema.decay > 0 and config.bn.precise_batches == 0:
+        raise ConfigError(
+            f"ema.decay > 0 needs bn.precise_batches > 0 (the average of the weights is "
+            f"evaluated with BN statistics recomputed for it), got ema.decay={config.ema.decay} "
+            f"and bn.precise_batches=0; fix: --config.bn.precise_batches="
+            f"{default.get_config().bn.precise_batches}"
+        )
+
+
+def _mixing(
+    config: ml_collections.ConfigDict, spec: datasets.DatasetSpec, layout: BatchLayout
+) -> Callable[..., Any] | None:
+    """The train step's Mixup / CutMix (None when both α are 0), after the rule between
+    `mixing.stop_epoch` and the run's length."""
+    mixing = config.mixing
+    if mixing.stop_epoch is not None and mixing.stop_epoch > config.num_epochs:
+        raise ConfigError(
+            f"mixing.stop_epoch must be <= num_epochs ({config.num_epochs}) or None (mix to the "
+            f"end), got {mixing.stop_epoch}; fix: --config.mixing.stop_epoch={config.num_epochs}"
+        )
+    if mixing.mixup_alpha == 0 and mixing.cutmix_alpha == 0:
+        return None
+    return steps.mixing_fn(
+        config.seed,
+        num_classes=spec.num_classes,
+        label_smoothing=config.label_smoothing,
+        per_device=mixing.per_device,
+        stop_step=None if mixing.stop_epoch is None else mixing.stop_epoch * layout.steps_per_epoch,
+        mixup_alpha=mixing.mixup_alpha,
+        cutmix_alpha=mixing.cutmix_alpha,
+        switch_prob=mixing.switch_prob,
+        prob=mixing.prob,
+    )
 
 
 def _bn_scope(config: ml_collections.ConfigDict, device_count: int) -> models.BNScope:

@@ -30,7 +30,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from recipe import losses, models, noise_scale, optim
+from recipe import ema as ema_lib
+from recipe import losses, mixing, models, noise_scale, optim, precise_bn
 from recipe.noise_scale import NoiseScaleEMA, NoiseScaleState
 
 AXIS = "batch"
@@ -88,6 +89,7 @@ def train_step(
     axis_name: AxisName = AXIS,
     noise_scale_ema: NoiseScaleEMA | None = None,
     normalize: Callable[[jax.Array], jax.Array] | None = None,
+    mix: Callable[..., tuple[jax.Array, jax.Array]] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch.
 
@@ -112,6 +114,9 @@ def train_step(
         across examples (any BN scope) the coupled examples make it approximate.
       normalize: maps `batch['image']` to the model's input inside the step, e.g.
         `recipe.data.normalize_images` with the dataset's statistics bound, for uint8 batches.
+      mix: Mixup / CutMix of this device's slice of normalised images before the forward pass
+        (`mixing_fn`), `mix(step, images, labels, axis_name) -> (images, soft targets)`; the
+        targets carry the label smoothing, so the loss adds none.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
@@ -122,6 +127,10 @@ def train_step(
     """
 
     images = batch["image"] if normalize is None else normalize(batch["image"])
+    targets, smoothing = batch["label"], label_smoothing
+    if mix is not None:
+        images, targets = mix(state.step, images, targets, axis_name)
+        smoothing = 0.0
 
     def loss_fn(params):
         logits, new_model_state = model.apply(
@@ -130,7 +139,7 @@ def train_step(
             train=True,
             mutable=["batch_stats"],
         )
-        loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
+        loss = losses.cross_entropy(logits, targets, smoothing)
         objective = loss if loss_penalty is None else loss + loss_penalty(params)
         return objective, (loss, logits, new_model_state["batch_stats"])
 
@@ -249,6 +258,45 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def mixing_fn(
+    seed: int,
+    *,
+    num_classes: int,
+    label_smoothing: float,
+    per_device: bool,
+    stop_step: int | None = None,
+    **options: float,
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """`train_step`'s `mix`: `recipe.mixing.mixup_cutmix` keyed by (seed, step), so a resumed
+    run mixes every step as the uninterrupted one did.
+
+    Args:
+      seed: the run's seed.
+      num_classes: K.
+      label_smoothing: ε, applied once to the mixed targets.
+      per_device: each device draws its own λ and box (the key folds in the device index
+        along the step's `axis_name`); False: one draw for the global batch.
+      stop_step: the micro-step from which batches are no longer mixed (timm's
+        `--mixup-off-epoch` × steps per epoch); None mixes every step.
+      **options: `mixup_alpha`, `cutmix_alpha`, `switch_prob`, `prob` of `mixup_cutmix`.
+    """
+
+    def mix(step, images, labels, axis_name=AXIS):
+        key = mixing.mixing_key(seed, step, axis_name if per_device else None)
+        enabled = True if stop_step is None else step < stop_step
+        return mixing.mixup_cutmix(
+            key,
+            images,
+            labels,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            enabled=enabled,
+            **options,
+        )
+
+    return mix
+
+
 def eval_step(
     state: TrainState,
     batch: Batch,
@@ -280,6 +328,56 @@ def eval_step(
 def average_batch_stats(state: TrainState, axis_name: AxisName = AXIS) -> TrainState:
     """Averages BN running statistics over devices (before evaluation and checkpointing)."""
     return state.replace(batch_stats=lax.pmean(state.batch_stats, axis_name))
+
+
+def precise_bn_estimator(model: models.ResNet, axis_name: AxisName = AXIS) -> precise_bn.PreciseBN:
+    """Precise BN for `model` under a runner: the population statistics of per-device,
+    grouped and cross-device BN, the mean of the ghost-batch statistics for ghost BN (see
+    `recipe.precise_bn`), combined over all devices along `axis_name` (`Runner.axis_name`)."""
+    return precise_bn.precise_bn_estimator(
+        functools.partial(model.apply, train=True, mutable=["batch_stats"]),
+        momentum=model.bn_momentum,
+        variance="batch_mean" if model.bn_scope.ghost_batch_size else "population",
+        axis_name=axis_name,
+    )
+
+
+def evaluated_weights(state: TrainState, *, ema: bool) -> Any:
+    """The weights an evaluation scores: the trained ones, or their EMA (`recipe.ema`)."""
+    return ema_lib.ema_params(state.opt_state) if ema else state.params
+
+
+def precise_bn_init(state: TrainState, *, estimator: precise_bn.PreciseBN):
+    return estimator.init(state.batch_stats)
+
+
+def precise_bn_update(
+    stats: precise_bn.PreciseBNState,
+    state: TrainState,
+    batch: Batch,
+    *,
+    estimator: precise_bn.PreciseBN,
+    ema: bool,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
+) -> precise_bn.PreciseBNState:
+    """Adds this device's slice of one batch to the precise BN statistics of the weights
+    (`normalize` as in `train_step`)."""
+    variables = {"params": evaluated_weights(state, ema=ema), "batch_stats": state.batch_stats}
+    images = batch["image"] if normalize is None else normalize(batch["image"])
+    return estimator.update(stats, variables, images)
+
+
+def with_precise_bn(
+    state: TrainState,
+    stats: precise_bn.PreciseBNState,
+    *,
+    estimator: precise_bn.PreciseBN,
+    ema: bool,
+) -> TrainState:
+    """The state with the precise BN statistics (and, with `ema`, the averaged weights)."""
+    return state.replace(
+        params=evaluated_weights(state, ema=ema), batch_stats=estimator.result(stats)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from recipe.train.resolve import ConfigError, Setup, check_fields, flat_fields, 
 
 __all__ = [
     "ConfigError",
+    "Evaluator",
     "NonFiniteLossError",
     "SavedRun",
     "describe",
@@ -119,11 +120,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     check_fields(config)
     initialize_distributed(config.distributed)
     setup = resolve(config, jax.device_count())
-    _, test_source = _open_data(setup)
+    train_source, test_source = _open_data(setup)
     step, state = restore_checkpoint(setup, workdir)
     runner = setup.runner()
-    eval_step = runner.map(_eval_step(setup, runner))
-    result = _evaluate(setup, runner, eval_step, runner.replicate(state), test_source)
+    evaluator = Evaluator(setup, runner, train_source, test_source)
+    _, result = evaluator(runner.replicate(state), step)
     return {"step": step, **result}
 
 
@@ -349,18 +350,16 @@ def _run(
             axis_name=runner.axis_name,
             noise_scale_ema=setup.noise_scale_ema,
             normalize=_normalize(setup),
+            mix=setup.mix,
         ),
         donate_argnums=(0,),
     )
-    eval_step = runner.map(_eval_step(setup, runner))
+    evaluate_now = Evaluator(setup, runner, train_source, test_source)
     average_batch_stats = runner.map(
         functools.partial(steps.average_batch_stats, axis_name=runner.axis_name),
         donate_argnums=(0,),
     )
     device_state = runner.replicate(state)
-
-    def evaluate_now(device_state) -> dict[str, float]:
-        return _evaluate(setup, runner, eval_step, device_state, test_source)
 
     def check_finite(step: int, fetched: dict[str, float]) -> None:
         if fetched["finite"] or config.on_nonfinite == "skip":
@@ -447,11 +446,20 @@ def _run(
             # training forward pass never reads them, so the trajectory is unchanged.
             device_state = average_batch_stats(device_state)
         if eval_now:
-            final_eval = evaluate_now(device_state)
+            # With precise BN the running averages are replaced by statistics of the current
+            # weights (so the checkpoint of the last step holds them); this happens at the same
+            # steps in a resumed run, and training never reads them, so resuming stays exact.
+            device_state, final_eval = evaluate_now(device_state, step)
             writer.write(step, "eval", {**final_eval, "epoch": step / layout.steps_per_epoch})
             progress.write(
                 f"epoch {step / layout.steps_per_epoch:g}: test accuracy "
                 f"{100 * final_eval['accuracy']:.2f}%, loss {final_eval['loss']:.4f}"
+                + (
+                    f" (weight EMA: {100 * final_eval['ema_accuracy']:.2f}%, loss "
+                    f"{final_eval['ema_loss']:.4f})"
+                    if "ema_accuracy" in final_eval
+                    else ""
+                )
             )
         wrote = False
         if (checkpoint_now or stop) and step != last_checkpoint:
@@ -470,7 +478,7 @@ def _run(
 
     # ---- Results.
     if not final_eval:  # resumed from the checkpoint of the last step
-        final_eval = evaluate_now(device_state)
+        _, final_eval = evaluate_now(device_state, step)
     if is_writer:
         plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
     writer.close()
@@ -508,6 +516,98 @@ def _check_finite_state(host_state: steps.TrainState, step: int, kept: str) -> N
                 f"({jax.tree_util.keystr(path)}), so it was not checkpointed; the last good "
                 f"checkpoint is {kept}. Lower the learning rate."
             )
+
+
+class Evaluator:
+    """Scores a device state at a step: the weights, with BN statistics recomputed for them
+    over `bn.precise_batches` training batches from that step when precise BN is on, and the
+    weight EMA beside them (keys `ema_*`) when there is one.
+
+    `precise_batches` overrides the config's count (`bench/precise_bn.py` compares counts).
+    """
+
+    def __init__(
+        self,
+        setup: Setup,
+        runner: steps.Runner,
+        train_source: Any,
+        test_source: Any,
+        precise_batches: int | None = None,
+    ):
+        self.setup, self.runner = setup, runner
+        self.train_source, self.test_source = train_source, test_source
+        config = setup.config
+        self.eval_step = runner.map(_eval_step(setup, runner))
+        self.precise_batches = (
+            config.bn.precise_batches if precise_batches is None else precise_batches
+        )
+        self.ema = config.ema.decay > 0
+        if self.precise_batches:
+            estimator = steps.precise_bn_estimator(setup.model, axis_name=runner.axis_name)
+            self.init = runner.map(functools.partial(steps.precise_bn_init, estimator=estimator))
+            weights = (False, True) if self.ema else (False,)
+            self.update = {
+                ema: runner.map(
+                    functools.partial(
+                        steps.precise_bn_update,
+                        estimator=estimator,
+                        ema=ema,
+                        normalize=_normalize(setup),
+                    ),
+                    donate_argnums=(0,),
+                )
+                for ema in weights
+            }
+            self.finish = {
+                ema: runner.map(
+                    functools.partial(steps.with_precise_bn, estimator=estimator, ema=ema)
+                )
+                for ema in weights
+            }
+
+    def __call__(self, device_state: Any, step: int) -> tuple[Any, dict[str, float]]:
+        """(the state with precise BN statistics when on, its evaluation record)."""
+        if self.precise_batches:
+            device_state = self.with_precise_bn(device_state, step)
+        result = self.scores(device_state)
+        if self.ema:
+            result.update(
+                {
+                    f"ema_{key}": value
+                    for key, value in self.scores(
+                        self.with_precise_bn(device_state, step, ema=True)
+                    ).items()
+                }
+            )
+        return device_state, result
+
+    def scores(self, device_state: Any) -> dict[str, float]:
+        """Loss and accuracy of the state's weights and BN statistics on the test split."""
+        return _evaluate(self.setup, self.runner, self.eval_step, device_state, self.test_source)
+
+    def with_precise_bn(
+        self, device_state: Any, step: int, *, ema: bool = False, num_batches: int | None = None
+    ) -> Any:
+        """The state with BN statistics of its weights (or, with `ema`, of their average, which
+        then replaces the weights) over the training batches of steps `step` … `step + N − 1`
+        (N = `num_batches` or the evaluator's count), without augmentation: a loader of its
+        own, so the training stream is left as it is."""
+        config, layout = self.setup.config, self.setup.layout
+        batches = pipeline.train_batches(
+            self.train_source,
+            self.setup.spec,
+            seed=config.seed,
+            global_batch=layout.batch_size,
+            start_step=step,
+            num_steps=num_batches or self.precise_batches,
+            augment=False,
+            accumulation_steps=layout.accumulation_steps,
+            **_loader_options(self.setup),
+        )
+        stats = self.init(device_state)
+        for batch in self.runner.prefetch(map(_model_inputs, batches)):
+            stats = self.update[ema](stats, device_state, batch)
+        return self.finish[ema](device_state, stats)
 
 
 def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, float]:
