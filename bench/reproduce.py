@@ -89,8 +89,12 @@ def _config(overrides: dict):
     return jax_steps.config_for(**overrides)
 
 
-def precise_bn_test_error(config, workdir: pathlib.Path) -> dict:
-    """Test error of the final checkpoint with BN statistics recomputed on the training set."""
+def precise_bn_test_error(
+    config, workdir: pathlib.Path, sources: tuple | None = None, max_examples: int | None = None
+) -> dict:
+    """Test error of the final checkpoint with BN statistics recomputed on the training set
+    (its first `max_examples`, in whole batches of the run's size, at least one; all of it by
+    default). `sources`: the (train, test) sources to read, by default `load_source`'s."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -116,11 +120,15 @@ def precise_bn_test_error(config, workdir: pathlib.Path) -> dict:
         logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
         return jnp.argmax(logits, -1)
 
-    train_source = datasets.load_source(config.dataset, spec.train_split, config.data_dir)
-    test_source = datasets.load_source(config.dataset, spec.test_split, config.data_dir)
+    train_source, test_source = sources or (
+        datasets.load_source(config.dataset, spec.train_split, config.data_dir),
+        datasets.load_source(config.dataset, spec.test_split, config.data_dir),
+    )
     layout = dict(process_index=0, process_count=1, local_device_count=1)
     bn_batch = config.batch_size
     num_batches = pipeline.steps_per_epoch(len(train_source), bn_batch)
+    if max_examples is not None:
+        num_batches = max(1, min(num_batches, max_examples // bn_batch))
     sums = None
     for batch in pipeline.train_batches(
         train_source,

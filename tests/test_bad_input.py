@@ -138,6 +138,11 @@ BAD_INPUTS = {
     "unknown dtype": ({"dtype": "float16"}, r"dtype must be one of 'float32', 'bfloat16'"),
     "width 0": ({"num_filters": 0}, r"num_filters must be an integer > 0, got 0"),
     "image size 0": ({"image_size": 0}, r"image_size must be an integer > 0, got 0"),
+    "no training examples": ({"train_examples": 0}, r"train_examples must be an integer > 0"),
+    "more training examples than the split": (
+        {"train_examples": 4001},
+        r"train_examples must be <= the 4000 training examples of mnist5k, got 4001",
+    ),
     "negative data workers": ({"data_workers": -1}, r"data_workers must be an integer >= 0"),
     "device prefetch 0": ({"device_prefetch": 0}, r"device_prefetch must be an integer > 0"),
     "negative seed": ({"seed": -1}, r"seed must be an integer >= 0, got -1"),

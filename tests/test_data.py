@@ -96,12 +96,14 @@ def test_specs_and_unknown_dataset():
         "cifar10",
         "imagenette",
         "imagenet2012",
+        "fashion_mnist",
         "synthetic_imagenet",
         "synthetic_imagenet_small",
     )
     assert SPEC.num_train == 4000 and SPEC.num_test == 1000 and not SPEC.horizontal_flip
     assert data.get_dataset_spec("cifar10").horizontal_flip
-    with pytest.raises(ValueError, match="mnist5k, cifar10, imagenette, imagenet2012, synth"):
+    names = "mnist5k, cifar10, imagenette, imagenet2012, fashion_mnist, synthetic_imagenet"
+    with pytest.raises(ValueError, match=names):
         data.get_dataset_spec("mnist")
 
 
@@ -192,6 +194,16 @@ def test_resume_reproduces_remaining_batches(train_source):
         train_source, SPEC, process_index=0, process_count=1, start_step=5, **kwargs
     )
     _assert_same_batches(uninterrupted[5:], [next(endless) for _ in range(7)])
+
+
+def test_in_memory_source_same_examples_and_batches(train_source):
+    memory = data.InMemorySource(train_source, chunk_size=1500)
+    assert len(memory) == len(train_source)
+    for index in (0, 1499, 1500, len(train_source) - 1):
+        example, stored = memory[index], train_source[index]
+        np.testing.assert_array_equal(example["image"], stored["image"])
+        assert example["label"] == stored["label"]
+    _assert_same_batches(_train(memory, augment=True), _train(train_source, augment=True))
 
 
 def test_normalisation_zero_mean_unit_std(train_source):

@@ -79,6 +79,22 @@ def test_describe_places_the_paper_milestones_on_any_run_length(data_dir):
     assert "at epochs 10, 20, 26.67 (Goyal's 30, 60, 80 of 90 placed on 30 epochs" in text
 
 
+def test_train_examples_trains_on_the_first_n_held_in_memory(data_dir):
+    """`train_examples` slices the split (epochs count N), `data_in_memory` holds it decoded
+    once per process: the trainer's sources are the split's first N examples and the whole
+    test split."""
+    setup = resolve.resolve(tiny.make_config(data_dir, train_examples=2000, data_in_memory=True), 4)
+    assert setup.spec.num_train == 2000 and setup.layout.steps_per_epoch == 2
+    assert "the first 2000 training examples (train[:2000])" in trainer.describe(setup.config)
+    train, test = trainer._open_data(setup)
+    assert isinstance(train, datasets.InMemorySource) and (len(train), len(test)) == (2000, 1000)
+    assert trainer._open_data(setup)[0] is train  # decoded once per process
+    whole = datasets.load_source("mnist5k", "train", data_dir)
+    for i in (0, 1999):
+        np.testing.assert_array_equal(train[i]["image"], whole[i]["image"])
+        assert train[i]["label"] == whole[i]["label"]
+
+
 @pytest.mark.parametrize("accumulation_steps", [1, 2, 4])
 def test_accumulation_keeps_the_learning_rate_at_every_epoch_boundary(accumulation_steps, data_dir):
     """Micro-batches of 200 accumulated a times are the run at batch 200·a: same lr per epoch."""

@@ -20,6 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/...
     config.augment = True
     config.image_size = ml_collections.config_dict.placeholder(int)  # None: the dataset's size
+    # Train on the first N examples of the training split (None: all of it); epochs, the
+    # schedule and the steps count these N. For quicker studies (bench/reproduce_fashion.py).
+    config.train_examples = ml_collections.config_dict.placeholder(int)
+    # Hold both splits decoded in memory (recipe.data.InMemorySource; 'small' datasets only):
+    # for fashion_mnist and cifar10, stored as PNG, decoding is otherwise most of an epoch's input
+    # cost (about 1 ms per image on one core, more than a small model's step).
+    config.data_in_memory = False
     # Input pipeline (recipe.data.train_batches). Worker processes decoding batches; None: one per
     # core this process may use (recipe.data.default_worker_count) for JPEG ('imagenet' family)
     # datasets, and for the small in-memory ones 0 (one background thread, which already outruns

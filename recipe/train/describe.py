@@ -119,6 +119,11 @@ def _input_text(setup: Setup) -> str:
         decoder = "uint8 arrays, no decoding"
     per_image = math.prod(setup.image_shape)
     per_step = setup.layout.batch_size * per_image
+    if setup.config.data_in_memory:
+        decoder = "decoded once and held in memory"
+    subset = setup.config.train_examples
+    if subset is not None:
+        who = f"the first {subset} training examples ({setup.spec.train_split}); {who}"
     return (
         f"{who}; {decoder}; uint8 to the devices, {per_step / 2**20:,.1f} MiB per step "
         f"({per_image:,} bytes per image, a quarter of float32), normalised in the step; "

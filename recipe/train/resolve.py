@@ -75,6 +75,8 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "data_dir": _optional(checks.check_string),
     "augment": checks.check_bool,
     "image_size": _optional(checks.check_positive_int),
+    "train_examples": _optional(checks.check_positive_int),
+    "data_in_memory": checks.check_bool,
     "data_workers": _optional(checks.check_non_negative_int),
     "device_prefetch": checks.check_positive_int,
     "model": _choice(models.MODEL_NAMES),
@@ -243,7 +245,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     """
     check_fields(config)
     _check_ema(config)
-    spec = datasets.get_dataset_spec(config.dataset)
+    spec = _training_examples(config, datasets.get_dataset_spec(config.dataset))
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
@@ -291,6 +293,27 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             else None
         ),
     )
+
+
+def _training_examples(
+    config: ml_collections.ConfigDict, spec: datasets.DatasetSpec
+) -> datasets.DatasetSpec:
+    """The dataset as this run trains on it: its first `train_examples` training examples (TFDS
+    split slicing, `train[:N]`), held in memory with `data_in_memory`."""
+    if config.data_in_memory and spec.family != "small":
+        raise ConfigError(
+            f"data_in_memory holds every decoded image in memory, for the 'small' datasets only; "
+            f"{spec.name} is of the {spec.family!r} family; fix: --config.data_in_memory=false"
+        )
+    count = config.train_examples
+    if count is None:
+        return spec
+    if count > spec.num_train:
+        raise ConfigError(
+            f"train_examples must be <= the {spec.num_train} training examples of {spec.name}, "
+            f"got {count}; fix: --config.train_examples={spec.num_train}"
+        )
+    return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
 
 
 def _check_ema(config: ml_collections.ConfigDict) -> None:

@@ -55,6 +55,7 @@ RESUMABLE_FIELDS = (
     "progress_bar",
     "eval_batch_size",
     "data_workers",
+    "data_in_memory",
     "device_prefetch",
 )
 CONFIG_FILE = "config.json"
@@ -266,10 +267,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _open_data(setup: Setup) -> tuple[Any, Any]:
     config, spec = setup.config, setup.spec
+    load = datasets.load_in_memory if config.data_in_memory else datasets.load_source
     try:
         return (
-            datasets.load_source(config.dataset, spec.train_split, config.data_dir),
-            datasets.load_source(config.dataset, spec.test_split, config.data_dir),
+            load(config.dataset, spec.train_split, config.data_dir),
+            load(config.dataset, spec.test_split, config.data_dir),
         )
     except datasets.DatasetNotPreparedError as error:
         raise ConfigError(" ".join(str(error).split())) from error
