@@ -351,7 +351,8 @@ def test_workdir_without_write_permission(data_dir, tmp_path):
 CLI_BAD_INPUTS = {
     "unknown field": (
         ["--config.lr_warmup=5"],
-        r"^error: unknown config field\(s\) lr_warmup \(did you mean ema\.warmup or optimizer\.warmup\?\)",
+        r"^error: unknown config field\(s\) lr_warmup "
+        r"\(did you mean ema\.warmup or optimizer\.warmup\?\)",
     ),
     "misspelled nested field": (
         ["--config.optimizer.warmup_epoch=3"],
