@@ -72,6 +72,21 @@ def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):
     assert (tmp_path / "lr_schedule.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("dataset", "in_memory", "decoder"),
+    [
+        ("mnist5k", False, "uint8 arrays, no decoding"),
+        ("fashion_mnist", False, "PNG decoded by TFDS on every read"),
+        ("fashion_mnist", True, "decoded once and held in memory"),
+        ("cifar10", False, "PNG decoded by TFDS on every read"),
+    ],
+)
+def test_describe_says_how_the_images_are_decoded(data_dir, dataset, in_memory, decoder):
+    config = tiny.make_config(data_dir, dataset=dataset, data_in_memory=in_memory)
+    (line,) = [line for line in trainer.describe(config).splitlines() if line.startswith("input")]
+    assert f"; {decoder}" in line
+
+
 def test_describe_places_the_paper_milestones_on_any_run_length(data_dir):
     text = trainer.describe(
         tiny.make_config(data_dir, num_epochs=30, **{"optimizer.decay_epochs": None})

@@ -52,6 +52,9 @@ class DatasetSpec:
         std: Per-channel standard deviation of the pixels, in 0–1 units.
         horizontal_flip: Whether training augmentation mirrors images left–right.
         crop_padding: Zero padding (pixels per side) before the random crop ('small' only).
+        stored_as: How TFDS stores each image: 'png' (decoded on every read, unless the
+            trainer holds the split in memory), or 'uint8' (a raw array, no decoding); the
+            'imagenet' family is JPEG, decoded by recipe's own crop-aware path.
     """
 
     name: str
@@ -67,6 +70,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     horizontal_flip: bool
     crop_padding: int = 0
+    stored_as: Literal["uint8", "png", "jpeg"] = "uint8"
 
 
 _SPECS = {
@@ -101,6 +105,7 @@ _SPECS = {
             train_split="train",
             test_split="test",
             family="small",
+            stored_as="png",
             mean=_CIFAR10_MEAN,
             std=_CIFAR10_STD,
             horizontal_flip=True,
@@ -118,6 +123,7 @@ _SPECS = {
             train_split="train",
             test_split="validation",
             family="imagenet",
+            stored_as="jpeg",
             mean=_IMAGENET_MEAN,
             std=_IMAGENET_STD,
             horizontal_flip=True,
@@ -132,6 +138,7 @@ _SPECS = {
             train_split="train",
             test_split="validation",
             family="imagenet",
+            stored_as="jpeg",
             mean=_IMAGENET_MEAN,
             std=_IMAGENET_STD,
             horizontal_flip=True,
@@ -146,6 +153,7 @@ _SPECS = {
             train_split="train",
             test_split="test",
             family="small",
+            stored_as="png",
             # Mean and std of all pixels/255 of the 60,000 training images (0.286041,
             # 0.353024), computed once with numpy from `fashion_mnist.read_idx` of
             # train-images-idx3-ubyte.gz.
@@ -167,6 +175,7 @@ _SPECS = {
                 train_split="train",
                 test_split="validation",
                 family="imagenet",
+                stored_as="jpeg",
                 # ImageNet's statistics, so configs written for imagenet2012 apply unchanged.
                 mean=_IMAGENET_MEAN,
                 std=_IMAGENET_STD,

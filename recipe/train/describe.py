@@ -113,10 +113,11 @@ def _input_text(setup: Setup) -> str:
     """Who decodes, with what, and the bytes that cross to the devices."""
     workers = setup.data_workers
     who = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "1 thread"
-    if setup.spec.family == "imagenet":
-        decoder = "JPEG decoded by libjpeg-turbo at the DCT scale the crop needs, OpenCV resize"
-    else:
-        decoder = "uint8 arrays, no decoding"
+    decoder = {
+        "jpeg": "JPEG decoded by libjpeg-turbo at the DCT scale the crop needs, OpenCV resize",
+        "png": "PNG decoded by TFDS on every read (--config.data_in_memory=true: once)",
+        "uint8": "uint8 arrays, no decoding",
+    }[setup.spec.stored_as]
     per_image = math.prod(setup.image_shape)
     per_step = setup.layout.batch_size * per_image
     if setup.config.data_in_memory:
