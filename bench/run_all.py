@@ -170,6 +170,43 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
             f"{transfer['float32']['bytes_per_image'] / transfer['uint8']['bytes_per_image']:.0f}×",
             "4×",
         ])  # fmt: skip
+    pb = _load("precise_bn")
+    if pb:
+        by_epoch = {row["epoch"]: row for row in pb["rows"]}
+        early = [by_epoch[e] for e in (2.0, 3.0) if e in by_epoch]
+        rows.append([
+            "7. default run, test accuracy at epochs 2 / 3: BN running averages / precise BN "
+            "(8 batches)",
+            " / ".join(f"{r['running']:.1%}" for r in early) + " vs "
+            + " / ".join(f"{r['N=8']:.1%}" for r in early),
+            "–",
+        ])  # fmt: skip
+    fashion = _load("reproduce_fashion")
+    if fashion:
+        from bench import reproduce_fashion  # imports the trainer: only when there are results
+
+        errors: dict[str, list[float]] = {}
+        for run in reproduce_fashion.completed(fashion["results"]):
+            if run["group"] == "table1":
+                errors.setdefault(run["name"], []).append(run["test_error_precise_bn"])
+        names = ("base", "no warmup", "constant warmup", "gradual warmup")
+        means = {n: sum(errors[n]) / len(errors[n]) for n in names if errors.get(n)}
+        analysis = reproduce_fashion.analyse(fashion)
+        rows.append([
+            f"8. Fashion-MNIST Table 1 test error % (base / no / constant / gradual warmup, "
+            f"k = {fashion['k']})",
+            " / ".join(f"{means[n]:.2f}" if n in means else "–" for n in names),
+            "gradual within 0.5 pp of base",
+        ])  # fmt: skip
+        if analysis.get("b_noise"):
+            rows.append([
+                "8. Fashion-MNIST kn* (SGD, gradual warmup) / B_noise on the base run",
+                f"{analysis['kn_star']} / {analysis['b_noise']['mean']:.0f}",
+                "–",
+            ])  # fmt: skip
+        rows.append([
+            "8. `make reproduce-fashion` time", f"{fashion['elapsed_s'] / 60:.1f} min", "≤ 45 min"
+        ])  # fmt: skip
     lines += [common.md_table(["measurement", "result", "target"], rows), ""]
     if elapsed:
         lines.append(
