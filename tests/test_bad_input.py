@@ -143,6 +143,12 @@ BAD_INPUTS = {
         {"train_examples": 4001},
         r"train_examples must be <= the 4000 training examples of mnist5k, got 4001",
     ),
+    "JPEG dataset held in memory": (
+        {"dataset": "synthetic_imagenet_small", "batch_size": 16, "data_in_memory": True},
+        r"data_in_memory holds every decoded image in memory, for the 'small' datasets only; "
+        r"synthetic_imagenet_small is of the 'imagenet' family; "
+        r"fix: --config\.data_in_memory=false",
+    ),
     "negative data workers": ({"data_workers": -1}, r"data_workers must be an integer >= 0"),
     "device prefetch 0": ({"device_prefetch": 0}, r"device_prefetch must be an integer > 0"),
     "negative seed": ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
