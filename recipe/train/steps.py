@@ -373,11 +373,22 @@ def with_precise_bn(
     *,
     estimator: precise_bn.PreciseBN,
     ema: bool,
+    keep_if_nonfinite: AxisName | None = None,
 ) -> TrainState:
-    """The state with the precise BN statistics (and, with `ema`, the averaged weights)."""
-    return state.replace(
-        params=evaluated_weights(state, ema=ema), batch_stats=estimator.result(stats)
-    )
+    """The state with the precise BN statistics (and, with `ema`, the averaged weights).
+
+    With `keep_if_nonfinite` (the runner's axis name; `on_nonfinite='skip'`), statistics that
+    overflowed on any device (finite weights can still give an infinite variance) are not
+    taken: the state keeps the running averages the guarded train step left finite."""
+    batch_stats = estimator.result(stats)
+    if keep_if_nonfinite is not None:
+        finite = lax.pmin(_all_finite(batch_stats).astype(jnp.int32), keep_if_nonfinite)
+        batch_stats = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite.astype(bool), new, old),
+            batch_stats,
+            state.batch_stats,
+        )
+    return state.replace(params=evaluated_weights(state, ema=ema), batch_stats=batch_stats)
 
 
 @dataclasses.dataclass(frozen=True)

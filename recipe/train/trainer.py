@@ -560,7 +560,14 @@ class Evaluator:
             }
             self.finish = {
                 ema: runner.map(
-                    functools.partial(steps.with_precise_bn, estimator=estimator, ema=ema)
+                    functools.partial(
+                        steps.with_precise_bn,
+                        estimator=estimator,
+                        ema=ema,
+                        keep_if_nonfinite=(
+                            runner.axis_name if config.on_nonfinite == "skip" else None
+                        ),
+                    )
                 )
                 for ema in weights
             }
