@@ -22,7 +22,7 @@ test: lint
 	$(PY) -m pytest -n 2
 
 train: $(INSTALLED)
-	$(PY) -m recipe.train --config recipe/configs/default.py --workdir runs/default
+	$(PY) -m train --config configs/default.py --workdir runs/default
 
 # Benchmarks (BENCHMARKS.md sections 1–4, 6 and 7; PyTorch comes from the `bench` extra) and the
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).

@@ -3,7 +3,7 @@ several seeds inside one compiled program (`jax.vmap`) uses the cores better.
 
 Three measurements, each in worker subprocesses under `timeout -s KILL`:
 
-* ``epoch``: the trainer itself (`recipe.train.trainer.train_and_evaluate`) on fashion_mnist with
+* ``epoch``: the trainer itself (`train.trainer.train_and_evaluate`) on fashion_mnist with
   the reproduction's setting (`bench.reproduce.SETTING`: ghost BN over 32, zero-γ, label
   smoothing, ...) and each candidate model, width, image size and batch, pinned to one core
   (`taskset -c 0`): the loader, the step and the trainer's loop share that core, as in a
@@ -17,8 +17,8 @@ Three measurements, each in worker subprocesses under `timeout -s KILL`:
 * ``loader``: `recipe.data.train_batches` alone (augmentation on, no prefetch thread), one core,
   over the TFDS source and over `InMemorySource`: its CPU seconds per 60,000 images, the part
   of an epoch a model cannot make faster, and the one-off decode into memory.
-* ``vmap``: the trainer's own train step (`recipe.train.steps.train_step`, with the model and
-  optimizer of `recipe.train.resolve.resolve`) mapped by `jax.vmap` over S seeds' states and
+* ``vmap``: the trainer's own train step (`train.steps.train_step`, with the model and
+  optimizer of `train.resolve.resolve`) mapped by `jax.vmap` over S seeds' states and
   batches, on one batch held on the device (no loader), against S = 1: per seed-step CPU and
   wall time on one pinned core, and on both cores, one process running S = 2 against two
   pinned processes running S = 1 side by side (the images per second of the machine).
@@ -77,8 +77,8 @@ def _config(overrides: dict):
 
 def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
     from recipe.data import datasets
-    from recipe.train import preemption, trainer
-    from recipe.train.metrics import MetricsWriter
+    from train import preemption, trainer
+    from train.metrics import MetricsWriter
 
     config = _config(overrides)
     steps_per_epoch = NUM_TRAIN // config.batch_size
@@ -165,8 +165,8 @@ def vmap_worker(overrides: dict, seeds: int, steps: int) -> dict:
     import numpy as np
 
     from recipe.data import datasets, pipeline
-    from recipe.train import resolve
-    from recipe.train import steps as train_steps
+    from train import resolve
+    from train import steps as train_steps
 
     config = _config(overrides)
     setup = resolve.resolve(config, 1)

@@ -1,12 +1,12 @@
-"""The JAX train steps the benchmarks time: the project's own `recipe.train.steps.train_step`
-with the full recipe, resolved by the trainer's own `recipe.train.resolve.resolve`, and
+"""The JAX train steps the benchmarks time: the project's own `train.steps.train_step`
+with the full recipe, resolved by the trainer's own `train.resolve.resolve`, and
 stripped-down variants.
 
 Variants (each a per-device function mapped by a `train.steps` runner, state donated):
 
 * ``full``: `steps.train_step` with `recipe.optim.build_optimizer(..., weight_decay_in_loss=True)`
   (gradual warmup + step decay schedule, Nesterov, weight decay masked off BN as an L2 term of
-  the loss), label smoothing 0.1, the Goyal init (zero-γ last BN) — what `python -m recipe.train`
+  the loss), label smoothing 0.1, the Goyal init (zero-γ last BN) — what `python -m train`
   runs.
 * ``bare``: plain `optax.sgd(0.1, momentum=0.9)` (constant lr, no weight decay, no mask),
   `optax.softmax_cross_entropy_with_integer_labels`, γ = 1 everywhere, loss as the only metric.
@@ -31,15 +31,15 @@ import numpy as np
 import optax
 from jax import lax
 
+from configs import default
 from recipe import losses, masks, models, optim
-from recipe.configs import default
-from recipe.train import resolve, steps, trainer
+from train import resolve, steps, trainer
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
 
 def config_for(**overrides: Any) -> ml_collections.ConfigDict:
-    """recipe/configs/default.py with dotted-key overrides (e.g. {'optimizer.base_lr': 0.2})."""
+    """configs/default.py with dotted-key overrides (e.g. {'optimizer.base_lr': 0.2})."""
     config = default.get_config()
     for key, value in overrides.items():
         node = config

@@ -25,7 +25,7 @@ def measure(args) -> dict:
 
     from bench import jax_steps
     from recipe.data import datasets, pipeline
-    from recipe.train import resolve, steps, trainer
+    from train import resolve, steps, trainer
 
     config = jax_steps.config_for()
     spec = datasets.get_dataset_spec(config.dataset)

@@ -1,6 +1,6 @@
 """1. Recipe overhead: one train step with the full recipe vs a bare step, interleaved.
 
-Same model (recipe/configs/default.py: resnet20, width 8, MNIST-sized 28×28×1 input), batch (128),
+Same model (configs/default.py: resnet20, width 8, MNIST-sized 28×28×1 input), batch (128),
 device (one CPU device, the pmap runner the trainer uses by default) and fixed synthetic batch;
 the variants are defined in `bench/jax_steps.py`. Each round runs one step of every variant in a
 fresh random order; the ratio of a variant is the median over rounds of its time over the bare
@@ -24,7 +24,7 @@ import time
 import jax
 
 from bench import common, jax_steps
-from recipe.train import steps
+from train import steps
 
 # Checks beside the ladder: the full step compiled again (the method's resolution), and the
 # full step with the weight decay in the optimizer instead of the loss.

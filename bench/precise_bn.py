@@ -1,6 +1,6 @@
 """Precise BN on the default run: test accuracy per epoch, running averages vs precise BN.
 
-One training run of recipe/configs/default.py with a checkpoint every epoch and precise BN off
+One training run of configs/default.py with a checkpoint every epoch and precise BN off
 (`bn.precise_batches=0`; precise BN never changes the weights, so they are those of the default
 run). Each epoch's checkpoint is then scored with BN's running averages and with precise-BN
 statistics over N training batches from the checkpoint's step (the trainer's own
@@ -18,8 +18,8 @@ import jax
 
 from bench import common, jax_steps
 from recipe.data import datasets
-from recipe.train import resolve, trainer
-from recipe.train.metrics import read_metrics
+from train import resolve, trainer
+from train.metrics import read_metrics
 
 NUM_BATCHES = (1, 2, 4, 8, 16, 31)
 SPREAD_BATCHES, SPREAD_POSITIONS = 8, 5
@@ -98,7 +98,7 @@ def render(result: dict) -> str:
         "## 7. Precise BN on the default run",
         "",
         "Re-run: `.venv/bin/python -m bench.precise_bn`. Test accuracy (%) of each epoch's "
-        "checkpoint of recipe/configs/default.py, evaluated with BN's running averages "
+        "checkpoint of configs/default.py, evaluated with BN's running averages "
         "(momentum 0.9) and with precise-BN statistics over N training batches of 128 from the "
         f"checkpoint's step ({result['steps_per_epoch']} steps per epoch). Precise BN never "
         "changes the weights, so one run serves every column, and the trainer's default, 8 "

@@ -1,8 +1,8 @@
 """5. Goyal et al. Table 1 (and the Table 2 zero-γ ablation) at small scale, on the embedded
 MNIST-5k, with Figure 2-style training-error curves.
 
-Every run is `recipe.train.trainer.train_and_evaluate` with config overrides
-(recipe/configs/default.py is the base). After training, BatchNorm statistics are recomputed
+Every run is `train.trainer.train_and_evaluate` with config overrides
+(configs/default.py is the base). After training, BatchNorm statistics are recomputed
 over the training set ("precise BN": the mean of per-batch means and variances, batches the
 size of one device's training batch, no augmentation) and the test error is measured with
 them: BN running averages lag when an epoch has few steps at a high learning rate, which would
@@ -100,7 +100,7 @@ def precise_bn_test_error(
     import numpy as np
 
     from recipe.data import datasets, pipeline
-    from recipe.train import resolve, trainer
+    from train import resolve, trainer
 
     setup = resolve.resolve(config, 1)
     step, state = trainer.restore_checkpoint(setup, str(workdir))
@@ -170,8 +170,8 @@ def precise_bn_test_error(
 
 
 def run_one(name: str, seed: int, workdir: pathlib.Path, overrides: dict) -> dict:
-    from recipe.train import trainer
-    from recipe.train.metrics import read_metrics
+    from train import trainer
+    from train.metrics import read_metrics
 
     config = _config({**overrides, "seed": seed})
     steps_per_epoch = 4000 // config.batch_size

@@ -4,8 +4,8 @@ then LARS with the MLPerf polynomial schedule past it), the gradient noise scale
 of where it breaks (McCandlish et al. 2018), updates to a target training error against the
 batch size (Shallue et al. 2018), and Figure 2's training-error curves.
 
-Every run is `recipe.train.trainer.train_and_evaluate` with config overrides of
-recipe/configs/default.py (`SETTING`, then the run's own). The noise scale B_simple is the
+Every run is `train.trainer.train_and_evaluate` with config overrides of
+configs/default.py (`SETTING`, then the run's own). The noise scale B_simple is the
 trainer's own measurement (`noise_scale.enabled`: on one device, the two halves of each batch),
 logged with every training record of the base runs. After training, BN statistics are
 recomputed on 8,192 training images (`bench.reproduce.precise_bn_test_error`) and the test
@@ -73,7 +73,7 @@ SETTING = {
     # measured run, which predates the trainer's own precise BN.
     "bn.precise_batches": 0,
 }
-# LARS as the MLPerf ResNet-50 reference below 16k (recipe/configs/mlperf_lars.py): trust
+# LARS as the MLPerf ResNet-50 reference below 16k (configs/mlperf_lars.py): trust
 # coefficient 0.001, peak lr 10 whatever the batch, polynomial decay of power 2 to 1e-4, BN and
 # biases neither decayed nor trust-scaled; the same warmup and epochs as the SGD runs.
 LARS = {
@@ -170,8 +170,8 @@ def queue_order(job: Job) -> tuple:
 def run_one(job: Job, workdir: pathlib.Path, setting: dict) -> dict:
     from bench import jax_steps
     from recipe.data import datasets
-    from recipe.train import trainer
-    from recipe.train.metrics import read_metrics
+    from train import trainer
+    from train.metrics import read_metrics
 
     overrides = {**setting, **job.overrides, "seed": job.seed}
     config = jax_steps.config_for(**overrides)
@@ -222,7 +222,7 @@ def _tuples(values: dict) -> dict:
 def worker() -> None:
     """Reads one job per stdin line (JSON: the job, its work dir and the setting), runs it,
     answers one `RESULT {json}` line."""
-    from recipe.train import preemption
+    from train import preemption
 
     for line in sys.stdin:
         spec = json.loads(line)

@@ -24,7 +24,7 @@ def worker(args) -> dict:
     import jax
 
     from bench import jax_steps
-    from recipe.train import steps
+    from train import steps
 
     assert jax.device_count() == args.devices, (jax.device_count(), args.devices)
     config = jax_steps.config_for(runner=args.runner)

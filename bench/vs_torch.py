@@ -88,7 +88,7 @@ def jax_stepper(args):
     import jax
 
     from bench import jax_steps
-    from recipe.train import steps
+    from train import steps
 
     config = jax_steps.config_for(
         dataset=DATASETS[(args.image, args.channels)],
@@ -173,7 +173,7 @@ EIGEN_CONV = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 MODELS = {
     "default": {
-        "label": "recipe/configs/default.py model: ResNet-20, width 8, 28×28×1, batch 128",
+        "label": "configs/default.py model: ResNet-20, width 8, 28×28×1, batch 128",
         "args": ["--model", "resnet20", "--width", "8", "--image", "28", "--channels", "1",
                  "--batch", "128"],
         "steps": 20,

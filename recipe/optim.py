@@ -343,7 +343,7 @@ def build_optimizer(
       decay_bias: False excludes biases from weight decay too (and from the trust ratio).
       weight_decay_in_loss: False puts the masked decay in `tx`; True leaves it out of `tx`
         and returns it as `loss_penalty`, for the train step to add to its loss (same updates
-        for 'sgd' and 'lars'; what `python -m recipe.train` does). 'lamb' refuses it: its
+        for 'sgd' and 'lars'; what `python -m train` does). 'lamb' refuses it: its
         decay is decoupled from the gradient.
       name: one of `OPTIMIZER_NAMES`: 'sgd' (`goyal_sgd`), 'lars' or 'lamb'.
       trust_coefficient: LARS's c (see `lars`).

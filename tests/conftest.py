@@ -28,7 +28,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def finished_run(data_dir, tmp_path_factory):
     """One uninterrupted run of tests/tiny_config.py: (workdir, final eval metrics)."""
-    from recipe.train import trainer  # after XLA_FLAGS is set
+    from train import trainer  # after XLA_FLAGS is set
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = trainer.train_and_evaluate(tiny_config.make_config(data_dir), str(workdir))
@@ -97,7 +97,7 @@ def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
 
 def expected_scalars(records) -> dict[str, list[tuple[int, float]]]:
     """What TensorBoard should show for these metrics.jsonl records (float32, as it stores)."""
-    from recipe.train.metrics import NOT_IN_TENSORBOARD
+    from train.metrics import NOT_IN_TENSORBOARD
 
     expected: dict[str, list[tuple[int, float]]] = {}
     for record in records:

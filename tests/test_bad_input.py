@@ -17,9 +17,9 @@ import jax
 import pytest
 import tiny_config as tiny
 
-from recipe.configs import default
+from configs import default
 from recipe.data import datasets
-from recipe.train import checkpoints, resolve, trainer
+from train import checkpoints, resolve, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_COMPILES: list[str] = []
@@ -378,7 +378,7 @@ CLI_BAD_INPUTS = {
 
 
 def test_cli_bad_input_is_one_line_with_exit_status_2(data_dir, existing_workdir):
-    from recipe.train import __main__ as cli
+    from train import __main__ as cli
 
     before = _checksums(existing_workdir)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -387,7 +387,7 @@ def test_cli_bad_input_is_one_line_with_exit_status_2(data_dir, existing_workdir
             [
                 sys.executable,
                 "-m",
-                "recipe.train",
+                "train",
                 f"--config={REPO / 'tests' / 'tiny_config.py'}",
                 f"--config.data_dir={data_dir}",
                 f"--workdir={existing_workdir}",

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from bench import reproduce_fashion as rf
-from recipe.train import resolve
+from train import resolve
 
 
 def test_grid_holds_table1_the_sweep_and_lars_once_each():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from recipe import models, optim
-from recipe.train import steps
+from train import steps
 
 NUM_DEVICES = 4
 PER_DEVICE = 3

@@ -318,11 +318,11 @@ _CONFIG_OVERRIDES = {
 
 
 def test_imagenet_config_end_to_end(jpeg_source, data_dir, tmp_path):
-    """recipe/configs/imagenet_resnet50_goyal.py on the JPEG dataset with a tiny model: prepare
+    """configs/imagenet_resnet50_goyal.py on the JPEG dataset with a tiny model: prepare
     (the fixture), read, decode in a worker process, augment, collate uint8, transfer, the
     bfloat16 train step normalising its input, evaluation and the final checkpoint."""
-    from recipe.configs import imagenet_resnet50_goyal
-    from recipe.train import resolve, trainer
+    from configs import imagenet_resnet50_goyal
+    from train import resolve, trainer
 
     config = imagenet_resnet50_goyal.get_config()
     config.update_from_flattened_dict({**_CONFIG_OVERRIDES, "data_dir": data_dir})
@@ -337,7 +337,7 @@ def test_imagenet_config_end_to_end(jpeg_source, data_dir, tmp_path):
     ]
     workdir = tmp_path / "run"
     command = [
-        "timeout", "-s", "KILL", "600", sys.executable, "-m", "recipe.train",
+        "timeout", "-s", "KILL", "600", sys.executable, "-m", "train",
         "--config=imagenet_resnet50_goyal", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
         *flags,
     ]  # fmt: skip

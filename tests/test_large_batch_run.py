@@ -11,8 +11,8 @@ import pytest
 import tiny_config as tiny
 from tensorboard.backend.event_processing import event_file_loader
 
-from recipe.train import resolve, trainer
-from recipe.train.metrics import read_metrics
+from train import resolve, trainer
+from train.metrics import read_metrics
 
 # Regime: (peak lr, warmup epochs, epochs, momentum, weight decay) of the MLPerf table.
 MLPERF = {
@@ -25,7 +25,7 @@ MLPERF = {
 
 @pytest.mark.parametrize("regime", MLPERF)
 def test_mlperf_configs_describe_their_settings(regime):
-    config = importlib.import_module(f"recipe.configs.imagenet_resnet50_lars_{regime}")
+    config = importlib.import_module(f"configs.imagenet_resnet50_lars_{regime}")
     text = trainer.describe(config.get_config())
     peak, warmup, epochs, momentum, weight_decay = MLPERF[regime]
     assert f"= {peak} (linear scaling rule)" in text

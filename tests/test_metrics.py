@@ -8,8 +8,8 @@ import tiny_config
 from conftest import expected_scalars, tensorboard_scalars
 from etils import epath
 
-from recipe.train import metrics, plots, trainer
-from recipe.train.metrics import MetricsWriter, read_metrics
+from train import metrics, plots, trainer
+from train.metrics import MetricsWriter, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

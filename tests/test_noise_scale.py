@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recipe import losses, noise_scale, optim
-from recipe.train import steps
+from train import steps
 
 # ---------------------------------------------------------------------------------------------
 # The estimator on linear regression: y = x·w* + ε, x ~ N(0, I_d), ε ~ N(0, σ²), loss ½(x·w − y)².

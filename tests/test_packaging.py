@@ -2,7 +2,7 @@
 
 The wheel is built from a copy of the checkout without build isolation (offline; nothing lands in
 the checkout) and installed without its dependencies into a fresh venv that borrows this
-environment's packages through a `.pth` line. Both `recipe-train` and `python -m recipe.train`
+environment's packages through a `.pth` line. Both `recipe-train` and `python -m train`
 then run from a directory outside the checkout, so they can only import the installed wheel.
 """
 
@@ -50,8 +50,8 @@ def test_the_wheel_holds_one_top_level_package_and_the_console_script(wheel):
         scripts = archive.read(entry_points).decode()
     top_level = {name.split("/")[0] for name in names if ".dist-info/" not in name}
     assert top_level == {"recipe"}
-    assert {"recipe/train/__main__.py", "recipe/configs/default.py"} <= set(names)
-    assert "recipe-train = recipe.train.__main__:run" in scripts
+    assert {"train/__main__.py", "configs/default.py"} <= set(names)
+    assert "recipe-train = train.__main__:run" in scripts
 
 
 def test_both_commands_train_the_tiny_config_from_the_installed_wheel(wheel, data_dir, tmp_path):
@@ -83,7 +83,7 @@ def test_both_commands_train_the_tiny_config_from_the_installed_wheel(wheel, dat
 
     commands = {
         "console script": [env_dir / "bin" / "recipe-train"],
-        "python -m": [python, "-m", "recipe.train"],
+        "python -m": [python, "-m", "train"],
     }
     arguments = [
         f"--config={REPO / 'tests' / 'tiny_config.py'}",

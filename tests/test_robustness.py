@@ -1,6 +1,6 @@
 """A trainer that never loses work: multi-host, preemption, kill -9, corrupt checkpoints, NaNs.
 
-Subprocesses run the real command line (`python -m recipe.train`) with four forced CPU devices, like
+Subprocesses run the real command line (`python -m train`) with four forced CPU devices, like
 this test process, so their results can be compared bit for bit with the in-process
 uninterrupted run of tests/tiny_config.py. Every subprocess runs under a hard kill timeout: a
 hung CPU collective ignores SIGTERM.
@@ -23,15 +23,15 @@ import pytest
 import tiny_config as tiny
 from conftest import NUM_TEST_DEVICES, checkpoint_state
 
-from recipe.train import __main__ as cli
-from recipe.train import preemption, trainer
+from train import __main__ as cli
+from train import preemption, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds per subprocess; a normal run takes ~20 s
 
 
 def _command(workdir: Path, data_dir: str, *extra: str, script: str | None = None) -> list[str]:
-    entry = [script] if script else ["-m", "recipe.train"]
+    entry = [script] if script else ["-m", "train"]
     return [
         sys.executable,
         *entry,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recipe import losses, mixing, models, optim
-from recipe.train import steps
+from train import steps
 
 NUM_DEVICES = 4
 BATCH = 16

@@ -11,8 +11,8 @@ import tiny_config as tiny
 from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
 
 from recipe.data import datasets, pipeline
-from recipe.train import resolve, trainer
-from recipe.train.metrics import read_metrics
+from train import resolve, trainer
+from train.metrics import read_metrics
 
 
 def test_run_writes_checkpoints_metrics_and_plots(finished_run):

@@ -19,8 +19,8 @@ import orbax.checkpoint as ocp
 import pytest
 import tiny_config as tiny
 
-from recipe.train import trainer
-from recipe.train.metrics import read_metrics
+from train import trainer
+from train.metrics import read_metrics
 
 STEPS = 24
 COMMON = {

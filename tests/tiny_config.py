@@ -1,12 +1,12 @@
 """The default recipe on a tiny model and large batches: 4 steps per epoch, 12 in all.
 
 Loaded in-process by the tests and by the command line in subprocesses
-(`python -m recipe.train --config tests/tiny_config.py`), so both run the same config.
+(`python -m train --config tests/tiny_config.py`), so both run the same config.
 """
 
 import ml_collections
 
-from recipe.configs import default
+from configs import default
 
 TOTAL_STEPS = 12  # 3 epochs of 4,000 / 1,000
 

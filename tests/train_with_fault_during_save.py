@@ -1,4 +1,4 @@
-"""`python -m recipe.train`, with a fault injected while it writes the checkpoint of step
+"""`python -m train`, with a fault injected while it writes the checkpoint of step
 $FAULT_STEP, after the files are written and before orbax renames them into place (the worst
 moment): $FAULT is KILL (SIGKILL: a crash), TERM or INT (that signal, $FAULT_REPEAT times, to
 this process, while the save is in flight), or ENOSPC (the write fails: disk full).
@@ -11,7 +11,7 @@ import time
 
 from orbax.checkpoint._src.path import atomicity
 
-from recipe.train import __main__ as cli
+from train import __main__ as cli
 
 _finalize = atomicity.AtomicRenameTemporaryPath.finalize
 

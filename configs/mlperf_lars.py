@@ -43,7 +43,7 @@ Where this recipe differs from the reference, and why:
 
 import ml_collections
 
-from recipe.configs import default
+from configs import default
 
 REFERENCE = (
     "mlcommons/training_results_v0.7, Google/benchmarks/resnet/implementations/"

@@ -13,7 +13,7 @@ Needs imagenet2012 prepared as array_record from the manual download (see recipe
 
 import ml_collections
 
-from recipe.configs import default
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

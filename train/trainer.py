@@ -23,12 +23,12 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from recipe.configs import default
+from configs import default
 from recipe.data import datasets, pipeline
-from recipe.train import checkpoints, plots, preemption, steps
-from recipe.train.describe import recipe_text
-from recipe.train.metrics import MetricsWriter, read_metrics
-from recipe.train.resolve import ConfigError, Setup, check_fields, flat_fields, resolve
+from train import checkpoints, plots, preemption, steps
+from train.describe import recipe_text
+from train.metrics import MetricsWriter, read_metrics
+from train.resolve import ConfigError, Setup, check_fields, flat_fields, resolve
 
 __all__ = [
     "ConfigError",
@@ -185,8 +185,8 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
     The config comes from the `config.json` the trainer writes into every work dir, so nothing
     but the work dir is needed. Runs on one device (any BatchNorm scope evaluates the same).
 
-    >>> import recipe.train  # doctest: +SKIP
-    >>> run = recipe.train.load_run("runs/default")  # doctest: +SKIP
+    >>> import train  # doctest: +SKIP
+    >>> run = train.load_run("runs/default")  # doctest: +SKIP
     >>> logits = run.model.apply(run.variables, images, train=False)  # doctest: +SKIP
 
     Raises:

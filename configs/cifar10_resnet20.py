@@ -2,13 +2,13 @@
 
 Needs CIFAR-10 prepared as array_record (downloads once):
     python -c "from recipe.data import prepare_dataset; prepare_dataset('cifar10')"
-    python -m recipe.train --config recipe/configs/cifar10_resnet20.py \
+    python -m train --config configs/cifar10_resnet20.py \
         --workdir runs/cifar10_resnet20
 """
 
 import ml_collections
 
-from recipe.configs import default
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -4,8 +4,8 @@ Runs offline on 2 CPU cores in a few minutes with the full recipe: linear scalin
 warmup, step decay, Nesterov momentum, weight decay off BatchNorm, zero-γ init, per-device
 BatchNorm statistics and label smoothing.
 
-    python -m recipe.train --config recipe/configs/default.py --workdir runs/default
-    python -m recipe.train --config recipe/configs/default.py --config.batch_size=512 \
+    python -m train --config configs/default.py --workdir runs/default
+    python -m train --config configs/default.py --config.batch_size=512 \
         --workdir runs/bs512
 """
 
@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimizer and schedule (recipe.optim.build_optimizer). lr = base_lr · batch / base_batch.
     config.optimizer = ml_collections.ConfigDict()
     # "sgd" (Goyal §5.1), or past 8k "lars" (You et al. 2017; the MLPerf ResNet-50 recipe, see
-    # recipe/configs/mlperf_lars.py) or "lamb" (You et al. 2019; `momentum` is its b1).
+    # configs/mlperf_lars.py) or "lamb" (You et al. 2019; `momentum` is its b1).
     config.optimizer.name = "sgd"
     config.optimizer.trust_coefficient = 0.001  # LARS's c: layer lr = η · c · ‖w‖ / ‖g + λw‖
     config.optimizer.beta2 = 0.999  # LAMB's second-moment decay

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from configs import default
 from recipe import checks, masks, models, noise_scale, optim, schedules
-from recipe.configs import default
 from recipe.data import datasets, pipeline
-from recipe.train import steps
+from train import steps
 
 BN_SCOPES = ("device", "global", "group", "ghost")
 DTYPES = ("float32", "bfloat16")
@@ -399,10 +399,7 @@ def unknown_field_message(unknown: Iterable[str]) -> str:
         # wherever it lives (`lr_warmup`: ema.warmup or optimizer.warmup).
         close = (by_path or by_name) if "." in field else (by_name or by_path)
         parts.append(f"{field} (did you mean {' or '.join(close)}?)" if close else field)
-    return (
-        f"unknown config field(s) {', '.join(parts)}; the fields are those of "
-        "recipe/configs/default.py"
-    )
+    return f"unknown config field(s) {', '.join(parts)}; the fields are those of configs/default.py"
 
 
 def cli_value(value: Any) -> str:
@@ -426,7 +423,7 @@ def _check_known_fields(config: ml_collections.ConfigDict) -> None:
     if missing:
         raise ConfigError(
             f"the config lacks field(s) {', '.join(sorted(missing))}; build it from "
-            "recipe.configs.default.get_config() and change what differs"
+            "configs.default.get_config() and change what differs"
         )
 
 

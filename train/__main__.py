@@ -1,4 +1,4 @@
-"""Command line: `python -m recipe.train --config recipe/configs/default.py --workdir runs/default`
+"""Command line: `python -m train --config configs/default.py --workdir runs/default`
 (or `recipe-train ...`).
 
 Any config field can be overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
@@ -27,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from recipe.train import checkpoints, preemption, resolve, trainer
+from train import checkpoints, preemption, resolve, trainer
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -158,7 +158,7 @@ def _load_config(filename: str) -> config_dict.ConfigDict:
 
 
 def _packaged_configs(argv: list[str]) -> list[str]:
-    """`--config=NAME` / `--config NAME` → the packaged recipe/configs/NAME.py, when NAME is not
+    """`--config=NAME` / `--config NAME` → the packaged configs/NAME.py, when NAME is not
     a file."""
     argv = list(argv)
     for i, arg in enumerate(argv):
@@ -172,7 +172,7 @@ def _packaged_configs(argv: list[str]) -> list[str]:
 def _packaged(path: str) -> str:
     if pathlib.Path(path).exists():
         return path
-    packaged = importlib.resources.files("recipe.configs") / f"{path.removesuffix('.py')}.py"
+    packaged = importlib.resources.files("configs") / f"{path.removesuffix('.py')}.py"
     return str(packaged) if packaged.is_file() else path
 
 
@@ -188,7 +188,7 @@ def _one_line(error: Exception) -> str:
 
 def _load_error(filename: str | None) -> str:
     if filename and not pathlib.Path(filename).exists():
-        return "no such file (give a config file, or the name of one in recipe/configs/)"
+        return "no such file (give a config file, or the name of one in configs/)"
     try:
         _load_config(filename)
     except Exception as error:

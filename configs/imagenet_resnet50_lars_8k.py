@@ -1,16 +1,16 @@
 """ImageNet, ResNet-50 with LARS at a global batch of 8192: the MLPerf recipe's regime below 16k.
 
 The table, its source (mlcommons/training_results_v0.7, Google's JAX ResNet-50 submission) and
-where this follows it less than exactly: `recipe/configs/mlperf_lars.py`. Needs imagenet2012
+where this follows it less than exactly: `configs/mlperf_lars.py`. Needs imagenet2012
 prepared (see `imagenet_resnet50_goyal.py`).
 
-    python -m recipe.train --config recipe/configs/imagenet_resnet50_lars_8k.py --describe \
+    python -m train --config configs/imagenet_resnet50_lars_8k.py --describe \
         --workdir runs/lars_8k
 """
 
 import ml_collections
 
-from recipe.configs import mlperf_lars
+from configs import mlperf_lars
 
 
 def get_config() -> ml_collections.ConfigDict:

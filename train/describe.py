@@ -5,7 +5,7 @@ from typing import Any
 
 import jax
 
-from recipe.train.resolve import Setup
+from train.resolve import Setup
 
 _BN_SCOPES = {
     "device": "per device, over {per_device} examples (Goyal §2.3)",

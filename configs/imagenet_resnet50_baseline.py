@@ -6,7 +6,7 @@ Same recipe as `imagenet_resnet50_goyal.py` at k = 8 workers × 32: lr 0.1, no w
 
 import ml_collections
 
-from recipe.configs import imagenet_resnet50_goyal
+from configs import imagenet_resnet50_goyal
 
 
 def get_config() -> ml_collections.ConfigDict:

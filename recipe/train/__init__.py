@@ -1,8 +1,0 @@
-"""The trainer: `recipe-train` / `python -m recipe.train` (see `recipe.train.trainer`).
-
-`load_run(workdir)` gives a trained run's model and weights for inference in your own code.
-"""
-
-from recipe.train.trainer import SavedRun, load_run
-
-__all__ = ["SavedRun", "load_run"]
