@@ -165,7 +165,7 @@ def vmap_worker(overrides: dict, seeds: int, steps: int) -> dict:
     import numpy as np
 
     from recipe.data import datasets, pipeline
-    from train import resolve
+    from train import resolve, runners
     from train import steps as train_steps
 
     config = _config(overrides)
@@ -185,7 +185,7 @@ def vmap_worker(overrides: dict, seeds: int, steps: int) -> dict:
         skip_nonfinite=False,
         loss_penalty=setup.optimizer.loss_penalty,
     )
-    runner = train_steps.RUNNERS["pmap"]()
+    runner = runners.pmap_runner()
     mapped = runner.map(jax.vmap(step_fn), donate_argnums=(0,))
     spec = datasets.get_dataset_spec("fashion_mnist")
     source = datasets.load_source("fashion_mnist", spec.train_split)

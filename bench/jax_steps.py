@@ -33,7 +33,7 @@ from jax import lax
 
 from configs import default
 from recipe import losses, masks, models, optim
-from train import resolve, steps, trainer
+from train import inputs, resolve, runners, steps
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
@@ -99,7 +99,7 @@ def build(
         resolved.spec.num_classes,
         config.label_smoothing,
         resolved,
-        trainer._normalize(resolved),
+        inputs.normalizer(resolved),
         resolved.mix,
     )
 
@@ -210,7 +210,7 @@ def synthetic_batch(
 class Stepper:
     """Calls a mapped, state-donating step on a fixed device batch and waits for it."""
 
-    def __init__(self, runner: steps.Runner, fn, state, batch):
+    def __init__(self, runner: runners.Runner, fn, state, batch):
         self.step = runner.map(fn, donate_argnums=(0,))
         self.state = runner.replicate(state)
         self.batch = runner.put(batch)

@@ -25,13 +25,13 @@ def measure(args) -> dict:
 
     from bench import jax_steps
     from recipe.data import datasets, pipeline
-    from train import resolve, steps, trainer
+    from train import inputs, resolve, runners
 
     config = jax_steps.config_for()
     spec = datasets.get_dataset_spec(config.dataset)
     source = datasets.load_source(config.dataset, spec.train_split, config.data_dir)
     # As the trainer calls the loader (uint8 images, its worker count), on one device.
-    layout = {**trainer._loader_options(resolve.resolve(config, 1)), "local_device_count": 1}
+    layout = {**inputs.loader_options(resolve.resolve(config, 1)), "local_device_count": 1}
 
     def batches(n):
         return pipeline.train_batches(
@@ -59,9 +59,9 @@ def measure(args) -> dict:
     # Step alone.
     setup = jax_steps.build(config)
     fn, state = jax_steps.step_fn("full", setup)
-    runner = steps.RUNNERS[config.runner](jax.devices()[:1])
+    runner = runners.RUNNERS[config.runner](jax.devices()[:1])
     fixed = next(batches(1))
-    stepper = jax_steps.Stepper(runner, fn, state, trainer._model_inputs(fixed))
+    stepper = jax_steps.Stepper(runner, fn, state, inputs.model_inputs(fixed))
     for _ in range(3):
         stepper()
     wall, _ = common.time_interleaved({"step": stepper}, rounds=args.steps)
@@ -70,7 +70,7 @@ def measure(args) -> dict:
 
     # Both: the trainer's loop, as `train.trainer._train` runs it.
     device_batches = runner.prefetch(
-        map(trainer._model_inputs, batches(args.steps + 3)), config.device_prefetch
+        map(inputs.model_inputs, batches(args.steps + 3)), config.device_prefetch
     )
     for _ in range(3):
         stepper.state, metrics = stepper.step(stepper.state, next(device_batches))

@@ -24,7 +24,7 @@ import time
 import jax
 
 from bench import common, jax_steps
-from train import steps
+from train import runners
 
 # Checks beside the ladder: the full step compiled again (the method's resolution), and the
 # full step with the weight decay in the optimizer instead of the loss.
@@ -96,7 +96,7 @@ def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) ->
     config = jax_steps.config_for()
     setup = jax_steps.build(config)
     bare = jax_steps.build(config, zero_init_last_bn=False)
-    runner = steps.RUNNERS[config.runner](jax.devices()[:1])
+    runner = runners.RUNNERS[config.runner](jax.devices()[:1])
     batch = jax_steps.synthetic_batch(1, config.batch_size, setup.image_shape, setup.num_classes)
 
     fns = {}

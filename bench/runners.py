@@ -2,7 +2,7 @@
 the first step (tracing + compilation + one run) and of compilation alone.
 
 The default config's model and global batch (128, split over the devices), the full-recipe
-step (`train.steps.train_step`) mapped by `train.steps.pmap_runner` or `shard_map_runner`.
+step (`train.steps.train_step`) mapped by `train.runners.pmap_runner` or `shard_map_runner`.
 Each (runner, devices) pair is a worker process started with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` (XLA reads it once) and waits on every
 step (CPU collectives deadlock when many steps are queued: the README's "Syncing").
@@ -24,13 +24,13 @@ def worker(args) -> dict:
     import jax
 
     from bench import jax_steps
-    from train import steps
+    from train import runners
 
     assert jax.device_count() == args.devices, (jax.device_count(), args.devices)
     config = jax_steps.config_for(runner=args.runner)
     setup = jax_steps.build(config)
     fn, state = jax_steps.step_fn("full", setup)
-    runner = steps.RUNNERS[args.runner](jax.devices()[: args.devices])
+    runner = runners.RUNNERS[args.runner](jax.devices()[: args.devices])
     batch = jax_steps.synthetic_batch(
         args.devices, config.batch_size, setup.image_shape, setup.num_classes
     )
@@ -117,7 +117,7 @@ def render(result: dict) -> str:
         f"{m['load_before']} at the start.",
         "",
         "The default config's model and global batch of 128 (split over the devices), full-recipe "
-        "step (`train.steps.train_step`) mapped by `train.steps.pmap_runner` or "
+        "step (`train.steps.train_step`) mapped by `train.runners.pmap_runner` or "
         "`shard_map_runner`, forced host devices (`XLA_FLAGS=--xla_force_host_platform_device_"
         f"count=N`), one worker process per case, {result['rounds']} rounds in random order, "
         f"{result['steps']} timed steps per worker, waiting on every step. Step ms is the median "

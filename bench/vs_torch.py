@@ -88,7 +88,7 @@ def jax_stepper(args):
     import jax
 
     from bench import jax_steps
-    from train import steps
+    from train import runners
 
     config = jax_steps.config_for(
         dataset=DATASETS[(args.image, args.channels)],
@@ -99,7 +99,7 @@ def jax_stepper(args):
     )
     setup = jax_steps.build(config, stem=args.stem)
     fn, state = jax_steps.step_fn("full", setup)
-    runner = steps.RUNNERS[config.runner](jax.devices()[:1])
+    runner = runners.RUNNERS[config.runner](jax.devices()[:1])
     images, labels = _batch(args)
     batch = {"image": images[None], "label": labels[None]}
     return setup, jax_steps.Stepper(runner, fn, state, batch)

@@ -85,7 +85,7 @@ class BNScope:
       ``lax.pmean``'s ``axis_index_groups`` (``jax.pmap`` supports them, as Flax's own
       ``BatchNorm`` does). ``jax.shard_map`` has no ``axis_index_groups``: there, name the
       inner axis of a (groups, devices in a group) mesh instead
-      (``train.steps.shard_map_runner(bn_group_size=...)`` builds one).
+      (``train.runners.shard_map_runner(bn_group_size=...)`` builds one).
 
     The dataclass is frozen and hashable, so it is a plain Flax module attribute; its
     constructor rejects the combinations that mean nothing (ghost batches within a device

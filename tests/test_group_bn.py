@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 
 from recipe import models, optim
-from train import steps
+from train import runners, steps
 
 NUM_DEVICES = 4
 PER_DEVICE = 3
 FEATURES = 2
 
 
-def _runner(name: str, group_size: int | None) -> steps.Runner:
+def _runner(name: str, group_size: int | None) -> runners.Runner:
     devices = jax.devices()[:NUM_DEVICES]
     if name == "pmap":
-        return steps.pmap_runner(devices)
-    return steps.shard_map_runner(devices, bn_group_size=group_size)
+        return runners.pmap_runner(devices)
+    return runners.shard_map_runner(devices, bn_group_size=group_size)
 
 
 def _normalise(bn: models.BatchNorm, x: np.ndarray):
@@ -36,7 +36,7 @@ def _normalise(bn: models.BatchNorm, x: np.ndarray):
 def _grouped(runner_name: str, group_size: int, x: np.ndarray):
     """Outputs (devices, per-device, features) and per-device running stats of the grouped BN."""
     runner = _runner(runner_name, group_size)
-    scope = steps.group_bn_scope(runner_name, NUM_DEVICES, group_size)
+    scope = runners.group_bn_scope(runner_name, NUM_DEVICES, group_size)
     bn = models.BatchNorm(bn_scope=scope, momentum=0.5)
     variables = bn.init(jax.random.key(0), x[0], use_running_average=True)
 
@@ -98,7 +98,7 @@ def test_group_size_must_divide_the_device_count():
     with pytest.raises(ValueError, match="group_size must divide the device count 4"):
         models.device_groups(4, 3)
     with pytest.raises(ValueError, match="group_size must be an integer > 0"):
-        steps.group_bn_scope("pmap", 4, 0)
+        runners.group_bn_scope("pmap", 4, 0)
 
 
 def test_grouped_train_step_is_the_same_under_pmap_and_shard_map():
@@ -112,7 +112,7 @@ def test_grouped_train_step_is_the_same_under_pmap_and_shard_map():
     results = {}
     for runner_name in ("pmap", "shard_map"):
         runner = _runner(runner_name, group_size)
-        bn_scope = steps.group_bn_scope(runner_name, NUM_DEVICES, group_size)
+        bn_scope = runners.group_bn_scope(runner_name, NUM_DEVICES, group_size)
         model = models.ResNet(
             stage_sizes=(1,),
             block_cls=models.BasicBlock,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recipe import losses, noise_scale, optim
-from train import steps
+from train import runners, steps
 
 # ---------------------------------------------------------------------------------------------
 # The estimator on linear regression: y = x·w* + ε, x ~ N(0, I_d), ε ~ N(0, σ²), loss ½(x·w − y)².
@@ -132,7 +132,7 @@ def _penalty(params):
 def _step(runner_name: str, device_count: int, measure: bool = True):
     """(metrics, new host state) of one train step on `device_count` devices."""
     model, variables, batch = _problem()
-    runner = steps.RUNNERS[runner_name](jax.devices()[:device_count])
+    runner = runners.RUNNERS[runner_name](jax.devices()[:device_count])
     tx = optim.goyal_sgd(0.1, weight_decay=0.0, momentum=0.9)
     ema = noise_scale.noise_scale_ema(decay=0.0) if measure else None
     step = runner.map(
@@ -150,7 +150,7 @@ def _step(runner_name: str, device_count: int, measure: bool = True):
     device_batch = jax.tree.map(lambda x: x.reshape(device_count, -1, *x.shape[1:]), batch)
     state = runner.replicate(steps.TrainState.create(variables, tx, ema))
     new_state, metrics = step(state, runner.put(device_batch))
-    return steps.fetch_first(metrics), steps.fetch_first(new_state)
+    return runners.fetch_first(metrics), runners.fetch_first(new_state)
 
 
 def _expected(device_count: int) -> tuple[float, float]:
@@ -214,7 +214,7 @@ def test_one_device_needs_an_even_batch():
     model, variables, batch = _problem()
     tx = optim.goyal_sgd(0.1, weight_decay=0.0)
     ema = noise_scale.noise_scale_ema()
-    runner = steps.pmap_runner(jax.devices()[:1])
+    runner = runners.pmap_runner(jax.devices()[:1])
     step = runner.map(
         functools.partial(
             steps.train_step,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recipe import losses, mixing, models, optim
-from train import steps
+from train import runners, steps
 
 NUM_DEVICES = 4
 BATCH = 16
@@ -55,7 +55,7 @@ def _setup(bn_scope: str, weight_decay_in_loss: bool = True, model=None):
     return steps.TrainState.create(variables, optimizer.tx), step
 
 
-def _run(runner: steps.Runner, state, step_fn, num_steps: int = 2):
+def _run(runner: runners.Runner, state, step_fn, num_steps: int = 2):
     """Runs `num_steps` steps with the batch split over the runner's devices."""
     train_step = runner.map(step_fn)
     device_state = runner.replicate(state)
@@ -65,20 +65,20 @@ def _run(runner: steps.Runner, state, step_fn, num_steps: int = 2):
             lambda x: x.reshape(len(runner.devices), -1, *x.shape[1:]), _batch(i)
         )
         device_state, metrics = train_step(device_state, runner.put(batch))
-        losses.append(float(steps.fetch_first(metrics)["loss"]))
+        losses.append(float(runners.fetch_first(metrics)["loss"]))
     return device_state, losses
 
 
 def test_global_bn_k_devices_equals_one_device_on_the_whole_batch():
     state, step_fn = _setup("global")
-    sharded, sharded_losses = _run(steps.pmap_runner(jax.devices()[:NUM_DEVICES]), state, step_fn)
-    single, single_losses = _run(steps.pmap_runner(jax.devices()[:1]), state, step_fn)
+    sharded, sharded_losses = _run(runners.pmap_runner(jax.devices()[:NUM_DEVICES]), state, step_fn)
+    single, single_losses = _run(runners.pmap_runner(jax.devices()[:1]), state, step_fn)
     np.testing.assert_allclose(sharded_losses, single_losses, atol=1e-5)
     chex.assert_trees_all_close(
-        steps.fetch_first(sharded.params), steps.fetch_first(single.params), atol=1e-5
+        runners.fetch_first(sharded.params), runners.fetch_first(single.params), atol=1e-5
     )
     chex.assert_trees_all_close(
-        steps.fetch_first(sharded.batch_stats), steps.fetch_first(single.batch_stats), atol=1e-5
+        runners.fetch_first(sharded.batch_stats), runners.fetch_first(single.batch_stats), atol=1e-5
     )
 
 
@@ -86,8 +86,8 @@ def test_global_bn_k_devices_equals_one_device_on_the_whole_batch():
 def test_pmap_and_shard_map_runners_agree(bn_scope):
     state, step_fn = _setup(bn_scope)
     devices = jax.devices()[:NUM_DEVICES]
-    by_pmap, pmap_losses = _run(steps.pmap_runner(devices), state, step_fn)
-    by_shard_map, shard_map_losses = _run(steps.shard_map_runner(devices), state, step_fn)
+    by_pmap, pmap_losses = _run(runners.pmap_runner(devices), state, step_fn)
+    by_shard_map, shard_map_losses = _run(runners.shard_map_runner(devices), state, step_fn)
     np.testing.assert_allclose(pmap_losses, shard_map_losses, rtol=1e-6)
     chex.assert_trees_all_close(
         jax.device_get(by_pmap), jax.device_get(by_shard_map), rtol=1e-5, atol=1e-6
@@ -97,7 +97,7 @@ def test_pmap_and_shard_map_runners_agree(bn_scope):
 @pytest.mark.parametrize("bn_scope, expect_equal", [("device", False), ("global", True)])
 def test_bn_statistics_per_device_or_shared(bn_scope, expect_equal):
     state, step_fn = _setup(bn_scope)
-    device_state, _ = _run(steps.pmap_runner(jax.devices()[:NUM_DEVICES]), state, step_fn, 1)
+    device_state, _ = _run(runners.pmap_runner(jax.devices()[:NUM_DEVICES]), state, step_fn, 1)
     means = np.asarray(device_state.batch_stats["stem_bn"]["mean"])  # (devices, channels)
     assert means.shape[0] == NUM_DEVICES
     spread = np.abs(means - means[0]).max()
@@ -112,7 +112,7 @@ def test_bn_statistics_per_device_or_shared(bn_scope, expect_equal):
 
 def test_average_batch_stats_makes_devices_agree():
     state, step_fn = _setup("device")
-    runner = steps.pmap_runner(jax.devices()[:NUM_DEVICES])
+    runner = runners.pmap_runner(jax.devices()[:NUM_DEVICES])
     device_state, _ = _run(runner, state, step_fn, 1)
     before = np.asarray(device_state.batch_stats["stem_bn"]["var"])
     averaged = runner.map(steps.average_batch_stats)(device_state)
@@ -122,7 +122,7 @@ def test_average_batch_stats_makes_devices_agree():
 
 def test_skip_nonfinite_keeps_the_old_state():
     state, step_fn = _setup("device")
-    runner = steps.pmap_runner(jax.devices()[:1])
+    runner = runners.pmap_runner(jax.devices()[:1])
     skip_step = runner.map(functools.partial(step_fn, skip_nonfinite=True))
     batch = _batch()
     batch["image"][0, 0, 0, 0] = np.nan
@@ -130,18 +130,18 @@ def test_skip_nonfinite_keeps_the_old_state():
     new_state, metrics = skip_step(
         device_state, runner.put(jax.tree_util.tree_map(lambda x: x[None], batch))
     )
-    assert float(steps.fetch_first(metrics)["finite"]) == 0.0
+    assert float(runners.fetch_first(metrics)["finite"]) == 0.0
     chex.assert_trees_all_equal(jax.device_get(new_state), jax.device_get(device_state))
 
 
 def test_weight_decay_in_the_loss_or_the_optimizer_trains_the_same():
     """The trainer's L2-in-the-loss step and `goyal_sgd`'s decay in the optax chain."""
-    runner = steps.pmap_runner(jax.devices()[:NUM_DEVICES])
+    runner = runners.pmap_runner(jax.devices()[:NUM_DEVICES])
     in_loss, in_loss_losses = _run(runner, *_setup("device", weight_decay_in_loss=True), 3)
     in_tx, in_tx_losses = _run(runner, *_setup("device", weight_decay_in_loss=False), 3)
     np.testing.assert_allclose(in_loss_losses, in_tx_losses, rtol=1e-6)
     chex.assert_trees_all_close(
-        steps.fetch_first(in_loss.params), steps.fetch_first(in_tx.params), rtol=1e-5, atol=1e-6
+        runners.fetch_first(in_loss.params), runners.fetch_first(in_tx.params), rtol=1e-5, atol=1e-6
     )
 
 
@@ -159,7 +159,7 @@ def test_mixing_in_the_train_step_is_the_library_on_each_devices_slice_until_it_
     mix = steps.mixing_fn(
         7, num_classes=10, label_smoothing=0.1, per_device=True, stop_step=1, **options
     )
-    runner = steps.pmap_runner(jax.devices()[:NUM_DEVICES])
+    runner = runners.pmap_runner(jax.devices()[:NUM_DEVICES])
     mixed_step = runner.map(functools.partial(step_fn, mix=mix))
     plain_step = runner.map(step_fn)
     batches = [
@@ -189,9 +189,9 @@ def test_mixing_in_the_train_step_is_the_library_on_each_devices_slice_until_it_
             label_smoothing=0.1, **options,
         )  # fmt: skip
         per_slice.append(float(slice_loss(images, targets)))
-    mixed_loss = float(steps.fetch_first(mixed_metrics)["loss"])
+    mixed_loss = float(runners.fetch_first(mixed_metrics)["loss"])
     np.testing.assert_allclose(mixed_loss, np.mean(per_slice), rtol=1e-5)
-    assert abs(mixed_loss - float(steps.fetch_first(plain_metrics)["loss"])) > 1e-3
+    assert abs(mixed_loss - float(runners.fetch_first(plain_metrics)["loss"])) > 1e-3
 
     # Step 1 >= stop_step: exactly the plain step from the same state.
     switched_off = jax.device_get(mixed_step(after_mixed, batches[1]))
@@ -203,7 +203,7 @@ def test_uint8_batches_normalised_in_the_step_train_as_host_normalised_floats():
 
     spec = data.get_dataset_spec("mnist5k")
     state, step_fn = _setup("device")
-    runner = steps.pmap_runner(jax.devices()[:2])
+    runner = runners.pmap_runner(jax.devices()[:2])
     rng = np.random.default_rng(0)
     uint8_batch = {
         "image": rng.integers(0, 256, (2, BATCH // 2, *IMAGE_SHAPE), dtype=np.uint8),
@@ -219,8 +219,8 @@ def test_uint8_batches_normalised_in_the_step_train_as_host_normalised_floats():
     chex.assert_trees_all_close(
         jax.device_get(state_a), jax.device_get(state_b), rtol=1e-5, atol=1e-7
     )
-    assert float(steps.fetch_first(metrics_a)["loss"]) == pytest.approx(
-        float(steps.fetch_first(metrics_b)["loss"]), rel=1e-6
+    assert float(runners.fetch_first(metrics_a)["loss"]) == pytest.approx(
+        float(runners.fetch_first(metrics_b)["loss"]), rel=1e-6
     )
     model = step_fn.keywords["model"]
     evaluate = functools.partial(steps.eval_step, model=model, num_classes=10)

@@ -28,7 +28,7 @@ import ml_collections
 from configs import default
 from recipe import checks, masks, models, noise_scale, optim, schedules
 from recipe.data import datasets, pipeline
-from train import steps
+from train import runners, steps
 
 BN_SCOPES = ("device", "global", "group", "ghost")
 DTYPES = ("float32", "bfloat16")
@@ -119,7 +119,7 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "optimizer.nesterov": checks.check_bool,
     "noise_scale.enabled": checks.check_bool,
     "noise_scale.decay": _check_momentum,
-    "runner": _choice(tuple(steps.RUNNERS)),
+    "runner": _choice(tuple(runners.RUNNERS)),
     "distributed.enabled": checks.check_bool,
     "distributed.coordinator_address": _optional(checks.check_string),
     "distributed.num_processes": _optional(checks.check_positive_int),
@@ -210,11 +210,11 @@ class Setup:
     mix: Callable[..., Any] | None = None
     noise_scale_ema: noise_scale.NoiseScaleEMA | None = None
 
-    def runner(self) -> steps.Runner:
+    def runner(self) -> runners.Runner:
         """The config's runner over all devices (for BN over device groups under shard_map,
         its two-axis mesh)."""
         group_size = self.config.bn.group_size if self.config.bn.scope == "group" else None
-        return steps.make_runner(self.config.runner, bn_group_size=group_size)
+        return runners.make_runner(self.config.runner, bn_group_size=group_size)
 
     @property
     def decay_report(self) -> masks.DecayReport:
@@ -360,7 +360,7 @@ def _bn_scope(config: ml_collections.ConfigDict, device_count: int) -> models.BN
     if bn.scope == "global":
         return models.BNScope.across(steps.AXIS)
     if bn.scope == "group":
-        return steps.group_bn_scope(config.runner, device_count, bn.group_size)
+        return runners.group_bn_scope(config.runner, device_count, bn.group_size)
     return models.BNScope.per_device()
 
 

@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from configs import default
 from recipe.data import datasets, pipeline
-from train import checkpoints, plots, preemption, steps
+from train import checkpoints, inputs, plots, preemption, runners, steps
 from train.describe import recipe_text
 from train.metrics import MetricsWriter, read_metrics
 from train.resolve import ConfigError, Setup, check_fields, flat_fields, resolve
@@ -230,13 +229,13 @@ def _abstract_state(setup: Setup) -> steps.TrainState:
     )
 
 
-def _eval_step(setup: Setup, runner: steps.Runner):
+def _eval_step(setup: Setup, runner: runners.Runner):
     return functools.partial(
         steps.eval_step,
         model=setup.model,
         num_classes=setup.spec.num_classes,
         axis_name=runner.axis_name,
-        normalize=_normalize(setup),
+        normalize=inputs.normalizer(setup),
     )
 
 
@@ -349,7 +348,7 @@ def _run(
             loss_penalty=optimizer.loss_penalty,
             axis_name=runner.axis_name,
             noise_scale_ema=setup.noise_scale_ema,
-            normalize=_normalize(setup),
+            normalize=inputs.normalizer(setup),
             mix=setup.mix,
         ),
         donate_argnums=(0,),
@@ -382,7 +381,7 @@ def _run(
         num_steps=layout.total_steps - start_step,
         augment=config.augment,
         accumulation_steps=layout.accumulation_steps,
-        **_loader_options(setup),
+        **inputs.loader_options(setup),
     )
     progress = tqdm.tqdm(
         total=layout.total_steps,
@@ -399,7 +398,7 @@ def _run(
     eval_every = config.eval_every_epochs * layout.steps_per_epoch
     final_eval: dict[str, float] = {}
     step = start_step
-    device_batches = runner.prefetch(map(_model_inputs, host_batches), config.device_prefetch)
+    device_batches = runner.prefetch(map(inputs.model_inputs, host_batches), config.device_prefetch)
     for batch in device_batches:
         device_state, metrics = train_step(device_state, batch)
         step += 1
@@ -418,7 +417,7 @@ def _run(
         # Sync: fetching the metrics waits for the devices, which bounds the queue of steps with
         # collectives (CPU collectives deadlock when too many are queued).
         for pending_step, device_metrics in pending:
-            fetched = {k: float(v) for k, v in steps.fetch_first(device_metrics).items()}
+            fetched = {k: float(v) for k, v in runners.fetch_first(device_metrics).items()}
             check_finite(pending_step, fetched)
             window.append(fetched)
         pending.clear()
@@ -463,7 +462,7 @@ def _run(
             )
         wrote = False
         if (checkpoint_now or stop) and step != last_checkpoint:
-            host_state = steps.fetch_first(device_state)
+            host_state = runners.fetch_first(device_state)
             _check_finite_state(host_state, step, _kept(last_checkpoint, checkpoint_dir))
             _check_same_on_all_processes(host_state.params)
             checkpointer.save(step, host_state, identity)
@@ -529,7 +528,7 @@ class Evaluator:
     def __init__(
         self,
         setup: Setup,
-        runner: steps.Runner,
+        runner: runners.Runner,
         train_source: Any,
         test_source: Any,
         precise_batches: int | None = None,
@@ -552,7 +551,7 @@ class Evaluator:
                         steps.precise_bn_update,
                         estimator=estimator,
                         ema=ema,
-                        normalize=_normalize(setup),
+                        normalize=inputs.normalizer(setup),
                     ),
                     donate_argnums=(0,),
                 )
@@ -609,10 +608,10 @@ class Evaluator:
             num_steps=num_batches or self.precise_batches,
             augment=False,
             accumulation_steps=layout.accumulation_steps,
-            **_loader_options(self.setup),
+            **inputs.loader_options(self.setup),
         )
         stats = self.init(device_state)
-        for batch in self.runner.prefetch(map(_model_inputs, batches)):
+        for batch in self.runner.prefetch(map(inputs.model_inputs, batches)):
             stats = self.update[ema](stats, device_state, batch)
         return self.finish[ema](device_state, stats)
 
@@ -624,35 +623,15 @@ def _evaluate(setup, runner, eval_step, device_state, test_source) -> dict[str, 
         test_source,
         setup.spec,
         global_batch=setup.layout.eval_batch_size,
-        **_loader_options(setup),
+        **inputs.loader_options(setup),
     ):
-        out = steps.fetch_first(eval_step(device_state, runner.put(_model_inputs(batch))))
+        out = runners.fetch_first(eval_step(device_state, runner.put(inputs.model_inputs(batch))))
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + float(value)
     count = sums.pop("count")
     result = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("top1") / count}
     result.update({key: value / count for key, value in sums.items()})
     return result
-
-
-def _loader_options(setup: Setup) -> dict[str, Any]:
-    """This process's share of the batch, and uint8 images from `setup.data_workers` workers."""
-    return dict(
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        local_device_count=jax.local_device_count(),
-        image_size=setup.config.image_size,
-        worker_count=setup.data_workers,
-        normalize=False,  # uint8 to the devices; `_normalize` inside the steps
-    )
-
-
-def _normalize(setup: Setup) -> Callable[[jax.Array], jax.Array]:
-    """The input normalisation of the steps, `(x/255 − mean) / std` in the compute dtype, which
-    XLA fuses into the first convolution."""
-    return functools.partial(
-        pipeline.normalize_images, spec=setup.spec, dtype=jax.numpy.dtype(setup.config.dtype)
-    )
 
 
 def _check_same_on_all_processes(params: Any) -> None:
@@ -663,8 +642,3 @@ def _check_same_on_all_processes(params: Any) -> None:
             [np.sum(np.abs(x), dtype=np.float64) for x in jax.tree.leaves(params)], np.float32
         )
         multihost_utils.assert_equal(fingerprint, "the processes' parameters differ")
-
-
-def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays the steps read (drops the loader's bookkeeping such as 'index')."""
-    return {k: v for k, v in batch.items() if k in ("image", "label", "mask")}
