@@ -21,7 +21,6 @@ Runs go two at a time, each pinned to one core (`taskset`), each under `timeout 
 import argparse
 import concurrent.futures
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -88,8 +87,9 @@ def _worker(run: table1.Run, setting: dict, core: int, timeout: float) -> dict:
         "--name", run.name, "--seed", str(run.seed), "--workdir", str(workdir),
         "--overrides", json.dumps({**setting, **run.overrides}),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(common.ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=common.ROOT)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=common.worker_env(), cwd=common.ROOT
+    )
     if proc.returncode != 0:
         return {
             "name": run.name,
