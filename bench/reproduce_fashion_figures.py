@@ -102,10 +102,7 @@ def plot_figure2(out: dict, plt) -> None:
     base (mean over seeds, min–max band)."""
     import numpy as np
 
-    by_name: dict[str, list[dict]] = {}
-    for r in table1.completed(out["results"]):
-        if r["group"] == "table1":
-            by_name.setdefault(r["name"], []).append(r)
+    by_name = table1.by_name(out["results"], "table1")
     grid = np.linspace(0, out["setting"]["num_epochs"], 300)
     n = out["setting"]["optimizer.base_batch_size"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)

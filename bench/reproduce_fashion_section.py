@@ -34,14 +34,12 @@ def _verdict(difference: float) -> str:
 
 
 def render(out: dict, analysis: dict) -> str:
+    """Section 8's markdown from `bench.reproduce_fashion`'s saved output and its analysis."""
     s, k = out["setting"], out["k"]
     n, lr = s["optimizer.base_batch_size"], s["optimizer.base_lr"]
     m = out.get("machine", {})
-    runs = table1.completed(out["results"])
-    table = {
-        name: [r for r in runs if r["group"] == "table1" and r["name"] == name]
-        for name in table1_rows()
-    }
+    table1_runs = table1.by_name(out["results"], "table1")
+    table = {name: table1_runs.get(name, []) for name in table1_rows()}
     rows = []
     for name, overrides in table1_rows(k, n).items():
         batch = overrides["batch_size"]

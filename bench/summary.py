@@ -137,7 +137,7 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
         ])  # fmt: skip
     fashion = _load("reproduce_fashion")
     if fashion:
-        table = table1.by_name([r for r in fashion["results"] if r.get("group") == "table1"])
+        table = table1.by_name(fashion["results"], "table1")
         errors = {n: [r["test_error_precise_bn"] for r in table[n]] for n in table}
         means = {n: sum(errors[n]) / len(errors[n]) for n in table1.ROW_NAMES if errors.get(n)}
         analysis = reproduce_fashion_analysis.analyse(fashion)

@@ -109,11 +109,18 @@ def completed(results: list[dict]) -> list[dict]:
     return [r for r in results if "failed" not in r]
 
 
-def by_name(results: list[dict]) -> dict[str, list[dict]]:
-    """The completed runs of each row name, in the order they finished."""
+def by_name(results: list[dict], group: str | None = None) -> dict[str, list[dict]]:
+    """The completed runs of each row name (of `group` only, if given), in the order they
+    finished.
+
+    >>> runs = [{"group": "table1", "name": "base", "seed": 0}, {"group": "sweep", "name": "x"}]
+    >>> list(by_name(runs, "table1"))
+    ['base']
+    """
     grouped: dict[str, list[dict]] = {}
     for r in completed(results):
-        grouped.setdefault(r["name"], []).append(r)
+        if group is None or r.get("group") == group:
+            grouped.setdefault(r["name"], []).append(r)
     return grouped
 
 
