@@ -51,6 +51,8 @@ ROWS = rows()
 
 
 def run_one(name: str, seed: int, workdir: pathlib.Path, overrides: dict) -> dict:
+    """Trains row `name` (`overrides` on configs/default.py) with `seed` in `workdir`: its
+    curve and test errors, also saved as `workdir`/result.json for the driver."""
     from bench import table1_run, trainer_api
 
     config = trainer_api.config_for(**{**overrides, "seed": seed})
@@ -149,8 +151,7 @@ def main() -> None:
         parser.add_argument("--workdir", required=True)
         parser.add_argument("--overrides", required=True)
         args = parser.parse_args()
-        overrides = json.loads(args.overrides)
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        overrides = table1.overrides_from_json(json.loads(args.overrides))
         run_one(args.name, args.seed, pathlib.Path(args.workdir), overrides)
         return
     parser = argparse.ArgumentParser()

@@ -100,6 +100,15 @@ def runs(group: str, row_overrides: dict[str, dict], seeds: int) -> list[Run]:
     ]
 
 
+def overrides_from_json(values: dict) -> dict:
+    """Config overrides as a worker reads them back from JSON, which wrote tuples as lists.
+
+    >>> overrides_from_json({"optimizer.decay_epochs": [8, 11], "batch_size": 32})
+    {'optimizer.decay_epochs': (8, 11), 'batch_size': 32}
+    """
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading the results.
 
