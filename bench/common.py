@@ -213,6 +213,11 @@ def publish(name: str, result: dict, text: str) -> None:
     update_section(name, text)
 
 
+def relative(path: pathlib.Path) -> str:
+    """`path` relative to the repository root, as BENCHMARKS.md links it."""
+    return str(path.relative_to(ROOT))
+
+
 def md_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -4,7 +4,7 @@ several seeds inside one compiled program (`jax.vmap`) uses the cores better.
 Three measurements, each in worker subprocesses under `timeout -s KILL`:
 
 * ``epoch``: the trainer itself (`train.trainer.train_and_evaluate`) on fashion_mnist with
-  the reproduction's setting (`bench.reproduce.SETTING`: ghost BN over 32, zero-γ, label
+  the reproduction's setting (`bench.table1.SETTING`: ghost BN over 32, zero-γ, label
   smoothing, ...) and each candidate model, width, image size and batch, pinned to one core
   (`taskset -c 0`): the loader, the step and the trainer's loop share that core, as in a
   reproduction run. The trainer's metrics writer is wrapped to note the process's CPU time and
@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from bench import common
+from bench import common, table1
 
 RESULTS_FILE = common.RESULTS / "fashion_design.json"
 NUM_TRAIN = 60_000
@@ -58,14 +58,14 @@ TFDS_SOURCE_GRID = [("resnet8", 8, 14, 32), ("resnet8", 8, 14, 1024)]
 
 
 def _config(overrides: dict):
-    from bench import jax_steps, reproduce
+    from bench import trainer_api
 
-    return jax_steps.config_for(
+    return trainer_api.config_for(
         **{
-            **reproduce.SETTING,
+            **table1.SETTING,
             "dataset": "fashion_mnist",
             # Evaluation only at the end: the timed steps hold training alone.
-            "eval_every_epochs": reproduce.SETTING["num_epochs"],
+            "eval_every_epochs": table1.SETTING["num_epochs"],
             **overrides,
         }
     )
@@ -76,9 +76,8 @@ def _config(overrides: dict):
 
 
 def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
+    from bench import trainer_api
     from recipe.data import datasets
-    from train import preemption, trainer
-    from train.metrics import MetricsWriter
 
     config = _config(overrides)
     steps_per_epoch = NUM_TRAIN // config.batch_size
@@ -89,7 +88,7 @@ def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
         datasets.load_source = lambda *args: datasets.InMemorySource(load_source(*args))
     marks: list[tuple[int, float, float]] = []  # (step, process CPU s, wall s) per train record
 
-    class TimedWriter(MetricsWriter):
+    class TimedWriter(trainer_api.MetricsWriter):
         def write(self, step, kind, values):
             super().write(step, kind, values)
             if kind != "train":
@@ -98,12 +97,12 @@ def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
             if len(marks) > 1 and marks[-1][1] - marks[0][1] > seconds:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    trainer.MetricsWriter = TimedWriter
+    trainer_api.write_metrics_with(TimedWriter)
     start_cpu, start_wall = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            trainer.train_and_evaluate(config, workdir)
-        except preemption.Stopped:
+            trainer_api.train_and_evaluate(config, workdir)
+        except trainer_api.preemption.Stopped:
             pass
     (step0, cpu0, wall0), (step1, cpu1, wall1) = marks[0], marks[-1]
     steps = step1 - step0
@@ -164,28 +163,28 @@ def vmap_worker(overrides: dict, seeds: int, steps: int) -> dict:
     import jax
     import numpy as np
 
+    from bench import trainer_api
     from recipe.data import datasets, pipeline
-    from train import resolve, runners
-    from train import steps as train_steps
 
     config = _config(overrides)
-    setup = resolve.resolve(config, 1)
+    setup = trainer_api.resolve.resolve(config, 1)
     states = [
-        train_steps.TrainState.create(
-            train_steps.init_variables(setup.model, setup.image_shape, seed), setup.optimizer.tx
+        trainer_api.steps.TrainState.create(
+            trainer_api.steps.init_variables(setup.model, setup.image_shape, seed),
+            setup.optimizer.tx,
         )
         for seed in range(seeds)
     ]
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
     step_fn = functools.partial(
-        train_steps.train_step,
+        trainer_api.steps.train_step,
         model=setup.model,
         tx=setup.optimizer.tx,
         label_smoothing=config.label_smoothing,
         skip_nonfinite=False,
         loss_penalty=setup.optimizer.loss_penalty,
     )
-    runner = runners.pmap_runner()
+    runner = trainer_api.runners.pmap_runner()
     mapped = runner.map(jax.vmap(step_fn), donate_argnums=(0,))
     spec = datasets.get_dataset_spec("fashion_mnist")
     source = datasets.load_source("fashion_mnist", spec.train_split)

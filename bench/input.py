@@ -95,7 +95,7 @@ def stages(args) -> dict:
 
     read_s, records = timed(lambda: [source[i]["image"] for i in indices])
     boxes = [
-        pipeline._inception_crop_box(*jpeg.jpeg_shape(r), np.random.default_rng([0, 1, 0, i]))
+        pipeline.inception_crop_box(*jpeg.jpeg_shape(r), np.random.default_rng([0, 1, 0, i]))
         for i, r in enumerate(records)
     ]
     scales = [jpeg.dct_scale(box, (SIZE, SIZE)) for box in boxes]
@@ -113,7 +113,7 @@ def stages(args) -> dict:
 
     crop_s, crops = timed(crop_all)
     examples = [{"image": crop, "label": 0, "index": i} for i, crop in enumerate(crops[:BATCH])]
-    collate = pipeline._Collate(spec, local_device_count=1, normalize=False)
+    collate = pipeline.Collate(spec, local_device_count=1, normalize=False)
     c0 = time.process_time()
     for _ in range(args.repeats):
         batch = collate(examples)
@@ -157,7 +157,7 @@ def stages(args) -> dict:
 def collate_float(examples, spec):
     from recipe.data import pipeline
 
-    return pipeline._Collate(spec, local_device_count=1, normalize=True)(examples)["image"]
+    return pipeline.Collate(spec, local_device_count=1, normalize=True)(examples)["image"]
 
 
 def _peer_preprocess(tf):

@@ -31,23 +31,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from configs import default
+from bench.trainer_api import config_for, inputs, resolve, runners, steps
 from recipe import losses, masks, models, optim
-from train import inputs, resolve, runners, steps
 
 VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
-
-
-def config_for(**overrides: Any) -> ml_collections.ConfigDict:
-    """configs/default.py with dotted-key overrides (e.g. {'optimizer.base_lr': 0.2})."""
-    config = default.get_config()
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
 
 
 @dataclasses.dataclass

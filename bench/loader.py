@@ -24,10 +24,10 @@ def measure(args) -> dict:
     import jax
 
     from bench import jax_steps
+    from bench.trainer_api import config_for, inputs, resolve, runners
     from recipe.data import datasets, pipeline
-    from train import inputs, resolve, runners
 
-    config = jax_steps.config_for()
+    config = config_for()
     spec = datasets.get_dataset_spec(config.dataset)
     source = datasets.load_source(config.dataset, spec.train_split, config.data_dir)
     # As the trainer calls the loader (uint8 images, its worker count), on one device.
@@ -68,7 +68,7 @@ def measure(args) -> dict:
     step_s = common.median(wall["step"])
     step_ips = config.batch_size / step_s
 
-    # Both: the trainer's loop, as `train.trainer._train` runs it.
+    # Both: the trainer's loop, as `train_and_evaluate` runs it.
     device_batches = runner.prefetch(
         map(inputs.model_inputs, batches(args.steps + 3)), config.device_prefetch
     )

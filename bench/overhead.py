@@ -24,7 +24,7 @@ import time
 import jax
 
 from bench import common, jax_steps
-from train import runners
+from bench.trainer_api import config_for, runners
 
 # Checks beside the ladder: the full step compiled again (the method's resolution), and the
 # full step with the weight decay in the optimizer instead of the loss.
@@ -84,7 +84,7 @@ def _large_batch_steppers(runner) -> dict:
     }
     fns = {}
     for name, overrides in changes.items():
-        setup = jax_steps.build(jax_steps.config_for(**overrides))
+        setup = jax_steps.build(config_for(**overrides))
         batch = jax_steps.synthetic_batch(
             1, setup.resolved.layout.batch_size, setup.image_shape, setup.num_classes
         )
@@ -93,7 +93,7 @@ def _large_batch_steppers(runner) -> dict:
 
 
 def measure(rounds: int, warmup: int, checks: bool, large_batch: bool = True) -> dict:
-    config = jax_steps.config_for()
+    config = config_for()
     setup = jax_steps.build(config)
     bare = jax_steps.build(config, zero_init_last_bn=False)
     runner = runners.RUNNERS[config.runner](jax.devices()[:1])
@@ -171,7 +171,7 @@ def measure_devices(devices: int, rounds: int, warmup: int) -> dict:
     }
     fns = {}
     for runner_name in ("pmap", "shard_map"):
-        bare = jax_steps.build(jax_steps.config_for(runner=runner_name), zero_init_last_bn=False)
+        bare = jax_steps.build(config_for(runner=runner_name), zero_init_last_bn=False)
         batch = jax_steps.synthetic_batch(
             devices, bare.resolved.layout.batch_size, bare.image_shape, bare.num_classes
         )
@@ -180,7 +180,7 @@ def measure_devices(devices: int, rounds: int, warmup: int) -> dict:
             runner, *jax_steps.step_fn("bare", bare, bare), batch
         )
         for case, overrides in cases.items():
-            setup = jax_steps.build(jax_steps.config_for(runner=runner_name, **overrides))
+            setup = jax_steps.build(config_for(runner=runner_name, **overrides))
             runner = setup.resolved.runner()  # BN groups under shard_map: the 2-D mesh
             fn, state = jax_steps.step_fn("full", setup, axis_name=runner.axis_name)
             fns[f"{runner_name}/{case}"] = jax_steps.Stepper(runner, fn, state, batch)

@@ -16,18 +16,24 @@ import sys
 
 import jax
 
-from bench import common, jax_steps
+from bench import common
+from bench.trainer_api import (
+    Evaluator,
+    config_for,
+    read_metrics,
+    resolve,
+    restore_checkpoint,
+    train_and_evaluate,
+)
 from recipe.data import datasets
-from train import resolve, trainer
-from train.metrics import read_metrics
 
 NUM_BATCHES = (1, 2, 4, 8, 16, 31)
 SPREAD_BATCHES, SPREAD_POSITIONS = 8, 5
 
 
 def measure(workdir: pathlib.Path) -> dict:
-    steps_per_epoch = resolve.resolve(jax_steps.config_for(), 1).layout.steps_per_epoch
-    config = jax_steps.config_for(
+    steps_per_epoch = resolve.resolve(config_for(), 1).layout.steps_per_epoch
+    config = config_for(
         **{
             "bn.precise_batches": 0,
             "checkpoint_every_steps": steps_per_epoch,
@@ -36,7 +42,7 @@ def measure(workdir: pathlib.Path) -> dict:
         }
     )
     if not (workdir / "checkpoints").exists():
-        trainer.train_and_evaluate(config, str(workdir))
+        train_and_evaluate(config, str(workdir))
     running = {r["step"]: r for r in read_metrics(workdir) if r["kind"] == "eval"}
     setup = resolve.resolve(config, jax.device_count())
     train_source, test_source = (
@@ -44,12 +50,12 @@ def measure(workdir: pathlib.Path) -> dict:
         for split in (setup.spec.train_split, setup.spec.test_split)
     )
     runner = setup.runner()
-    evaluator = trainer.Evaluator(
+    evaluator = Evaluator(
         setup, runner, train_source, test_source, precise_batches=max(NUM_BATCHES)
     )
     rows = []
     for step in sorted(running):
-        _, state = trainer.restore_checkpoint(setup, str(workdir), step)
+        _, state = restore_checkpoint(setup, str(workdir), step)
         device_state = runner.replicate(state)
         row = {
             "epoch": step / steps_per_epoch,

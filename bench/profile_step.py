@@ -9,7 +9,7 @@ Thunks run concurrently on XLA's two Eigen threads, so the sums are thread-time,
 PyTorch: `torch.profiler` self CPU time per aten op, grouped the same way (its convolution
 backward computes the input and kernel gradients in one op).
 
-    python -m bench.profile_step --framework jax|torch [vs_torch.py model arguments]
+    python -m bench.profile_step --framework jax|torch [bench/compared_step.py's model arguments]
 """
 
 import collections
@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 
-from bench import common, vs_torch
+from bench import common, compared_step
 
 CATEGORIES = (
     "conv forward",
@@ -105,7 +105,7 @@ def profile_jax(args, num_steps: int = 3) -> dict:
     import jax
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    setup, stepper = vs_torch.jax_stepper(args)
+    setup, stepper = compared_step.jax_stepper(args)
     hlo = stepper.step.lower(stepper.state, stepper.batch).compile().as_text()
     instructions = _hlo_instructions(hlo)
     kernel_shapes = {
@@ -151,7 +151,7 @@ def profile_torch(args, num_steps: int = 3) -> dict:
     model = torch_resnet.ResNet(
         args.model, in_channels=args.channels, num_filters=args.width, stem=args.stem
     )
-    images, labels = vs_torch._batch(args)
+    images, labels = compared_step.fixed_batch(args)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).long()
     if args.channels_last:
@@ -194,7 +194,7 @@ def profile_torch(args, num_steps: int = 3) -> dict:
 
 def main() -> None:
     argv = sys.argv[1:]
-    args = vs_torch._args(["worker", *argv])
+    args = compared_step.worker_args(["worker", *argv])
     result = profile_jax(args) if args.framework == "jax" else profile_torch(args)
     result["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     result["args"] = vars(args)

@@ -4,8 +4,8 @@ BENCHMARKS.md.
 Each family is its own command too (`python -m bench.overhead`, `bench.vs_torch`,
 `bench.loader`, `bench.runners`, `bench.input`, `bench.precise_bn`); this driver runs them one
 after another as subprocesses under `timeout -s KILL`, then writes the summary at the top of
-BENCHMARKS.md from their JSON results (bench/results/*.json). Section 5 is `make reproduce`
-(bench/reproduce.py).
+BENCHMARKS.md from their JSON results (bench/results/*.json; `bench/summary.py`). Section 5 is
+`make reproduce` (bench/reproduce.py).
 
     python -m bench.run_all [--only overhead,loader]
 """
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench import common
+from bench import common, summary
 
 FAMILIES = {
     # name: (argv, timeout in s)
@@ -49,174 +49,6 @@ def ensure_skeleton() -> None:
     path.write_text(content)
 
 
-def _load(name: str) -> dict | None:
-    path = common.RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def summary(elapsed: dict[str, float] | None = None) -> str:
-    """The summary section from the families' JSON results (elapsed: minutes of the last
-    `make bench`, read back from bench/results/run_all.json when not given)."""
-    if elapsed is None:
-        saved = _load("run_all") or {}
-        elapsed = saved.get("elapsed", {})
-    m = common.machine()
-    lines = [
-        "## Summary",
-        "",
-        common.machine_table(m),
-        "",
-        "The machine is a 2-core VM that other jobs shared while these ran (see each section's "
-        "load average): wall times carry that noise; ratios are measured within one run, "
-        "interleaved, and CPU times are given where they help.",
-        "",
-    ]
-    rows = []
-    o = _load("overhead")
-    if o:
-        f = o["variants"]["full"]
-        rows.append([
-            "1. full recipe / bare step",
-            f"{f['wall_ratio'][0]:.3f}× wall, {f['cpu_ratio'][0]:.3f}× CPU",
-            "≤ 1.02×",
-        ])  # fmt: skip
-    t = _load("vs_torch")
-    if t:
-        for model in ("default", "resnet18"):
-            h = t["headline"][model]
-            torch_best = min(
-                (p["step_ms"] for k, p in h.items() if k.startswith("PyTorch") and "step_ms" in p),
-                default=float("nan"),
-            )
-            for label in (
-                "JAX, default XLA:CPU",
-                "JAX, Eigen convolutions",
-                "JAX, bfloat16 + Eigen convolutions",
-            ):
-                p = h.get(label, {})
-                if "step_ms" in p:
-                    rows.append([
-                        f"2. {model} model: {label} / fastest PyTorch eager",
-                        f"{p['step_ms']:.0f} ms / {torch_best:.0f} ms = "
-                        f"{p['step_ms'] / torch_best:.2f}×",
-                        "≤ 1×",
-                    ])  # fmt: skip
-    ld = _load("loader")
-    if ld:
-        rows.append([
-            "3. loader / train step (images/s)",
-            f"{ld['loader_images_per_s']:.0f} / {ld['step_images_per_s']:.0f} = "
-            f"{ld['ratio']:.0f}×",
-            "≥ 5×",
-        ])  # fmt: skip
-    r = _load("runners")
-    if r:
-        cases = r["cases"]
-
-        def step(key):
-            return common.median(cases[key]["step"]) if "step" in cases.get(key, {}) else None
-
-        for n in (1, 2):
-            a, b = step(f"pmap/{n}"), step(f"shard_map/{n}")
-            if a and b:
-                rows.append([f"4. shard_map / pmap step, {n} device(s)", f"{b / a:.2f}×", "–"])
-    rp = _load("reproduce")
-    if rp:
-        errors: dict[str, list[float]] = {}
-        for run in rp["results"]:
-            if "failed" not in run:
-                errors.setdefault(run["name"], []).append(run["test_error_precise_bn"])
-
-        def mean(name):
-            xs = errors.get(name, [])
-            return f"{sum(xs) / len(xs):.1f}" if xs else "–"
-
-        names = ("base", "no warmup", "constant warmup", "gradual warmup")
-        for suffix, label in (("", "γ = 0"), (", γ=1", "γ = 1")):
-            rows.append([
-                f"5. Table 1 test error %, {label} (base / no / constant / gradual warmup)",
-                " / ".join(mean(n + suffix) for n in names),
-                "–",
-            ])  # fmt: skip
-        rows.append(["5. `make reproduce` time", f"{rp['elapsed_s'] / 60:.1f} min", "≤ 20 min"])
-    inp = _load("input")
-    if inp:
-        runs = inp["loader"]
-
-        def images_per_cpu_second(kind):
-            return 1e3 / common.median(
-                [r["cpu_ms_per_image"] for r in runs if r["kind"] == kind and r["cores"] == 1]
-            )
-
-        def wall(kind, cores):
-            return common.median(
-                [r["images_per_s"] for r in runs if r["kind"] == kind and r["cores"] == cores]
-            )
-
-        rows.append([
-            "6. ImageNet input per core: recipe / Flax example's tf.data (images per CPU-s)",
-            f"{images_per_cpu_second('processes'):.0f} / {images_per_cpu_second('peer'):.0f} = "
-            f"{images_per_cpu_second('processes') / images_per_cpu_second('peer'):.2f}×",
-            "≥ 1.0×",
-        ])  # fmt: skip
-        rows.append([
-            "6. ImageNet input, 1 → 2 worker processes (images/s)",
-            f"{wall('processes', 2) / wall('processes', 1):.2f}×",
-            "≥ 1.8×",
-        ])  # fmt: skip
-        transfer = inp["stages"]["transfer"]
-        rows.append([
-            "6. bytes per image to the device, float32 before / uint8",
-            f"{transfer['float32']['bytes_per_image'] / transfer['uint8']['bytes_per_image']:.0f}×",
-            "4×",
-        ])  # fmt: skip
-    pb = _load("precise_bn")
-    if pb:
-        by_epoch = {row["epoch"]: row for row in pb["rows"]}
-        early = [by_epoch[e] for e in (2.0, 3.0) if e in by_epoch]
-        rows.append([
-            "7. default run, test accuracy at epochs 2 / 3: BN running averages / precise BN "
-            "(8 batches)",
-            " / ".join(f"{r['running']:.1%}" for r in early) + " vs "
-            + " / ".join(f"{r['N=8']:.1%}" for r in early),
-            "–",
-        ])  # fmt: skip
-    fashion = _load("reproduce_fashion")
-    if fashion:
-        from bench import reproduce_fashion  # imports the trainer: only when there are results
-
-        errors: dict[str, list[float]] = {}
-        for run in reproduce_fashion.completed(fashion["results"]):
-            if run["group"] == "table1":
-                errors.setdefault(run["name"], []).append(run["test_error_precise_bn"])
-        names = ("base", "no warmup", "constant warmup", "gradual warmup")
-        means = {n: sum(errors[n]) / len(errors[n]) for n in names if errors.get(n)}
-        analysis = reproduce_fashion.analyse(fashion)
-        rows.append([
-            f"8. Fashion-MNIST Table 1 test error % (base / no / constant / gradual warmup, "
-            f"k = {fashion['k']})",
-            " / ".join(f"{means[n]:.2f}" if n in means else "–" for n in names),
-            "gradual within 0.5 pp of base",
-        ])  # fmt: skip
-        if analysis.get("b_noise"):
-            rows.append([
-                "8. Fashion-MNIST kn* (SGD, gradual warmup) / B_noise on the base run",
-                f"{analysis['kn_star']} / {analysis['b_noise']['mean']:.0f}",
-                "–",
-            ])  # fmt: skip
-        rows.append([
-            "8. `make reproduce-fashion` time", f"{fashion['elapsed_s'] / 60:.1f} min", "≤ 45 min"
-        ])  # fmt: skip
-    lines += [common.md_table(["measurement", "result", "target"], rows), ""]
-    if elapsed:
-        lines.append(
-            "Last `make bench`: "
-            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in elapsed.items())
-            + f"; total {sum(elapsed.values()) / 60:.1f} min."
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default=",".join(FAMILIES))
@@ -236,7 +68,7 @@ def main() -> None:
             failed.append(name)
     common.RESULTS.mkdir(exist_ok=True)
     (common.RESULTS / "run_all.json").write_text(json.dumps({"elapsed": elapsed}))
-    common.update_section("summary", summary(elapsed))
+    common.update_section("summary", summary.summary(elapsed))
     print(f"BENCHMARKS.md updated; total {sum(elapsed.values()):.0f} s")
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")

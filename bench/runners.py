@@ -24,10 +24,10 @@ def worker(args) -> dict:
     import jax
 
     from bench import jax_steps
-    from train import runners
+    from bench.trainer_api import config_for, runners
 
     assert jax.device_count() == args.devices, (jax.device_count(), args.devices)
-    config = jax_steps.config_for(runner=args.runner)
+    config = config_for(runner=args.runner)
     setup = jax_steps.build(config)
     fn, state = jax_steps.step_fn("full", setup)
     runner = runners.RUNNERS[args.runner](jax.devices()[: args.devices])

@@ -26,35 +26,7 @@ import time
 
 import numpy as np
 
-from bench import common
-
-# Where each image size comes from: the dataset whose spec has that shape.
-DATASETS = {(28, 1): "mnist5k", (32, 3): "cifar10"}
-
-
-def _args(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["worker"])
-    parser.add_argument("--framework", choices=["jax", "torch"], required=True)
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--stem", default=None)
-    parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--image", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--torch-compile", action="store_true")
-    return parser.parse_args(argv)
-
-
-def _batch(args):
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(args.batch, args.image, args.image, args.channels))
-    labels = rng.integers(0, 10, args.batch)
-    return images.astype(np.float32), labels.astype(np.int32)
+from bench import common, compared_step, profile_step
 
 
 def _time(step, args) -> dict:
@@ -82,33 +54,10 @@ def _time(step, args) -> dict:
     }
 
 
-def jax_stepper(args):
-    """(setup, stepper): the full-recipe step of the model `args` describe, on one device, with
-    its fixed batch."""
-    import jax
-
-    from bench import jax_steps
-    from train import runners
-
-    config = jax_steps.config_for(
-        dataset=DATASETS[(args.image, args.channels)],
-        model=args.model,
-        num_filters=args.width,
-        batch_size=args.batch,
-        dtype=args.dtype,
-    )
-    setup = jax_steps.build(config, stem=args.stem)
-    fn, state = jax_steps.step_fn("full", setup)
-    runner = runners.RUNNERS[config.runner](jax.devices()[:1])
-    images, labels = _batch(args)
-    batch = {"image": images[None], "label": labels[None]}
-    return setup, jax_steps.Stepper(runner, fn, state, batch)
-
-
 def jax_worker(args) -> dict:
     import jax
 
-    setup, stepper = jax_stepper(args)
+    setup, stepper = compared_step.jax_stepper(args)
     train_step = stepper.step
 
     def step():
@@ -132,7 +81,7 @@ def torch_worker(args) -> dict:
         args.model, in_channels=args.channels, num_filters=args.width, stem=args.stem
     )
     model.train()
-    images, labels = _batch(args)
+    images, labels = compared_step.fixed_batch(args)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).long()
     if args.channels_last:
@@ -159,7 +108,7 @@ def torch_worker(args) -> dict:
 
 
 def worker_main(argv) -> None:
-    args = _args(argv)
+    args = compared_step.worker_args(argv)
     result = jax_worker(args) if args.framework == "jax" else torch_worker(args)
     result["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     result["args"] = vars(args)
@@ -371,15 +320,13 @@ def render(result: dict) -> str:
         "backward computes input and kernel gradients in one op). From `bench/profile_step.py`.",
         "",
     ]
-    from bench.profile_step import CATEGORIES
-
     for model, spec in MODELS.items():
         if model not in result["profile"]:
             continue
         prof = result["profile"][model]
         labels = [k for k in prof if "ms_per_step" in prof[k]]
         rows = []
-        for cat in CATEGORIES:
+        for cat in profile_step.CATEGORIES:
             vals = [prof[k]["ms_per_step"].get(cat) for k in labels]
             if any(v and v >= 0.05 for v in vals):
                 rows.append([cat] + [f"{v:.1f}" if v else "–" for v in vals])
@@ -434,9 +381,7 @@ def render(result: dict) -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         return worker_main(sys.argv[1:])
-    import argparse as _argparse
-
-    parser = _argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one round (development)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)

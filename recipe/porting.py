@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from recipe import checks
-from recipe.schedules import _float32, half_cosine
+from recipe.schedules import float32_schedule, half_cosine
 
 TIMM_SCHEDULES = ("cosine", "step", "multistep")
 
@@ -86,7 +86,7 @@ def linear_lr(
         factor = (start_factor * (total_iters - done) + end_factor * done) / total_iters
         return base_lr * factor
 
-    return _float32(schedule)
+    return float32_schedule(schedule)
 
 
 def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -> optax.Schedule:
@@ -111,7 +111,7 @@ def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -
     checks.check_non_negative("base_lr", base_lr)
     checks.check_in_unit_interval("factor", factor)
     checks.check_positive_int("total_iters", total_iters)
-    return _float32(
+    return float32_schedule(
         lambda step: jnp.where(jnp.asarray(step) < total_iters, base_lr * factor, base_lr)
     )
 
@@ -136,7 +136,7 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> optax.Schedul
     checks.check_non_negative("base_lr", base_lr)
     checks.check_positive_int("step_size", step_size)
     checks.check_non_negative("gamma", gamma)
-    return _float32(lambda step: base_lr * _power(gamma, jnp.asarray(step) // step_size))
+    return float32_schedule(lambda step: base_lr * _power(gamma, jnp.asarray(step) // step_size))
 
 
 def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> optax.Schedule:
@@ -163,7 +163,7 @@ def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) 
     checks.check_non_negative("gamma", gamma)
     counts = collections.Counter(int(m) for m in milestones)
     scales = {milestone: gamma**count for milestone, count in counts.items()}
-    return _float32(optax.piecewise_constant_schedule(base_lr, scales))
+    return float32_schedule(optax.piecewise_constant_schedule(base_lr, scales))
 
 
 def exponential_lr(base_lr: float, gamma: float) -> optax.Schedule:
@@ -174,7 +174,7 @@ def exponential_lr(base_lr: float, gamma: float) -> optax.Schedule:
     """
     checks.check_non_negative("base_lr", base_lr)
     checks.check_non_negative("gamma", gamma)
-    return _float32(lambda step: base_lr * _power(gamma, jnp.asarray(step)))
+    return float32_schedule(lambda step: base_lr * _power(gamma, jnp.asarray(step)))
 
 
 def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> optax.Schedule:
@@ -212,7 +212,7 @@ def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> opt
             jnp.minimum(phase, 2 * T_max - phase), T_max
         )
 
-    return _float32(schedule)
+    return float32_schedule(schedule)
 
 
 def sequential_lr(schedules: Sequence[optax.Schedule], milestones: Sequence[int]) -> optax.Schedule:
@@ -254,7 +254,7 @@ def sequential_lr(schedules: Sequence[optax.Schedule], milestones: Sequence[int]
         checks.check_positive_int(f"milestones[{i}]", milestone)
     if list(milestones) != sorted(milestones):
         raise ValueError(f"milestones must be non-decreasing, got {list(milestones)}")
-    return _float32(optax.join_schedules(list(schedules), [int(m) for m in milestones]))
+    return float32_schedule(optax.join_schedules(list(schedules), [int(m) for m in milestones]))
 
 
 def stepped_per_epoch(schedule: optax.Schedule, steps_per_epoch: int) -> optax.Schedule:
@@ -270,7 +270,7 @@ def stepped_per_epoch(schedule: optax.Schedule, steps_per_epoch: int) -> optax.S
     [1.0, 1.0, 0.5, 0.5, 0.25]
     """
     checks.check_positive_int("steps_per_epoch", steps_per_epoch)
-    return _float32(lambda step: schedule(jnp.asarray(step) // steps_per_epoch))
+    return float32_schedule(lambda step: schedule(jnp.asarray(step) // steps_per_epoch))
 
 
 def timm_warmup(
@@ -313,7 +313,7 @@ def timm_warmup(
     checks.check_non_negative_int("warmup_t", warmup_t)
     checks.check_non_negative("warmup_lr_init", warmup_lr_init)
     if warmup_t == 0:
-        return _float32(schedule)
+        return float32_schedule(schedule)
     increment = (base_lr - warmup_lr_init) / warmup_t
 
     def warmed_up(step):
@@ -321,7 +321,7 @@ def timm_warmup(
         main = schedule(step - warmup_t if warmup_prefix else step)
         return jnp.where(step < warmup_t, warmup_lr_init + step * increment, main)
 
-    return _float32(warmed_up)
+    return float32_schedule(warmed_up)
 
 
 def timm_scheduler(
@@ -458,7 +458,7 @@ def timm_scheduler(
 
     if step_on_epochs:
         return stepped_per_epoch(scheduled, updates_per_epoch)
-    return _float32(scheduled)
+    return float32_schedule(scheduled)
 
 
 def _check_factor_open_at_zero(name: str, value: object) -> None:

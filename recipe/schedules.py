@@ -70,14 +70,18 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int, *, name: str = "epochs"
     return int(round(epochs * steps_per_epoch))
 
 
-def _float32(schedule: Callable[[jax.Array], object]) -> optax.Schedule:
-    """Wraps `schedule` so it always returns a float32 array (optax's may return Python floats)."""
+def float32_schedule(schedule: Callable[[jax.Array], object]) -> optax.Schedule:
+    """Wraps `schedule` so it always returns a float32 array (optax's may return Python floats).
+
+    >>> float32_schedule(lambda step: 0.1)(3).dtype
+    dtype('float32')
+    """
     return lambda step: jnp.asarray(schedule(step), jnp.float32)
 
 
 def constant(value: float) -> optax.Schedule:
     """lr(t) = value. A float32-returning `optax.constant_schedule`."""
-    return _float32(optax.constant_schedule(value))
+    return float32_schedule(optax.constant_schedule(value))
 
 
 def step_decay(init_value: float, boundaries: Sequence[int], factor: float = 0.1) -> optax.Schedule:
@@ -102,7 +106,7 @@ def step_decay(init_value: float, boundaries: Sequence[int], factor: float = 0.1
     if list(boundaries) != sorted(set(boundaries)):
         raise ValueError(f"boundaries must be strictly increasing, got {list(boundaries)}")
     checks.check_interval("factor", factor, 0.0, 1.0, low_closed=False)
-    return _float32(
+    return float32_schedule(
         optax.piecewise_constant_schedule(init_value, {int(b): factor for b in boundaries})
     )
 
@@ -123,7 +127,7 @@ def cosine_decay(init_value: float, decay_steps: int, final_value: float = 0.0) 
     """
     checks.check_positive_int("decay_steps", decay_steps)
     checks.check_non_negative("final_value", final_value)
-    return _float32(
+    return float32_schedule(
         lambda step: (
             final_value
             + (init_value - final_value)
@@ -165,7 +169,7 @@ def polynomial_decay(
     checks.check_positive_int("decay_steps", decay_steps)
     checks.check_non_negative("final_value", final_value)
     checks.check_positive("power", power)
-    return _float32(optax.polynomial_schedule(init_value, final_value, power, decay_steps))
+    return float32_schedule(optax.polynomial_schedule(init_value, final_value, power, decay_steps))
 
 
 def gradual_warmup(
@@ -196,13 +200,13 @@ def gradual_warmup(
     """
     checks.check_non_negative_int("warmup_steps", warmup_steps)
     if warmup_steps == 0:
-        return _float32(after)
+        return float32_schedule(after)
 
     def warmup(step):
         frac = jnp.clip(jnp.asarray(step, jnp.float32) / warmup_steps, 0.0, 1.0)
         return init_value + (peak_value - init_value) * frac
 
-    return _float32(optax.join_schedules([warmup, after], [warmup_steps]))
+    return float32_schedule(optax.join_schedules([warmup, after], [warmup_steps]))
 
 
 def constant_warmup(init_value: float, warmup_steps: int, after: optax.Schedule) -> optax.Schedule:
@@ -217,8 +221,8 @@ def constant_warmup(init_value: float, warmup_steps: int, after: optax.Schedule)
     """
     checks.check_non_negative_int("warmup_steps", warmup_steps)
     if warmup_steps == 0:
-        return _float32(after)
-    return _float32(
+        return float32_schedule(after)
+    return float32_schedule(
         optax.join_schedules([optax.constant_schedule(init_value), after], [warmup_steps])
     )
 

@@ -148,7 +148,7 @@ def test_crop_from_bytes_matches_full_decode(jpegs, size):
         np.testing.assert_array_equal(
             data.eval_image(image, SPEC, size), data.eval_image(decoded, SPEC, size)
         )
-        box = pipeline._inception_crop_box(*decoded.shape[:2], np.random.default_rng(index))
+        box = pipeline.inception_crop_box(*decoded.shape[:2], np.random.default_rng(index))
         from_bytes = data.augment_image(image, SPEC, size, np.random.default_rng(index))
         from_array = data.augment_image(decoded, SPEC, size, np.random.default_rng(index))
         assert from_bytes.shape == (*size, 3) and from_bytes.dtype == np.uint8
@@ -196,7 +196,7 @@ def _accepted_mean_area() -> float:
 def test_inception_crop_statistics_match_closed_forms():
     side, draws = 2000, 20_000
     rng = np.random.default_rng(0)
-    boxes = np.array([pipeline._inception_crop_box(side, side, rng) for _ in range(draws)])
+    boxes = np.array([pipeline.inception_crop_box(side, side, rng) for _ in range(draws)])
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     area = widths * heights / side**2
     log_ratio = np.log(widths / heights)
@@ -222,7 +222,7 @@ def test_inception_crop_statistics_match_closed_forms():
 def test_inception_crop_fallback_is_centred_allowed_ratio():
     # A 1 × 100 strip never fits a 3/4–4/3 box of ≥ 8% area: the fallback is its centre,
     # cut to the widest allowed ratio.
-    assert pipeline._inception_crop_box(1, 100, np.random.default_rng(0)) == (49, 0, 50, 1)
+    assert pipeline.inception_crop_box(1, 100, np.random.default_rng(0)) == (49, 0, 50, 1)
 
 
 # ---- Batches: uint8 to the devices, normalised in the step.

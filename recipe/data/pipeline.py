@@ -113,10 +113,17 @@ def _pad_crop_flip(
     return cropped
 
 
-def _inception_crop_box(
+def inception_crop_box(
     height: int, width: int, rng: np.random.Generator
 ) -> tuple[int, int, int, int]:
-    """Samples a random-resized-crop box (left, top, right, bottom), as torchvision does."""
+    """Samples a random-resized-crop box (left, top, right, bottom), as torchvision does:
+    up to ten draws of an area fraction in [0.08, 1] and a log-uniform aspect ratio in
+    [3/4, 4/3] until the box fits; failing that, the whole image cut to the nearest allowed
+    aspect ratio, centred.
+
+    >>> inception_crop_box(1, 100, np.random.default_rng(0))  # too thin to crop: the fallback
+    (49, 0, 50, 1)
+    """
     log_ratio_range = np.log(_CROP_ASPECT_RATIO_RANGE)
     for _ in range(_CROP_ATTEMPTS):
         area = height * width * rng.uniform(*_CROP_AREA_RANGE)
@@ -190,7 +197,7 @@ def augment_image(
         if size != (height, width):
             image = _resize(image, size, resample=Image.Resampling.BOX)
         return image
-    box_for_shape = functools.partial(_inception_crop_box, rng=rng)
+    box_for_shape = functools.partial(inception_crop_box, rng=rng)
     image = _crop_resize(image, box_for_shape, size, dct_scaling=True)
     if spec.horizontal_flip and rng.random() < 0.5:
         # A contiguous copy (a reversed view would make collating the batch 3× slower).
@@ -257,7 +264,7 @@ def normalize_images(images: Any, spec: DatasetSpec, dtype: Any = np.float32) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class _Collate:
+class Collate:
     """Stacks per-example dicts into a device-major batch, optionally normalising the images."""
 
     spec: DatasetSpec
@@ -424,7 +431,7 @@ def train_batches(
         )
     )
     batches = examples.batch(
-        layout.local_batch, batch_fn=_Collate(spec, local_device_count, normalize)
+        layout.local_batch, batch_fn=Collate(spec, local_device_count, normalize)
     )
     return _iterate(batches, worker_count, thread_count, prefetch_batches)
 
@@ -471,6 +478,6 @@ def eval_batches(
         _EvalExample(source, spec, layout, _output_size(spec, image_size))
     )
     batches = examples.batch(
-        layout.local_batch, batch_fn=_Collate(spec, local_device_count, normalize)
+        layout.local_batch, batch_fn=Collate(spec, local_device_count, normalize)
     )
     return _iterate(batches, worker_count, thread_count, prefetch_batches)
