@@ -53,8 +53,7 @@ html_theme_options = {
     "repository_url": "https://github.com/recipe-jax/recipe",
     "use_repository_button": True,
     "path_to_docs": "docs",
-    "launch_buttons": {"colab_url": "https://colab.research.google.com"},
-}
+}  # no launch buttons: docs/notebooks/ holds links; each notebook has its own Colab badge
 
 # A reference to a name of this library that does not resolve fails the build; names of other
 # libraries (jax, optax, flax) are left as code, since the build reads no other site (offline).
