@@ -21,7 +21,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
 ]
 
@@ -33,11 +32,10 @@ templates_path = ["_templates"]
 # Notebooks are shown as stored: the tests execute them (tests/test_notebooks.py).
 nb_execution_mode = "off"
 
-myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3  # links such as benchmarks_results.md#5-goyal-et-al-table-1-...
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "member-order": "bysource"}
+autodoc_default_options = {"members": True}
 autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
