@@ -47,3 +47,16 @@ reproduce: $(INSTALLED)
 reproduce-fashion: $(INSTALLED)
 	$(PY) -m bench.reproduce_fashion
 
+
+# The documentation site (docs/, the `docs` extra): built offline, every warning an error, into
+# docs/_build/html.
+DOCS_INSTALLED := $(VENV)/.docs-installed
+
+.PHONY: docs
+
+$(DOCS_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install --quiet -e '.[test,prepare,docs]'
+	touch $@
+
+docs: $(DOCS_INSTALLED)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

@@ -1,17 +1,17 @@
 """The gradient noise scale B_simple (McCandlish et al. 2018, arXiv 1812.06162, App. A).
 
 With per-example gradients of mean G and covariance Σ, the mean gradient over a batch of b
-examples, G_b, has E|G_b|² = |G|² + tr(Σ)/b. Two batch sizes b < B give two such equations and,
+examples, G_b, has E‖G_b‖² = ‖G‖² + tr(Σ)/b. Two batch sizes b < B give two such equations and,
 solved for the two unknowns, unbiased estimates (their Appendix A):
 
-    |G|²  ≈ (B · |G_B|² − b · |G_b|²) / (B − b)
-    tr(Σ) ≈ (|G_b|² − |G_B|²) / (1/b − 1/B)
+    ‖G‖²  ≈ (B · ‖G_B‖² − b · ‖G_b‖²) / (B − b)
+    tr(Σ) ≈ (‖G_b‖² − ‖G_B‖²) / (1/b − 1/B)
 
-    B_simple = tr(Σ) / |G|²
+    B_simple = tr(Σ) / ‖G‖²
 
 Under data parallelism both gradients are already in the step: each device's gradient over its
 own b examples, and their all-reduced mean over the global batch B = devices · b, so the
-measurement costs the squared norms and one scalar all-reduce of |G_b|² (averaged over the
+measurement costs the squared norms and one scalar all-reduce of ‖G_b‖² (averaged over the
 devices: each is an estimate). Single estimates are very noisy, so numerator and denominator
 are averaged separately over steps with an exponential moving average (EMA) before dividing,
 as the paper advises (`noise_scale_ema`).
@@ -25,7 +25,7 @@ E = E_min (1 + B/B_noise). Well below B_noise, doubling the batch halves the num
 >>> ema = noise_scale_ema(decay=0.0)
 >>> state = ema.update(ema.init(), small_sq_norm=3.0, big_sq_norm=1.5, small_batch=8,
 ...                    big_batch=32)
->>> float(simple_noise_scale(state))  # tr(Σ) = 1.5 / (1/8 − 1/32) = 16, |G|² = 1
+>>> float(simple_noise_scale(state))  # tr(Σ) = 1.5 / (1/8 − 1/32) = 16, ‖G‖² = 1
 16.0
 """
 
@@ -42,7 +42,7 @@ class NoiseScaleState(NamedTuple):
     """EMAs of the two unbiased estimates, and the weight that debiases them.
 
     Attributes:
-      grad_sq: EMA of the |G|² estimates (not yet debiased).
+      grad_sq: EMA of the ‖G‖² estimates (not yet debiased).
       trace: EMA of the tr(Σ) estimates (not yet debiased).
       weight: 1 − decay^steps, the total weight of the EMAs (0 before the first update).
     """
@@ -63,18 +63,18 @@ class NoiseScaleEMA(NamedTuple):
 def unbiased_estimates(
     small_sq_norm: jax.Array, big_sq_norm: jax.Array, small_batch: float, big_batch: float
 ) -> tuple[jax.Array, jax.Array]:
-    """(|G|², tr(Σ)) from |G_b|² and |G_B|² (McCandlish et al. App. A).
+    """(‖G‖², tr(Σ)) from ‖G_b‖² and ‖G_B‖² (McCandlish et al. App. A).
 
-        |G|²  ≈ (B · |G_B|² − b · |G_b|²) / (B − b)
-        tr(Σ) ≈ (|G_b|² − |G_B|²) / (1/b − 1/B)
+        ‖G‖²  ≈ (B · ‖G_B‖² − b · ‖G_b‖²) / (B − b)
+        tr(Σ) ≈ (‖G_b‖² − ‖G_B‖²) / (1/b − 1/B)
 
     Both are unbiased when G_b and G_B are means of i.i.d. per-example gradients (single
     estimates can be negative).
 
     Args:
-      small_sq_norm: |G_b|², the squared norm of a gradient over b examples (or the mean of
+      small_sq_norm: ‖G_b‖², the squared norm of a gradient over b examples (or the mean of
         several such, e.g. one per device).
-      big_sq_norm: |G_B|², the squared norm of the gradient over B examples.
+      big_sq_norm: ‖G_B‖², the squared norm of the gradient over B examples.
       small_batch: b.
       big_batch: B > b.
 
@@ -93,11 +93,11 @@ def unbiased_estimates(
 
 
 def noise_scale_ema(decay: float = 0.99) -> NoiseScaleEMA:
-    """EMAs of the unbiased |G|² and tr(Σ) estimates, kept separately (McCandlish et al.).
+    """EMAs of the unbiased ‖G‖² and tr(Σ) estimates, kept separately (McCandlish et al.).
 
-        x̄ ← decay · x̄ + (1 − decay) · x    for x = |G|², tr(Σ);    w ← decay · w + (1 − decay)
+        x̄ ← decay · x̄ + (1 − decay) · x    for x = ‖G‖², tr(Σ);    w ← decay · w + (1 − decay)
 
-    x̄ / w is the debiased average (as Adam's bias correction); B_simple = tr̄(Σ) / |Ḡ|², in
+    x̄ / w is the debiased average (as Adam's bias correction); B_simple = tr̄(Σ) / ‖Ḡ‖², in
     which w cancels. The state is three float32 scalars: checkpoint it with the train state
     and a resumed run continues the same averages.
 
@@ -134,17 +134,17 @@ def noise_scale_ema(decay: float = 0.99) -> NoiseScaleEMA:
 
 
 def smoothed_estimates(state: NoiseScaleState) -> tuple[jax.Array, jax.Array]:
-    """The debiased averages (|G|², tr(Σ)); NaN before the first update."""
+    """The debiased averages (‖G‖², tr(Σ)); NaN before the first update."""
     return state.grad_sq / state.weight, state.trace / state.weight
 
 
 def simple_noise_scale(state: NoiseScaleState) -> jax.Array:
-    """B_simple = tr(Σ) / |G|² from the averaged estimates (NaN before the first update)."""
+    """B_simple = tr(Σ) / ‖G‖² from the averaged estimates (NaN before the first update)."""
     return state.trace / state.grad_sq
 
 
 def squared_norms(local_grads: Any, mean_grads: Any, axis_name: Any) -> tuple[jax.Array, jax.Array]:
-    """(|G_b|² averaged over the devices, |G_B|²) inside a per-device (pmap/shard_map) step.
+    """(‖G_b‖² averaged over the devices, ‖G_B‖²) inside a per-device (pmap/shard_map) step.
 
     `local_grads` is this device's gradient over its b examples, `mean_grads` their mean over
     `axis_name` (what the step applies, B = devices · b examples). The cost: two squared norms

@@ -114,7 +114,7 @@ def lars(
 ) -> optax.GradientTransformation:
     """LARS (You et al. 2017, arXiv 1708.03888): `optax.lars` with one mask, lr readable.
 
-    Per parameter tensor w (a "layer"), with its gradient g:
+    Per parameter tensor w (a "layer"), with its gradient g::
 
         d ← g + λ · w                           (coupled decay, where `mask` is True)
         d ← c · ‖w‖ / ‖d‖ · d                   (trust ratio, where `mask` is True)
@@ -336,8 +336,9 @@ def build_optimizer(
       model_or_variables: linen variables (with 'batch_stats') or an NNX module, for the mask.
       batch_size: global batch of one micro-batch (all devices and hosts).
       steps_per_epoch: micro-batches per epoch, a multiple of `accumulation_steps`.
-      epochs, base_lr, base_batch_size, warmup, warmup_epochs, decay, decay_epochs,
-        decay_factor, poly_power, poly_end_lr: see `recipe.schedules.goyal_schedule`.
+      epochs: length of the run. It and `base_lr`, `base_batch_size`, `warmup`,
+        `warmup_epochs`, `decay`, `decay_epochs`, `decay_factor`, `poly_power`, `poly_end_lr`
+        are the arguments of `recipe.schedules.goyal_schedule`, which documents them.
       weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`; for 'lamb',
         `momentum` is Adam's b1 and `nesterov` must be False.
       decay_bias: False excludes biases from weight decay too (and from the trust ratio).

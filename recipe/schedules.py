@@ -414,7 +414,7 @@ def goyal_schedule(
     linearly per update; 'constant': η flat; 'none') lasts `warmup_epochs` (for k < 1 it starts
     at kη, not η); then the decay runs until `epochs`:
 
-    * 'step': kη · `decay_factor`^i after the i-th of `decay_epochs` (absolute epochs, counted
+    * 'step': kη · `decay_factor` ^ i after the i-th of `decay_epochs` (absolute epochs, counted
       from the start of training, warmup included: Goyal's 30, 60, 80 of 90; by default
       `paper_decay_epochs(epochs, warmup_epochs)`, the same milestones placed on this run);
     * 'cosine' / 'linear': from kη to 0 over the epochs after warmup;

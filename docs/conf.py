@@ -1,0 +1,83 @@
+"""Sphinx configuration of the documentation site (`make docs`).
+
+The guides are MyST Markdown, the three notebooks in colab/ are rendered as they are stored (CI
+executes them in the tests, so the build does not), and the API reference is generated from the
+docstrings (autodoc, autosummary; napoleon reads their Google-style sections). Nothing is
+fetched at build time: the site builds offline.
+"""
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the library of this checkout, not another installed copy
+
+project = "recipe"
+author = "the recipe authors"
+copyright = "the recipe authors"
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+
+# .rst first: autosummary writes its generated pages with the first suffix, and writes reST.
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints"]
+templates_path = ["_templates"]
+
+# Notebooks are shown as stored: the tests execute them (tests/test_notebooks.py).
+nb_execution_mode = "off"
+
+myst_heading_anchors = 3  # links such as benchmarks_results.md#5-goyal-et-al-table-1-...
+
+autosummary_generate = True
+autodoc_default_options = {"members": True}
+autodoc_typehints = "signature"
+autodoc_member_order = "bysource"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+# Attributes sections as fields: autodoc documents the attributes themselves.
+napoleon_use_ivar = True
+# The docstrings write names in single backquotes: link them where Sphinx knows the name.
+default_role = "py:obj"
+
+html_theme = "sphinx_book_theme"
+html_title = "recipe"
+html_theme_options = {
+    "repository_url": "https://github.com/recipe-jax/recipe",
+    "use_repository_button": True,
+    "path_to_docs": "docs",
+}  # no launch buttons: docs/notebooks/ holds links; each notebook has its own Colab badge
+
+# A reference to a name of this library that does not resolve fails the build; names of other
+# libraries (jax, optax, flax) are left as code, since the build reads no other site (offline).
+# Text in backquotes that is code rather than a name (`recipe.f(x)`) is left alone too.
+nitpicky = True
+nitpick_ignore_regex = [(r"py:.*", r"(?s)(?!recipe(\.\w+)*$).*")]
+
+
+def _public_name(app, env, node, contnode):
+    """`goyal_schedule` in a docstring of recipe.schedules is recipe.schedules.goyal_schedule:
+    the API reference documents it where users import it, as recipe.goyal_schedule."""
+    import recipe
+
+    target = node.get("reftarget", "")
+    module, _, name = target.rpartition(".")
+    if (
+        node.get("refdomain") != "py"
+        or not module.startswith("recipe.")
+        or name not in recipe.__all__
+    ):
+        return None
+    node["reftarget"] = f"recipe.{name}"
+    return env.get_domain("py").resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], node["reftarget"], node, contnode
+    )
+
+
+def setup(app):
+    app.connect("missing-reference", _public_name)

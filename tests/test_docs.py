@@ -1,0 +1,128 @@
+"""The documentation: an API page for every public name, and guide examples that run.
+
+Both read the sources in docs/ (and README.md), not a built site: `make docs` builds it, and that
+takes a minute. A Python block in a guide runs here, in order with the page's other blocks, and
+what its comments say a `print` shows is compared with what it printed. A block that cannot run
+in the tests opens with a `# not run: <why>` line.
+"""
+
+import contextlib
+import io
+import pathlib
+import pkgutil
+import re
+
+import pytest
+
+import recipe
+import recipe.data
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+API_INDEX = DOCS / "api" / "index.rst"
+NOT_RUN = "# not run:"
+
+
+def autosummary_entries(text: str) -> list[str]:
+    """The names listed under `.. autosummary::` directives that have a `:toctree:` (a page
+    each), in order."""
+    entries, in_block, has_toctree = [], False, False
+    for line in text.splitlines():
+        if line.startswith(".. autosummary::"):
+            in_block, has_toctree = True, False
+        elif in_block and line.strip().startswith(":toctree:"):
+            has_toctree = True
+        elif in_block and line.startswith("   ") and not line.strip().startswith(":"):
+            if has_toctree:
+                entries.append(line.strip())
+        elif in_block and line.strip():
+            in_block = False
+    return entries
+
+
+def test_autosummary_entries_reads_only_lists_with_pages():
+    text = (
+        ".. autosummary::\n   :toctree: p\n\n   a.b\n   a.c\n\ntext\n\n.. autosummary::\n\n   a.d\n"
+    )
+    assert autosummary_entries(text) == ["a.b", "a.c"]
+
+
+def test_every_public_name_and_data_module_has_an_api_page():
+    documented = set(autosummary_entries(API_INDEX.read_text()))
+    public = {f"recipe.{name}" for name in recipe.__all__}
+    data_modules = {
+        f"recipe.data.{module.name}"
+        for module in pkgutil.iter_modules(recipe.data.__path__)
+        if not module.name.startswith("_")
+    }
+    assert public - documented == set(), "add them to docs/api/index.rst"
+    assert data_modules - documented == set(), "add them to docs/api/index.rst"
+
+
+def python_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line number, code) of each ```python block of a Markdown file."""
+    blocks, lines = [], path.read_text().splitlines()
+    start = None
+    for number, line in enumerate(lines, 1):
+        if start is None and line.strip() == "```python":
+            start = number
+        elif start is not None and line.strip() == "```":
+            blocks.append((start, "\n".join(lines[start : number - 1]) + "\n"))
+            start = None
+    assert start is None, f"{path}:{start}: a ```python block is not closed"
+    return blocks
+
+
+GUIDES = sorted(p for p in DOCS.glob("*.md") if python_blocks(p)) + [ROOT / "README.md"]
+
+
+def documented_output(code: str) -> str | None:
+    """What the block's comments say its prints show: the comment after each `print(` (on its
+    line, or the `# ` lines right below it); None if a print has none."""
+    shown, lines = [], code.splitlines()
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith("print("):
+            continue
+        _, inline, comment = line.partition("  # ")
+        below = []
+        for following in lines[i + 1 :]:
+            if not following.startswith("# "):
+                break
+            below.append(following[2:])
+        if not (inline or below):
+            return None
+        shown.append(comment if inline else " ".join(below))
+    return " ".join(shown)
+
+
+def test_documented_output_reads_inline_and_following_comments():
+    code = "x = 1\nprint(x)  # 1\nprint(x, x)\n# 1\n#   1\ny = 2\n"
+    assert documented_output(code) == "1 1   1"
+    assert documented_output("print(1)\nprint(2)  # 2\n") is None
+
+
+def test_every_guide_example_runs_or_says_why_not():
+    assert len(GUIDES) >= 6
+    for path in GUIDES:
+        for number, code in python_blocks(path):
+            first = code.splitlines()[0]
+            if first.startswith(NOT_RUN):
+                assert len(first) > len(NOT_RUN) + 5, f"{path}:{number}: say why it cannot run"
+
+
+@pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
+def test_guide_examples_run_and_print_what_they_say(path):
+    namespace = {"__name__": f"docs_{path.stem}"}
+    for number, code in python_blocks(path):
+        if code.startswith(NOT_RUN):
+            continue
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, f"{path.name}:{number}", "exec"), namespace)
+        expected = documented_output(code)
+        if expected is not None:
+            assert _words(printed.getvalue()) == _words(expected), f"{path.name}:{number}"
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"\s+", " ", text).strip().split(" ")
