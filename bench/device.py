@@ -102,7 +102,8 @@ class Sizes:
         width, the square input side).
       max_batch, min_batch: part 1 starts at max_batch and halves while a side runs out of
         device memory, down to min_batch.
-      default_overrides: dotted overrides of configs/default.py for part 2's second pair.
+      default_overrides: dotted overrides of configs/default.py for part 2's second pair (None:
+        no second pair, where the first is as small).
       rounds, steps, default_steps: part 1's rounds, and steps per round of each ResNet step
         and of each default-config step.
       dataset, input_image, input_batch, workers, input_seconds: part 3's dataset, crop side,
@@ -118,7 +119,7 @@ class Sizes:
     image: int
     max_batch: int
     min_batch: int
-    default_overrides: dict
+    default_overrides: dict | None
     rounds: int
     steps: int
     default_steps: int
@@ -155,7 +156,7 @@ SMOKE = Sizes(
     image=16,
     max_batch=8,
     min_batch=8,
-    default_overrides={"model": "resnet8", "num_filters": 4, "image_size": 14, "batch_size": 16},
+    default_overrides=None,  # nothing to compile twice: the first pair is as small
     rounds=2,
     steps=2,
     default_steps=2,
@@ -170,9 +171,10 @@ SMOKE = Sizes(
         "--config.image_size=14",
         "--config.batch_size=1000",
         "--config.eval_batch_size=1000",
-        "--config.num_epochs=1",
+        "--config.num_epochs=2",
         "--config.optimizer.warmup_epochs=0.5",
-        "--config.bn.precise_batches=1",
+        "--config.optimizer.decay_epochs=(1.5,)",
+        "--config.bn.precise_batches=0",
     ),
     budgets={"steps": 600, "train": 600, "input": 600},
 )
@@ -295,8 +297,9 @@ def measure_steps(sizes: Sizes, frameworks: tuple[str, ...], budget: float, logs
     """Parts 1 and 2: both servers at the largest batch that fits, then interleaved rounds."""
     deadline = time.monotonic() + budget
     batch, failed = sizes.max_batch, {}
-    argv = ["--model", sizes.model, "--width", str(sizes.width), "--image", str(sizes.image),
-            "--default-overrides", json.dumps(sizes.default_overrides)]  # fmt: skip
+    argv = ["--model", sizes.model, "--width", str(sizes.width), "--image", str(sizes.image)]
+    if sizes.default_overrides is not None:
+        argv += ["--default-overrides", json.dumps(sizes.default_overrides)]
     while True:
         servers, ready, failed, oom = {}, {}, {}, False
         for fw in frameworks:
@@ -428,7 +431,8 @@ def train_default(sizes: Sizes, data_dir: str, budget: float) -> dict:
         )  # fmt: skip
         wall = time.perf_counter() - t0
         metrics = pathlib.Path(workdir) / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        records = [json.loads(line) for line in lines if line.strip()]
     evals = [r for r in records if r.get("kind") == "eval"]
     return {
         "command": " ".join(shown),
@@ -444,29 +448,26 @@ def train_default(sizes: Sizes, data_dir: str, budget: float) -> dict:
 # The run and §9.
 
 
+def _prepare_in_background(
+    dataset: str, data_dir: str, timeout: float, log: pathlib.Path
+) -> subprocess.Popen:
+    """Starts `python -m bench.device prepare dataset` (under `timeout -s KILL`)."""
+    argv = [common.PYTHON, "-m", "bench.device", "prepare", dataset, "--data-dir", data_dir]
+    return subprocess.Popen(
+        ["timeout", "-s", "KILL", str(int(timeout)), *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        cwd=common.ROOT,
+        env=common.worker_env(),
+    )
+
+
 def measure(sizes: Sizes, smoke: bool, data_dir: str, logs: pathlib.Path) -> dict:
     started = time.monotonic()
     result: dict = {"smoke": smoke, "machine": {**common.machine(), **_nvidia_smi()}}
-    preparing = {
-        name: subprocess.Popen(
-            [
-                "timeout",
-                "-s",
-                "KILL",
-                str(sizes.budgets["steps"] + sizes.budgets["input"]),
-                common.PYTHON,
-                "-m",
-                "bench.device",
-                "prepare",
-                name,
-                "--data-dir",
-                data_dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(logs / f"prepare-{name}.log").open("w"),
-            cwd=common.ROOT,
-            env=common.worker_env(),
-        )  # fmt: skip
+    timeout = sizes.budgets["steps"] + sizes.budgets["input"]
+    preparing = {  # on one core each, while part 1 runs
+        name: _prepare_in_background(name, data_dir, timeout, logs / f"prepare-{name}.log")
         for name in ("mnist5k", sizes.dataset)
     }
     frameworks = ("jax", "torch") if importlib.util.find_spec("torch") else ("jax",)
@@ -544,8 +545,9 @@ def render(result: dict, sizes: Sizes) -> str:
         *_render_input(result, sizes),
         *_render_train(result),
     ]
-    failures = {**s["failed"], **({"torch": result["torch_skipped"]} if "torch_skipped" in
-                                  result else {})}  # fmt: skip
+    failures = dict(s["failed"])
+    if "torch_skipped" in result:
+        failures["torch"] = result["torch_skipped"]
     if failures:
         lines += ["", "Not measured:", ""]
         lines += [f"- {k}: {v.splitlines()[0][:300]}" for k, v in failures.items()]

@@ -9,8 +9,9 @@ until its results are ready, and prints ``{"name": NAME, "seconds": [...]}``. EO
 
 * ``jax``: the project's full step (`train.steps.train_step` with the recipe's optimizer, as
   `python -m train` resolves `configs/imagenet_resnet50_goyal.py`, BN statistics per device) at
-  each compute dtype, the bare step (`bench/jax_steps.py`) in float32, and both steps of
-  `configs/default.py`'s model, each under the trainer's pmap runner on one device.
+  each compute dtype, the bare step (`bench/jax_steps.py`) in float32, and (given its
+  overrides) both steps of `configs/default.py`'s model, each under the trainer's pmap runner
+  on one device.
 * ``torch``: torchvision's model (the twin in `bench/torch_resnet.py` where torchvision lacks
   it or is not installed) trained as `torch_resnet.build_training` trains it: SGD Nesterov, no
   weight decay on BN, label smoothing 0.1, LinearLR → MultiStepLR; channels-last, autocast for
@@ -47,8 +48,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
         "--default-overrides",
-        default="{}",
-        help="JSON of dotted overrides of configs/default.py for its pair of steps (jax)",
+        help="JSON of dotted overrides of configs/default.py for its pair of steps (jax; "
+        "none without it)",
     )
     parser.add_argument("--no-compile", action="store_true", help="torch: eager only")
     parser.add_argument(
@@ -113,18 +114,20 @@ def jax_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], 
         add(f"full/{dtype}", config, "full")
         if dtype == "float32":
             add("bare/float32", config, "bare")
-    default = steps.config_for(**json.loads(args.default_overrides))
-    add("default full", default, "full")
-    add("default bare", default, "bare")
     device = jax.devices()[0]
     facts = {
         "device": f"{device.platform}: {device.device_kind}",
         "jax": jax.__version__,
         "jaxlib": _version("jaxlib"),
         "cuda_plugin": _version("jax-cuda13-plugin") or _version("jax-cuda12-plugin"),
-        "default_model": f"{default.model}, width {default.num_filters}, "
-        f"{default.batch_size} a batch",
     }
+    if args.default_overrides is not None:
+        default = steps.config_for(**json.loads(args.default_overrides))
+        add("default full", default, "full")
+        add("default bare", default, "bare")
+        facts["default_model"] = (
+            f"{default.model}, width {default.num_filters}, {default.batch_size} a batch"
+        )
     return fns, facts
 
 
