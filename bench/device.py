@@ -146,9 +146,9 @@ GPU = Sizes(
     input_image=224,
     input_batch=128,
     workers=(1, 2, 4, 8, 16),
-    input_seconds=4.0,
+    input_seconds=3.0,
     train_overrides=(),
-    budgets={"steps": 260, "train": 110, "input": 90},
+    budgets={"steps": 290, "train": 100, "input": 75},
 )
 SMOKE = Sizes(
     model="resnet8",
@@ -599,10 +599,11 @@ def _render_steps(result: dict, sizes: Sizes) -> list[str]:
         "(`bench/device_steps.py`): SGD Nesterov, no weight decay on BN, label smoothing 0.1, "
         "warmup + step schedule, channels-last, cuDNN autotuning, TF32 float32 matmuls on both "
         "sides. Fixed batch of float32 images on the device; a step runs until its loss is "
-        f"ready. {s['rounds']} interleaved rounds of {sizes.steps} steps each (the default "
-        f"config's steps {sizes.default_steps}); step time = median over rounds of each round's "
-        "median; ratios round by round with a 95% bootstrap interval. The largest power-of-two "
-        f"batch up to {sizes.max_batch} that both sides fit. The JPEG dataset of part 3 was "
+        f"ready. {s['rounds']} interleaved rounds of {sizes.steps} steps of each "
+        f"(configs/default.py's: {sizes.default_steps}); step time = median over rounds of each "
+        "round's median; ratios round by round with a 95% bootstrap interval. The largest "
+        f"power-of-two batch up to {sizes.max_batch} that both sides fit. The JPEG dataset of "
+        "part 3 was "
         "being prepared (one core) while these ran.",
         "",
         common.md_table(["step", "ms", "images/s", "first call s (compiling)"], rows),

@@ -7,11 +7,14 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from bench import common, device
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(900)  # about 130 CPU-seconds: minutes on a loaded 2-core machine
 def test_smoke_run_measures_every_part_and_writes_only_its_output(tmp_path, data_dir):
     benchmarks_before = common.BENCHMARKS_MD.read_text()
     # One CPU device, as the GPU machine has one GPU: without the suite's forced device count.
@@ -21,7 +24,7 @@ def test_smoke_run_measures_every_part_and_writes_only_its_output(tmp_path, data
     command = [sys.executable, "-m", "bench.device", "--smoke", "--out", str(out),
                "--data-dir", data_dir]  # fmt: skip
     proc = subprocess.run(
-        ["timeout", "-s", "KILL", "600", *command],
+        ["timeout", "-s", "KILL", "850", *command],
         cwd=ROOT,
         env=env,
         capture_output=True,
