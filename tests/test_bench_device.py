@@ -64,12 +64,13 @@ def test_smoke_run_measures_every_part_and_writes_only_its_output(tmp_path, data
 
 def test_missing_imports_are_named_in_one_line_with_how_to_bring_them(monkeypatch):
     real_find_spec = device.importlib.util.find_spec
-    absent = {"grain", "promise", "torchvision"}
-    monkeypatch.setattr(
-        device.importlib.util,
-        "find_spec",
-        lambda name: None if name in absent else real_find_spec(name),
-    )
+
+    def find_spec(name):  # grain, promise and torchvision absent, torch present
+        if name in ("grain", "promise", "torchvision"):
+            return None
+        return object() if name == "torch" else real_find_spec(name)
+
+    monkeypatch.setattr(device.importlib.util, "find_spec", find_spec)
     assert device.missing_imports(smoke=True) == {
         "grain": "grain==0.2.18",
         "promise": "promise==2.3",
