@@ -584,7 +584,7 @@ def _render_steps(result: dict, sizes: Sizes) -> list[str]:
         n = batch if "default" not in key else None
         compiled = torch_facts.get("compiled", {}).get(name.split("/")[-1]) if fw == "torch" else ""
         rows.append([
-            label + (f" ({compiled})" if compiled else ""),
+            label + (f", {compiled}" if compiled else ""),
             f"{1e3 * step_s:.1f}",
             f"{n / step_s:,.0f}" if n else "–",
             f"{facts['first_call_s'][name]:.1f}",

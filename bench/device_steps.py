@@ -187,7 +187,9 @@ def torch_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]]
         train_step = torch_resnet.build_training(
             Autocast(torch.compile(model) if compile_model else model, amp),
             base_lr=0.1,
-            k=args.batch / 256,
+            # Goyal's k = kn / 256; at least 1, as LinearLR only warms up (a smaller batch
+            # has none to do): the values do not change what a step costs.
+            k=max(args.batch / 256, 1.0),
             warmup_steps=5 * steps_per_epoch,
             milestones=[e * steps_per_epoch for e in (30, 60, 80)],
         )
