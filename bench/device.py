@@ -44,6 +44,10 @@ from bench import common
 
 SECTION = "device"
 COMMAND = "make bench-device"
+HOW_TO_BRING = (
+    "what it lacks travels as wheels: `make device-wheels` where there is network, then the "
+    "working tree with .whl/"
+)
 
 # What the benchmark imports that the GPU machine (Python 3.12, jax with CUDA 13, torch,
 # torchvision, flax, optax, orbax, chex, OpenCV, tensorboard, matplotlib, etils, absl, tqdm,
@@ -293,7 +297,9 @@ class StepServer:
             self.proc.wait()
 
 
-def measure_steps(sizes: Sizes, frameworks: tuple[str, ...], budget: float, logs) -> dict:
+def measure_steps(
+    sizes: Sizes, frameworks: tuple[str, ...], budget: float, logs: pathlib.Path
+) -> dict:
     """Parts 1 and 2: both servers at the largest batch that fits, then interleaved rounds."""
     deadline = time.monotonic() + budget
     batch, failed = sizes.max_batch, {}
@@ -516,7 +522,7 @@ def render(result: dict, sizes: Sizes) -> str:
             "",
         ]
     lines += [
-        f"Re-run: `{COMMAND}` on the GPU machine ({_how_to_bring()}); "
+        f"Re-run: `{COMMAND}` on the GPU machine ({HOW_TO_BRING}); "
         f"{result['total_s'] / 60:.1f} min on {m['date']}.",
         "",
         common.md_table(
@@ -552,13 +558,6 @@ def render(result: dict, sizes: Sizes) -> str:
         lines += ["", "Not measured:", ""]
         lines += [f"- {k}: {v.splitlines()[0][:300]}" for k, v in failures.items()]
     return "\n".join(lines)
-
-
-def _how_to_bring() -> str:
-    return (
-        "what it lacks travels as wheels: `make device-wheels` where there is network, then "
-        "the working tree with .whl/"
-    )
 
 
 def _render_steps(result: dict, sizes: Sizes) -> list[str]:
