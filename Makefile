@@ -60,3 +60,20 @@ $(DOCS_INSTALLED): pyproject.toml $(INSTALLED)
 
 docs: $(DOCS_INSTALLED)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# BENCHMARKS.md section 9 on a GPU machine (bench/device.py, at most 8 minutes). Its Python has
+# jax with CUDA and torch; what it lacks (bench/device.py WHEELS) travels as wheels in .whl/:
+# `make device-wheels` where there is network, then bring .whl/ with the working tree.
+# `make bench-device` installs them into /tmp/device-site (no network) and runs the benchmark.
+DEVICE_PYTHON ?= python3
+DEVICE_SITE := /tmp/device-site
+
+.PHONY: bench-device device-wheels
+
+device-wheels:
+	$(PYTHON) -m bench.device wheels .whl
+
+bench-device:
+	if ls .whl/*.whl >/dev/null 2>&1; then $(DEVICE_PYTHON) -m pip install --quiet --no-index \
+		--no-deps --upgrade --target $(DEVICE_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(DEVICE_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(DEVICE_PYTHON) -m bench.device

@@ -18,7 +18,7 @@ from torch import nn
 
 # (stage sizes, bottleneck?, default width, stem) as in recipe.models._CONFIGS.
 CONFIGS = {
-    **{f"resnet{d}": (((d - 2) // 6,) * 3, False, 16, "cifar") for d in (20, 32, 44, 56, 110)},
+    **{f"resnet{d}": (((d - 2) // 6,) * 3, False, 16, "cifar") for d in (8, 20, 32, 44, 56, 110)},
     "resnet18": ((2, 2, 2, 2), False, 64, "imagenet"),
     "resnet34": ((3, 4, 6, 3), False, 64, "imagenet"),
     "resnet50": ((3, 4, 6, 3), True, 64, "imagenet"),

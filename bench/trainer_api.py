@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from configs import default
+from configs import default, imagenet_resnet50_goyal
 from train import inputs, preemption, resolve, runners, steps
 from train import trainer as _loop
 from train.metrics import MetricsWriter, read_metrics
@@ -23,6 +23,7 @@ __all__ = [
     "MetricsWriter",
     "NonFiniteLossError",
     "config_for",
+    "imagenet_resnet50_goyal",
     "inputs",
     "preemption",
     "read_metrics",

@@ -1,0 +1,88 @@
+"""bench/device.py: the GPU benchmark's whole code path, at tiny sizes on the CPU (`--smoke`), so
+that it cannot rot between the times a GPU machine is at hand; and its import check."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bench import common, device
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(900)  # about 130 CPU-seconds: minutes on a loaded 2-core machine
+def test_smoke_run_measures_every_part_and_writes_only_its_output(tmp_path, data_dir):
+    benchmarks_before = common.BENCHMARKS_MD.read_text()
+    # One CPU device, as the GPU machine has one GPU: without the suite's forced device count.
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bench.device", "--smoke", "--out", str(out),
+               "--data-dir", data_dir]  # fmt: skip
+    proc = subprocess.run(
+        ["timeout", "-s", "KILL", "850", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = json.loads((out / "device.json").read_text())
+    steps = result["steps"]
+    assert steps["failed"] == {}
+    assert steps["rounds"] == device.SMOKE.rounds
+    assert steps["batch"] == device.SMOKE.max_batch
+    expected = {"jax full/float32", "jax bare/float32", "jax full/bfloat16"}
+    if device.SMOKE.default_overrides is not None:
+        expected |= {"jax default full", "jax default bare"}
+    if "torch_skipped" not in result:
+        expected |= {"torch full/float32", "torch full/bfloat16"}
+    assert set(steps["steps"]) == expected
+    assert all(len(t) == device.SMOKE.rounds and min(t) > 0 for t in steps["steps"].values())
+
+    runs = result["input"]["runs"]
+    assert [run["workers"] for run in runs] == list(device.SMOKE.workers)
+    assert all(run["images_per_s"] > 0 for run in runs)
+
+    train = result["train"]
+    assert train["returncode"] == 0, train["stderr_tail"]
+    assert 0.0 <= train["final_eval"]["accuracy"] <= 1.0
+    assert train["train_steps"] == 8  # two epochs of 4,000 examples in batches of 1,000
+
+    section = (out / "BENCHMARKS.md").read_text()
+    assert "<!-- BEGIN device -->" in section and "**Smoke run**" in section
+    for part in ("### 1. Train step", "### 2. The recipe's overhead", "### 3. JPEG input",
+                 "### 4. configs/default.py end to end"):  # fmt: skip
+        assert part in section
+    assert common.BENCHMARKS_MD.read_text() == benchmarks_before
+
+
+def test_missing_imports_are_named_in_one_line_with_how_to_bring_them(monkeypatch):
+    real_find_spec = device.importlib.util.find_spec
+
+    def find_spec(name):  # grain, promise and torchvision absent, torch present
+        if name in ("grain", "promise", "torchvision"):
+            return None
+        return object() if name == "torch" else real_find_spec(name)
+
+    monkeypatch.setattr(device.importlib.util, "find_spec", find_spec)
+    assert device.missing_imports(smoke=True) == {
+        "grain": "grain==0.2.18",
+        "promise": "promise==2.3",
+    }
+    missing = device.missing_imports(smoke=False)
+    assert missing["torchvision"] == "torchvision"
+    line = device.missing_line(missing)
+    assert "\n" not in line
+    assert "grain==0.2.18, promise==2.3, torchvision" in line
+    assert "make device-wheels" in line and "pip install torchvision" in line
+
+
+def test_wheels_are_pinned_for_the_gpu_machine():
+    assert all("==" in requirement for requirement in device.WHEELS.values())
+    assert set(device.BUILT_HERE) <= set(device.WHEELS)
