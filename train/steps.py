@@ -301,7 +301,7 @@ def average_batch_stats(state: TrainState, axis_name: AxisName = AXIS) -> TrainS
     return state.replace(batch_stats=lax.pmean(state.batch_stats, axis_name))
 
 
-def precise_bn_estimator(model: models.ResNet, axis_name: AxisName = AXIS) -> precise_bn.PreciseBN:
+def model_precise_bn(model: models.ResNet, axis_name: AxisName = AXIS) -> precise_bn.PreciseBN:
     """Precise BN for `model` under a runner: the population statistics of per-device,
     grouped and cross-device BN, the mean of the ghost-batch statistics for ghost BN (see
     `recipe.precise_bn`), combined over all devices along `axis_name` (`Runner.axis_name`)."""
