@@ -109,6 +109,8 @@ def _flag_error(argv: list[str], error: Exception) -> str:
     """One line for a failed parse: a config file that did not load, an unknown or ill-typed
     `--config.*` override, or absl's own message."""
     filename = _config_filename(argv)
+    if filename is not None and not _exists(filename):
+        return f"--config={filename}: {_load_error(filename, error)}"
     config = flags.FLAGS["config"].value
     loaded = isinstance(config, config_dict.ConfigDict)
     overrides = [
@@ -149,12 +151,16 @@ def _config_filename(argv: list[str]) -> str | None:
 
 def _load_error(filename: str, error: Exception | None) -> str:
     """Why the config file `filename` (`path[:argument]`) did not load."""
-    if not pathlib.Path(filename.partition(":")[0]).is_file():
+    if not _exists(filename):
         return "no such file (give the path of a config file, e.g. configs/default.py)"
     if error is None:
         return "cannot load it"
     # ml_collections wraps an error of get_config() in its traceback: its last line says it.
     return f"cannot load it ({_one_line(str(error).strip().splitlines()[-1])[:300]})"
+
+
+def _exists(filename: str) -> bool:
+    return pathlib.Path(filename.partition(":")[0]).is_file()
 
 
 def _kind(value: object) -> str:
