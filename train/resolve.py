@@ -292,38 +292,64 @@ def _check_ema(config: ml_collections.ConfigDict) -> None:
 
 def _check_optimizer(config: ml_collections.ConfigDict, layout: BatchLayout) -> None:
     """The rules between the optimizer's fields and the run's length that the library's
-    builders own, told the config fields' names (before `optim.build_optimizer` is called)."""
-    o = config.optimizer
-    try:
-        if o.name == "lamb" and o.nesterov:
-            raise ValueError(
-                "optimizer.nesterov must be False for name='lamb' (LAMB has no Nesterov form)"
+    builders own, as the library's own checks told the config fields' names (before
+    `optim.build_optimizer` is called, which then cannot refuse the config)."""
+    o, epochs = config.optimizer, config.num_epochs
+    warmup_epochs = 0.0 if o.warmup == "none" else o.warmup_epochs
+    decay_names = ("optimizer.decay_epochs", "optimizer.warmup_epochs", "num_epochs")
+    field_checks: list[tuple[str, Callable[[], Any]]] = [
+        ("optimizer.nesterov", lambda: _check_lamb_nesterov(o.name, o.nesterov)),
+    ]
+    if o.warmup != "none":
+        field_checks.append(
+            (
+                "optimizer.warmup_epochs",
+                lambda: schedules.check_warmup_epochs(
+                    o.warmup_epochs, epochs, names=("optimizer.warmup_epochs", "num_epochs")
+                ),
             )
-        warmup_epochs = 0.0
-        if o.warmup != "none":
-            warmup_epochs = schedules.check_warmup_epochs(
-                o.warmup_epochs, config.num_epochs, names=("optimizer.warmup_epochs", "num_epochs")
+        )
+    if o.decay == "step" and o.decay_epochs is not None:
+        field_checks += [
+            (
+                "optimizer.decay_epochs",
+                lambda: schedules.check_decay_epochs(
+                    o.decay_epochs, warmup_epochs, epochs, names=decay_names
+                ),
+            ),
+            (
+                "optimizer.decay_epochs",
+                lambda: schedules.check_decay_updates(
+                    o.decay_epochs,
+                    warmup_epochs,
+                    epochs,
+                    layout.updates_per_epoch,
+                    names=decay_names[:2],
+                ),
+            ),
+        ]
+    if o.decay == "poly":
+        peak_lr = schedules.scaled_learning_rate(o.base_lr, layout.update_batch, o.base_batch_size)
+        field_checks.append(
+            (
+                "optimizer.poly_end_lr",
+                lambda: schedules.check_poly_end_lr(
+                    o.poly_end_lr, peak_lr, name="optimizer.poly_end_lr"
+                ),
             )
-        if o.decay == "step" and o.decay_epochs is not None:
-            decay_names = ("optimizer.decay_epochs", "optimizer.warmup_epochs", "num_epochs")
-            schedules.check_decay_epochs(
-                o.decay_epochs, warmup_epochs, config.num_epochs, names=decay_names
-            )
-            schedules.check_decay_updates(
-                o.decay_epochs,
-                warmup_epochs,
-                config.num_epochs,
-                layout.updates_per_epoch,
-                names=decay_names[:2],
-            )
-        if o.decay == "poly":
-            peak_lr = schedules.scaled_learning_rate(
-                o.base_lr, layout.update_batch, o.base_batch_size
-            )
-            schedules.check_poly_end_lr(o.poly_end_lr, peak_lr, name="optimizer.poly_end_lr")
-    except ValueError as error:
-        field = str(error).split(" ", 1)[0]
-        raise _error(str(error), field, config) from None
+        )
+    for field, check in field_checks:
+        try:
+            check()
+        except ValueError as error:
+            raise _error(str(error), field, config) from None
+
+
+def _check_lamb_nesterov(name: str, nesterov: bool) -> None:
+    if name == "lamb" and nesterov:
+        raise ValueError(
+            "optimizer.nesterov must be False for name='lamb' (LAMB has no Nesterov form)"
+        )
 
 
 def _mixing(
