@@ -49,9 +49,8 @@ def _check_decay_factor(name: str, value: Any) -> Any:
     return checks.check_interval(name, value, 0.0, 1.0, low_closed=False)
 
 
-# The range of every config field on its own; between fields: `_check_fields_together` and the
-# library's builders. tests/test_bad_input.py checks that every field of `base_config()` has
-# a rule here.
+# The range of every config field on its own (the rules between fields: `train.resolve`).
+# tests/test_bad_input.py checks that every field of the configs has a rule here.
 FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "dataset": _choice(datasets.DATASET_NAMES),
     "data_dir": _optional(checks.check_string),
@@ -121,7 +120,12 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field with its default: the Goyal et al. recipe (linear scaling rule, gradual
     warmup, step decay, Nesterov momentum, no weight decay on BatchNorm, zero-γ init,
     per-device BatchNorm) with label smoothing, on the demo's small dataset and model until a
-    config sets its own."""
+    config sets its own.
+
+    >>> config = base_config()
+    >>> config.optimizer.name, config.optimizer.base_lr, config.bn.scope
+    ('sgd', 0.1, 'device')
+    """
     config = ml_collections.ConfigDict()
 
     # Data: a TFDS dataset name (see recipe.data.DATASET_NAMES) and where it is prepared.
