@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 from etils import epath
 
 from recipe import models
@@ -104,6 +103,8 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
 def _variables(path: epath.Path) -> dict[str, Any]:
     """The model's variables from a saved train state (its other items, such as the optimizer
     state, are not read), onto the default device."""
+    import orbax.checkpoint as ocp  # on demand: `import recipe` stays light
+
     metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(
