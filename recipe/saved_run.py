@@ -105,19 +105,22 @@ def _variables(path: epath.Path) -> dict[str, Any]:
     state, are not read), onto the default device."""
     import orbax.checkpoint as ocp  # on demand: `import recipe` stays light
 
-    metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-        {key: metadata[key] for key in ("params", "batch_stats")},
-    )
-    restore = ocp.args.PyTreeRestore(
-        target,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True,
-    )
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        return checkpointer.restore(path, restore)
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        saved = handler.metadata(path).tree
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+            {key: saved[key] for key in ("params", "batch_stats")},
+        )
+        restore = ocp.args.PyTreeRestore(
+            target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        )
+        return handler.restore(path, args=restore)
+    finally:
+        handler.close()
 
 
 def _tuples(values: Any) -> Any:
