@@ -3,7 +3,7 @@ several seeds inside one compiled program (`jax.vmap`) uses the cores better.
 
 Three measurements, each in worker subprocesses under `timeout -s KILL`:
 
-* ``epoch``: the trainer itself (`train.trainer.train_and_evaluate`) on fashion_mnist with
+* ``epoch``: the trainer itself (`train.loop.train_and_evaluate`) on fashion_mnist with
   the reproduction's setting (`bench.table1.SETTING`: ghost BN over 32, zero-γ, label
   smoothing, ...) and each candidate model, width, image size and batch, pinned to one core
   (`taskset -c 0`): the loader, the step and the trainer's loop share that core, as in a

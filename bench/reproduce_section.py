@@ -68,7 +68,7 @@ def render(out: dict) -> str:
         f"in each block's last BN (= 1 in the γ = 1 rows). Base batch n = {n}, η = {lr}; "
         f"large batch kn = {n * k} "
         f"(k = {k}), η = {lr * k:g} by the linear scaling rule. Each run is "
-        "`train.trainer.train_and_evaluate` with config overrides (`bench/reproduce.py`); test "
+        "`train.loop.train_and_evaluate` with config overrides (`bench/reproduce.py`); test "
         "error is measured after recomputing BN statistics on the training set (mean of "
         "per-batch statistics). At the end of these runs (after the lr decays) it matters "
         f"little: the trainer's running-average BN statistics give test errors within "

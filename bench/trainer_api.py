@@ -14,9 +14,11 @@ import ml_collections
 
 from configs import default, imagenet_resnet50_goyal
 from train import inputs, preemption, resolve, runners, steps
-from train import trainer as _loop
+from train import loop as _loop
+from train.checkpoints import restore_checkpoint
+from train.evaluation import Evaluator
+from train.loop import NonFiniteLossError, train_and_evaluate
 from train.metrics import MetricsWriter, read_metrics
-from train.trainer import Evaluator, NonFiniteLossError, restore_checkpoint, train_and_evaluate
 
 __all__ = [
     "Evaluator",
