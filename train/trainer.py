@@ -28,6 +28,7 @@ from train import checkpoints, inputs, plots, preemption, runners, steps
 from train.describe import recipe_text
 from train.metrics import MetricsWriter, read_metrics
 from train.resolve import ConfigError, Setup, check_fields, flat_fields, resolve
+from train.skipped_updates import SkippedUpdates
 
 __all__ = [
     "ConfigError",
@@ -61,8 +62,8 @@ CONFIG_FILE = "config.json"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss, an update or the BN statistics became NaN/inf; the last good checkpoint is
-    kept."""
+    """The loss, an update or the BN statistics became NaN/inf (with `on_nonfinite='skip'`:
+    in more than half of an epoch's steps); the last good checkpoint is kept."""
 
 
 def run_identity(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +244,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
 
     Returns:
-      The final evaluation metrics (accuracy, loss, top5 when classes > 10).
+      The final evaluation metrics (accuracy, loss, top5 when classes > 10); with
+      `on_nonfinite='skip'`, also `skipped_updates`: the steps of the whole run whose update was
+      skipped.
 
     Raises:
       ConfigError: bad config, work dir or dataset, before anything is compiled or written.
@@ -251,7 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         left unchanged.
       checkpoints.CheckpointWriteError: a checkpoint could not be written (disk full, ...); the
         previous one is intact.
-      NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`).
+      NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`), or more than half of
+        an epoch's updates were skipped (with `on_nonfinite='skip'`, `train.skipped_updates`).
       preemption.Stopped: SIGTERM or SIGINT arrived; a checkpoint was written first.
     """
     # ---- Bad input first: every field, then the cluster, the data and the work dir.
@@ -335,6 +339,13 @@ def _run(
             print(f"resumed from the checkpoint of step {start_step} in {checkpoint_dir}")
     writer = MetricsWriter(workdir, enabled=is_writer)
     writer.drop_after(start_step)
+    # A skipped update keeps the whole state, its step count too: a checkpoint's count falls
+    # short of its step by the updates skipped before it.
+    skipped = (
+        SkippedUpdates(layout.steps_per_epoch, skipped_before=start_step - int(state.step))
+        if config.on_nonfinite == "skip"
+        else None
+    )
 
     # ---- Compiled, device-mapped functions.
     runner = setup.runner()
@@ -361,15 +372,25 @@ def _run(
     device_state = runner.replicate(state)
 
     def check_finite(step: int, fetched: dict[str, float]) -> None:
-        if fetched["finite"] or config.on_nonfinite == "skip":
+        if skipped is not None:
+            failure = skipped.add(step, finite=bool(fetched["finite"]))
+            if failure is None:
+                return
+            fix = (
+                "With on_nonfinite=skip a run stops once more than half of an epoch's updates "
+                "are skipped: nothing is being learned. Lower the learning rate."
+            )
+        elif fetched["finite"]:
             return
+        else:
+            failure = (
+                f"non-finite loss, update or BatchNorm statistics at step {step} (loss "
+                f"{fetched['loss']})"
+            )
+            fix = "Lower the learning rate, or set --config.on_nonfinite=skip to skip such updates."
         progress.close()
         kept = _kept(last_checkpoint, checkpoint_dir)
-        raise NonFiniteLossError(
-            f"non-finite loss, update or BatchNorm statistics at step {step} (loss "
-            f"{fetched['loss']}); the last good checkpoint is {kept}. Lower the learning rate, "
-            "or set --config.on_nonfinite=skip to skip such updates."
-        )
+        raise NonFiniteLossError(f"{failure}; the last good checkpoint is {kept}. {fix}")
 
     # ---- The loop.
     host_batches = pipeline.train_batches(
@@ -433,6 +454,8 @@ def _run(
                 timed_steps * layout.batch_size / (time.perf_counter() - timer_start)
             )
             record["epoch"] = step / layout.steps_per_epoch
+            if skipped is not None:
+                record["skipped_updates"] = skipped.take_interval()
             writer.write(step, "train", record)
             progress.set_postfix(
                 loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
@@ -459,6 +482,7 @@ def _run(
                     if "ema_accuracy" in final_eval
                     else ""
                 )
+                + (skipped.evaluation_note() if skipped is not None else "")
             )
         wrote = False
         if (checkpoint_now or stop) and step != last_checkpoint:
@@ -481,6 +505,8 @@ def _run(
     if is_writer:
         plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
     writer.close()
+    if skipped is not None:
+        return {**final_eval, "skipped_updates": skipped.total}
     return final_eval
 
 
