@@ -32,6 +32,7 @@ from recipe.optim import (
     lars,
 )
 from recipe.precise_bn import precise_batch_stats, precise_bn_estimator
+from recipe.saved_run import SavedRun, load_run
 from recipe.schedules import (
     GoyalSchedule,
     constant,
@@ -58,6 +59,7 @@ __all__ = [
     "NoiseScaleState",
     "Optimizer",
     "ResNet",
+    "SavedRun",
     "bn_scale_init",
     "build_optimizer",
     "constant",
@@ -79,6 +81,7 @@ __all__ = [
     "l2_penalty",
     "lamb",
     "lars",
+    "load_run",
     "mixing_key",
     "mixup_cutmix",
     "noise_scale_ema",

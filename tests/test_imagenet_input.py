@@ -3,6 +3,7 @@ Inception crop's statistics, uint8 batches and parallel workers."""
 
 import json
 import math
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,8 @@ import pytest
 
 from recipe import data
 from recipe.data import jpeg, pipeline, synthetic_imagenet
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SPEC = data.get_dataset_spec("synthetic_imagenet_small")
 
@@ -322,11 +325,11 @@ def test_imagenet_config_end_to_end(jpeg_source, data_dir, tmp_path):
     (the fixture), read, decode in a worker process, augment, collate uint8, transfer, the
     bfloat16 train step normalising its input, evaluation and the final checkpoint."""
     from configs import imagenet_resnet50_goyal
-    from train import resolve, trainer
+    from train import describe, resolve
 
     config = imagenet_resnet50_goyal.get_config()
     config.update_from_flattened_dict({**_CONFIG_OVERRIDES, "data_dir": data_dir})
-    text = trainer.describe(config)
+    text = describe.describe(config)
     assert "1 worker process; JPEG decoded by libjpeg-turbo" in text
     assert "0.1 MiB per step (3,072 bytes per image" in text  # 32 × 32 × 3 uint8
     assert resolve.resolve(config, 4).data_workers == 1
@@ -338,10 +341,12 @@ def test_imagenet_config_end_to_end(jpeg_source, data_dir, tmp_path):
     workdir = tmp_path / "run"
     command = [
         "timeout", "-s", "KILL", "600", sys.executable, "-m", "train",
-        "--config=imagenet_resnet50_goyal", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+        "--config=configs/imagenet_resnet50_goyal.py", f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
         *flags,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=620)
+    # `python -m train` runs from a checkout: the repository root.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=620, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final test accuracy" in result.stdout
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

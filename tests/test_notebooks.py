@@ -33,7 +33,7 @@ NOTEBOOKS = (
     "03_warmup_explained.ipynb",
 )
 BADGE_URL = "https://colab.research.google.com/github/recipe-jax/recipe/blob/main/colab/{}"
-INSTALL_SPEC = "recipe @ git+https://github.com/recipe-jax/recipe"
+INSTALL_SPEC = "large-batch-recipe @ git+https://github.com/recipe-jax/recipe"
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "python3"
 NO_NETWORK = """

@@ -1,9 +1,11 @@
-"""The package as a user installs it: one top-level name, and both commands train.
+"""The project as a user gets it: the wheel installs the library alone, which loads a trained
+work dir by itself; the trainer runs from the checkout.
 
-The wheel is built from a copy of the checkout without build isolation (offline; nothing lands in
-the checkout) and installed without its dependencies into a fresh venv that borrows this
-environment's packages through a `.pth` line. Both `recipe-train` and `python -m train`
-then run from a directory outside the checkout, so they can only import the installed wheel.
+The wheel is built from a copy of the checkout (trainer and configs included, to show they stay
+out) without build isolation (offline; nothing lands in the checkout) and installed without its
+dependencies into a fresh venv that borrows this environment's packages through a `.pth` line.
+The library is then used from a directory outside the checkout, so it can only import the
+installed wheel.
 """
 
 import os
@@ -15,7 +17,12 @@ import venv
 import zipfile
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+import tiny_config as tiny
+
+from train import checkpoints, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds per subprocess; a tiny run takes ~20 s on an idle 2-core machine
@@ -30,31 +37,42 @@ def wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source)
-    shutil.copytree(
-        REPO / "recipe", source / "recipe", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for name in ("recipe", "train", "configs"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheels")
     built = _run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
         + ["--quiet", "--wheel-dir", str(out), str(source)]
     )
     assert built.returncode == 0, built.stderr[-3000:]
-    (path,) = out.glob("recipe-*.whl")
+    (path,) = out.glob("large_batch_recipe-*.whl")
     return path
 
 
-def test_the_wheel_holds_one_top_level_package_and_the_console_script(wheel):
+def test_the_wheel_holds_only_the_library(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-        scripts = archive.read(entry_points).decode()
     top_level = {name.split("/")[0] for name in names if ".dist-info/" not in name}
     assert top_level == {"recipe"}
-    assert {"train/__main__.py", "configs/default.py"} <= set(names)
-    assert "recipe-train = train.__main__:run" in scripts
+    assert "recipe/saved_run.py" in names
+    assert not [n for n in names if n.endswith(".dist-info/entry_points.txt")]  # no commands
 
 
-def test_both_commands_train_the_tiny_config_from_the_installed_wheel(wheel, data_dir, tmp_path):
+# Run by the venv's Python outside the checkout: the library alone, on one device.
+_LOAD_RUN = """
+import sys
+import numpy as np
+import recipe
+
+run = recipe.load_run(sys.argv[1])
+images = np.random.default_rng(0).normal(size=(8, *run.image_shape)).astype(np.float32)
+logits = run.model.apply(run.variables, images, train=False)
+np.save(sys.argv[2], np.asarray(logits))
+print(recipe.__file__, run.step)
+"""
+
+
+def test_the_installed_library_loads_a_trained_work_dir(wheel, finished_run, data_dir, tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -70,44 +88,39 @@ def test_both_commands_train_the_tiny_config_from_the_installed_wheel(wheel, dat
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
     assert sorted(p.name for p in env_site.iterdir() if not p.name.endswith(".pth")) == [
+        "large_batch_recipe-" + wheel.name.split("-")[1] + ".dist-info",
         "recipe",
-        wheel.name.split("-py3")[0] + ".dist-info",
     ]
 
-    run_dir = tmp_path / "elsewhere"  # not the checkout: `python -m` puts the cwd on sys.path
+    run_dir = tmp_path / "elsewhere"  # not the checkout: `python` puts the cwd on sys.path
     run_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    imported = _run([python, "-c", "import recipe; print(recipe.__file__)"], cwd=run_dir, env=env)
-    assert imported.stdout.strip() == str(env_site / "recipe" / "__init__.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    no_trainer = _run([python, "-c", "import train"], cwd=run_dir, env=env)
+    assert "No module named 'train'" in no_trainer.stderr
+    workdir, _ = finished_run
+    logits_path = tmp_path / "logits.npy"
+    loaded = _run([python, "-c", _LOAD_RUN, str(workdir), str(logits_path)], cwd=run_dir, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    library, step = loaded.stdout.split()
+    assert (library, int(step)) == (str(env_site / "recipe" / "__init__.py"), tiny.TOTAL_STEPS)
 
-    commands = {
-        "console script": [env_dir / "bin" / "recipe-train"],
-        "python -m": [python, "-m", "train"],
-    }
-    arguments = [
-        f"--config={REPO / 'tests' / 'tiny_config.py'}",
-        f"--config.data_dir={data_dir}",
-    ]
-    processes = {  # both at once: each is mostly single-threaded compilation
-        # A work dir relative to the cwd, as `make train`'s runs/default (orbax wants absolute
-        # paths: the checkpointer makes them so).
-        name: subprocess.Popen(
-            [*entry, *arguments, f"--workdir={name.replace(' ', '_')}"],
-            cwd=run_dir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name, entry in commands.items()
-    }
-    try:
-        outputs = {name: p.communicate(timeout=TIMEOUT)[0] for name, p in processes.items()}
-    finally:
-        for process in processes.values():
-            process.kill()
-    for name, process in processes.items():
-        assert process.returncode == 0, f"{name}: {outputs[name][-3000:]}"
-        assert "final test accuracy" in outputs[name], f"{name}: {outputs[name][-3000:]}"
-        assert (run_dir / name.replace(" ", "_") / "checkpoints" / "12").is_dir(), name
+    # The trainer's own restore of the same checkpoint gives the same logits.
+    setup = resolve.resolve(tiny.make_config(data_dir), jax.device_count())
+    _, state = checkpoints.restore_checkpoint(setup, str(workdir))
+    images = np.random.default_rng(0).normal(size=(8, *setup.image_shape)).astype(np.float32)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    expected = setup.model.apply(variables, images, train=False)
+    np.testing.assert_allclose(np.load(logits_path), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_python_m_train_runs_the_tiny_config_from_the_checkout(data_dir, tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    trained = _run(
+        [sys.executable, "-m", "train", "--config", "tests/tiny_config.py"]
+        + [f"--config.data_dir={data_dir}", f"--workdir={tmp_path / 'run'}"],
+        cwd=REPO,
+        env=env,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "final test accuracy" in trained.stdout, trained.stdout[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / str(tiny.TOTAL_STEPS)).is_dir()

@@ -1,8 +1,9 @@
-"""Command line: `python -m train --config configs/default.py --workdir runs/default`
-(or `recipe-train ...`).
+"""Command line: `python -m train --config configs/default.py --workdir runs/default`, from a
+checkout of the repository.
 
-Any config field can be overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
-`--config` also takes the name of a packaged config (`--config=imagenet_resnet50_goyal`).
+`--config` is the path of a config file (`get_config()`), with its argument after a colon where
+it takes one (`--config configs/imagenet_resnet50_lars.py:32k`). Any config field can be
+overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
 
 Exit status: 0 done; 2 bad input (a config field, the config file, the work dir, a dataset that
 is not prepared, or a work dir holding another run), one line on stderr, before anything is
@@ -18,8 +19,6 @@ schedule to `<workdir>/lr_schedule.png`, without training. `--eval_only` scores 
 latest checkpoint on the test split and writes nothing.
 """
 
-import importlib.resources
-import importlib.util
 import logging as pylogging
 import pathlib
 import signal
@@ -29,7 +28,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from train import checkpoints, preemption, resolve, trainer
+from train import checkpoints, describe, evaluation, loop, preemption, resolve, schema
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -55,17 +54,17 @@ def main(argv: list[str]) -> None:
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
         if _DESCRIBE.value:
-            print(trainer.describe(config, workdir))
+            print(describe.describe(config, workdir))
             return
         if _EVAL_ONLY.value:
-            result = trainer.evaluate(config, workdir)
+            result = evaluation.evaluate_checkpoint(config, workdir)
             if jax.process_index() == 0:
                 print(f"step {result.pop('step')}: {_summary(result)}")
             return
-        result = trainer.train_and_evaluate(config, workdir)
+        result = loop.train_and_evaluate(config, workdir)
     except (resolve.ConfigError, checkpoints.IncompatibleCheckpointError) as error:
         _fail(str(error))
-    except trainer.NonFiniteLossError as error:
+    except loop.NonFiniteLossError as error:
         _fail(str(error), EXIT_NONFINITE)
     except checkpoints.CheckpointWriteError as error:
         _fail(str(error), EXIT_WRITE_FAILED)
@@ -103,24 +102,27 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with every bad flag as one line and exit status 2.
-
-    A bare config name (`--config=default`) is one of the packaged configs.
-    """
-    argv = _packaged_configs(argv)
+    """absl's flag parsing, with every bad flag as one line and exit status 2. The config file
+    runs once, in the parse; a failed parse is worded from what the parse left behind."""
     try:
         remaining = flags.FLAGS(argv)
     except Exception as error:  # absl and ml_collections raise many types for bad flags
         _fail(_flag_error(argv, error))
     config = flags.FLAGS["config"].value
-    if not isinstance(config, config_dict.ConfigDict):  # ml_collections defers the load error
-        filename = config_flags.get_config_filename(flags.FLAGS["config"])
-        _fail(f"--config={filename}: {_load_error(filename)}")
+    if not isinstance(config, config_dict.ConfigDict):  # ml_collections defers an OSError
+        filename = _config_filename(argv)
+        _fail(f"--config={filename}: {_load_error(filename, None)}")
     return remaining
 
 
 def _flag_error(argv: list[str], error: Exception) -> str:
-    """One line for a failed parse: an unknown or ill-typed `--config.*` override, or absl's."""
+    """One line for a failed parse: a config file that did not load, an unknown or ill-typed
+    `--config.*` override, or absl's own message."""
+    filename = _config_filename(argv)
+    if filename is not None and not _exists(filename):
+        return f"--config={filename}: {_load_error(filename, error)}"
+    config = flags.FLAGS["config"].value
+    loaded = isinstance(config, config_dict.ConfigDict)
     overrides = [
         (field, value)
         for field, _, value in (
@@ -129,16 +131,14 @@ def _flag_error(argv: list[str], error: Exception) -> str:
             if arg.startswith("--config.")
         )
     ]
-    filename = _config_filename(argv)
-    if filename is None:
-        return _one_line(error)
-    try:
-        known = resolve.flat_fields(_load_config(filename))
-    except Exception:
-        return f"--config={filename}: {_load_error(filename)}"
+    # ml_collections refuses an unknown override before it hands the loaded config over; every
+    # config has the schema's fields.
+    known = resolve.flat_fields(config if loaded else schema.base_config())
     unknown = [field for field, _ in overrides if field not in known]
     if unknown:
         return resolve.unknown_field_message(unknown)
+    if filename is not None and not loaded:
+        return f"--config={filename}: {_load_error(filename, error)}"
     for field, value in overrides:
         if value and value in str(error):
             return (
@@ -159,31 +159,18 @@ def _config_filename(argv: list[str]) -> str | None:
     return filename
 
 
-def _load_config(filename: str) -> config_dict.ConfigDict:
-    """`get_config()` of a config file, loaded as ml_collections does (no `:args` support)."""
-    spec = importlib.util.spec_from_file_location("recipe_cli_config", filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def _load_error(filename: str, error: Exception | None) -> str:
+    """Why the config file `filename` (`path[:argument]`) did not load."""
+    if not _exists(filename):
+        return "no such file (give the path of a config file, e.g. configs/default.py)"
+    if error is None:
+        return "cannot load it"
+    # ml_collections wraps an error of get_config() in its traceback: its last line says it.
+    return f"cannot load it ({_one_line(str(error).strip().splitlines()[-1])[:300]})"
 
 
-def _packaged_configs(argv: list[str]) -> list[str]:
-    """`--config=NAME` / `--config NAME` → the packaged configs/NAME.py, when NAME is not
-    a file."""
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            argv[i] = "--config=" + _packaged(arg.partition("=")[2])
-        elif arg == "--config" and i + 1 < len(argv):
-            argv[i + 1] = _packaged(argv[i + 1])
-    return argv
-
-
-def _packaged(path: str) -> str:
-    if pathlib.Path(path).exists():
-        return path
-    packaged = importlib.resources.files("configs") / f"{path.removesuffix('.py')}.py"
-    return str(packaged) if packaged.is_file() else path
+def _exists(filename: str) -> bool:
+    return pathlib.Path(filename.partition(":")[0]).is_file()
 
 
 def _kind(value: object) -> str:
@@ -191,19 +178,9 @@ def _kind(value: object) -> str:
     return kinds.get(type(value), f"a {type(value).__name__}")
 
 
-def _one_line(error: Exception) -> str:
+def _one_line(error: Exception | str) -> str:
     text = " ".join(str(error).split()).removeprefix("Flags parsing error: ")
     return text or type(error).__name__
-
-
-def _load_error(filename: str | None) -> str:
-    if filename and not pathlib.Path(filename).exists():
-        return "no such file (give a config file, or the name of one in configs/)"
-    try:
-        _load_config(filename)
-    except Exception as error:
-        return f"cannot load it ({_one_line(error)[:300]})"
-    return "cannot load it"
 
 
 class _OutsideTraining:
@@ -240,7 +217,7 @@ def _unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 
 
 def run() -> None:
-    """The `recipe-train` console script."""
+    """`python -m train`: flags parsed, signals handled, `main` run."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _OUTSIDE_TRAINING)
     sys.unraisablehook = _unraisable
