@@ -18,7 +18,7 @@ from train import __main__ as cli
 from train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 600  # seconds per subprocess (~20 s on an idle machine); a hung collective ignores SIGTERM
+TIMEOUT = 600  # seconds per subprocess (~20 s idle); a hung collective ignores SIGTERM
 
 
 def _train(workdir: Path, data_dir: str, nonfinite_steps: str) -> subprocess.CompletedProcess:
