@@ -162,11 +162,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # with collectives (CPU collectives deadlock when too many are queued).
             for pending_step, device_metrics in pending:
                 fetched = {k: float(v) for k, v in runners.fetch_first(device_metrics).items()}
-                failure = _nonfinite_failure(pending_step, fetched, skipped)
+                kept = _kept(last_checkpoint, checkpoint_dir)
+                failure = _nonfinite_failure(pending_step, fetched, skipped, kept)
                 if failure:
                     progress.close()
-                    kept = _kept(last_checkpoint, checkpoint_dir)
-                    raise NonFiniteLossError(failure.format(kept=kept))
+                    raise NonFiniteLossError(failure)
                 window.append(fetched)
             pending.clear()
             stop = stop_request.agreed()
@@ -250,24 +250,24 @@ def _eval_message(epoch: float, result: dict[str, float]) -> str:
 
 
 def _nonfinite_failure(
-    step: int, fetched: dict[str, float], skipped: SkippedUpdates | None
+    step: int, fetched: dict[str, float], skipped: SkippedUpdates | None, kept: str
 ) -> str | None:
-    """Why a step's metrics stop the run, with a `{kept}` field for the last good checkpoint;
-    None to go on. Without `skipped` (`on_nonfinite='stop'`) any non-finite step stops it; with
-    it, more than half of an epoch's updates skipped."""
+    """Why a step's metrics stop the run (naming `kept`, the last good checkpoint), or None.
+    Without `skipped` (`on_nonfinite='stop'`) any non-finite step stops it; with it, more than
+    half of an epoch's updates skipped."""
     if skipped is None:
         if fetched["finite"]:
             return None
         return (
             f"non-finite loss, update or BatchNorm statistics at step {step} (loss "
-            f"{fetched['loss']}); the last good checkpoint is {{kept}}. Lower the learning rate, "
+            f"{fetched['loss']}); the last good checkpoint is {kept}. Lower the learning rate, "
             "or set --config.on_nonfinite=skip to skip such updates."
         )
     failure = skipped.add(step, finite=bool(fetched["finite"]))
     if failure is None:
         return None
     return (
-        f"{failure}; the last good checkpoint is {{kept}}. With on_nonfinite=skip a run stops "
+        f"{failure}; the last good checkpoint is {kept}. With on_nonfinite=skip a run stops "
         "once more than half of an epoch's updates are skipped: nothing is being learned. Lower "
         "the learning rate."
     )
