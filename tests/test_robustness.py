@@ -286,11 +286,18 @@ def test_nonfinite_bn_statistics_stop_before_they_are_checkpointed(data_dir, tmp
         chex.assert_tree_all_finite(state)
 
 
-def test_nonfinite_updates_can_be_skipped(data_dir, tmp_path):
+def test_nonfinite_updates_are_skipped_until_most_of_an_epoch_is(data_dir, tmp_path):
+    # At a base lr of 30 precise BN's statistics overflow at the first evaluation (step 4) and
+    # the updates from step 6 on are not finite: the skipped ones leave every checkpoint finite,
+    # and once more than half of an epoch's updates are skipped (at step 8) the run stops.
     config = tiny.make_config(
         data_dir, on_nonfinite="skip", checkpoint_every_steps=2, **{"optimizer.base_lr": 30.0}
     )
-    loop.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(
+        loop.NonFiniteLossError, match=r"of the 4 updates of steps 5 … 8 were skipped"
+    ):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert _checkpoint_steps(tmp_path) == [2, 4, 6]
     for step in _checkpoint_steps(tmp_path):
         state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(step) / "state")
         chex.assert_tree_all_finite(state)

@@ -7,9 +7,11 @@ overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
 
 Exit status: 0 done; 2 bad input (a config field, the config file, the work dir, a dataset that
 is not prepared, or a work dir holding another run), one line on stderr, before anything is
-compiled or written; 3 non-finite loss (the last good checkpoint is kept); 74 a checkpoint could
-not be written (disk full, ...; the previous one is intact); 75 stopped by SIGTERM and 130 by
-SIGINT, each after writing a checkpoint (run the same command again to resume).
+compiled or written; 3 non-finite loss, or with `on_nonfinite=skip` more than half of an
+epoch's updates skipped (the last good checkpoint is kept); 74 a checkpoint could not be written
+(disk full, ...; the previous one is intact); 75 stopped by SIGTERM and 130 by SIGINT, each after
+writing a checkpoint (run the same command again to resume). With `on_nonfinite=skip` the final
+line says how many updates were skipped in all.
 
 `--describe` prints the resolved recipe (scaled lr, warmup and decay boundaries in updates,
 per-device batch, BN scope, which parameters get weight decay) and saves the learning-rate
@@ -72,7 +74,8 @@ def main(argv: list[str]) -> None:
     finally:
         _OUTSIDE_TRAINING.finished = True
     if jax.process_index() == 0:
-        print(f"final {_summary(result)}")
+        skipped = result.pop("skipped_updates", None)
+        print(f"final {_summary(result)}" + _skipped_note(skipped))
         workdir_text = workdir.rstrip("/")
         print(f"metrics: {workdir_text}/metrics.jsonl  plots: {workdir_text}/curves.png")
 
@@ -84,6 +87,13 @@ def _not_an_orbax_error(record: pylogging.LogRecord) -> bool:
 def _summary(result: dict[str, float]) -> str:
     others = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "accuracy")
     return f"test accuracy: {100 * result['accuracy']:.2f}% ({others})"
+
+
+def _skipped_note(skipped: int | None) -> str:
+    """The final line's count of skipped updates (`on_nonfinite=skip`; '' in the stop mode)."""
+    if skipped is None:
+        return ""
+    return f"; {skipped} update{'s' * (skipped != 1)} skipped in all (non-finite)"
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

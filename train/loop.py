@@ -23,18 +23,21 @@ from train import checkpoints, inputs, plots, preemption, runners, steps
 from train.evaluation import Evaluator
 from train.metrics import MetricsWriter, read_metrics
 from train.resolve import check_fields, resolve
+from train.skipped_updates import SkippedUpdates
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss, an update or the BN statistics became NaN/inf; the last good checkpoint is
-    kept."""
+    """The loss, an update or the BN statistics became NaN/inf (with `on_nonfinite='skip'`:
+    in more than half of an epoch's steps); the last good checkpoint is kept."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
 
     Returns:
-      The final evaluation metrics (accuracy, loss, top5 when classes > 10).
+      The final evaluation metrics (accuracy, loss, top5 when classes > 10); with
+      `on_nonfinite='skip'`, also `skipped_updates`: the steps of the whole run whose update was
+      skipped.
 
     Raises:
       ConfigError: bad config, work dir or dataset, before anything is compiled or written.
@@ -42,7 +45,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         left unchanged.
       checkpoints.CheckpointWriteError: a checkpoint could not be written (disk full, ...); the
         previous one is intact.
-      NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`).
+      NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`), or more than half of
+        an epoch's updates were skipped (with `on_nonfinite='skip'`, `train.skipped_updates`).
       preemption.Stopped: SIGTERM or SIGINT arrived; a checkpoint was written first.
     """
     # ---- Bad input first: every field, then the cluster, the data and the work dir.
@@ -80,6 +84,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 print(f"resumed from the checkpoint of step {start_step} in {checkpoint_dir}")
         writer = MetricsWriter(workdir, enabled=is_writer)
         writer.drop_after(start_step)
+        # A skipped update keeps the whole state, its step count too: a checkpoint's count
+        # falls short of its step by the updates skipped before it.
+        skipped = (
+            SkippedUpdates(layout.steps_per_epoch, skipped_before=start_step - int(state.step))
+            if options.skip_nonfinite
+            else None
+        )
 
         # ---- Compiled, device-mapped functions.
         runner = setup.runner()
@@ -151,14 +162,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # with collectives (CPU collectives deadlock when too many are queued).
             for pending_step, device_metrics in pending:
                 fetched = {k: float(v) for k, v in runners.fetch_first(device_metrics).items()}
-                if not (fetched["finite"] or options.skip_nonfinite):
+                kept = _kept(last_checkpoint, checkpoint_dir)
+                failure = _nonfinite_failure(pending_step, fetched, skipped, kept)
+                if failure:
                     progress.close()
-                    raise NonFiniteLossError(
-                        f"non-finite loss, update or BatchNorm statistics at step {pending_step} "
-                        f"(loss {fetched['loss']}); the last good checkpoint is "
-                        f"{_kept(last_checkpoint, checkpoint_dir)}. Lower the learning rate, or "
-                        "set --config.on_nonfinite=skip to skip such updates."
-                    )
+                    raise NonFiniteLossError(failure)
                 window.append(fetched)
             pending.clear()
             stop = stop_request.agreed()
@@ -167,6 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 elapsed = time.perf_counter() - timer_start
                 images_per_sec = timed_steps * layout.batch_size / elapsed
                 record = _train_record(window, images_per_sec, step / layout.steps_per_epoch)
+                if skipped is not None:
+                    record["skipped_updates"] = skipped.take_interval()
                 writer.write(step, "train", record)
                 progress.set_postfix(
                     loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
@@ -186,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 device_state, final_eval = evaluator(device_state, step)
                 epoch = step / layout.steps_per_epoch
                 writer.write(step, "eval", {**final_eval, "epoch": epoch})
-                progress.write(_eval_message(epoch, final_eval))
+                note = skipped.evaluation_note() if skipped is not None else ""
+                progress.write(_eval_message(epoch, final_eval) + note)
             wrote = False
             if (checkpoint_now or stop) and step != last_checkpoint:
                 host_state = runners.fetch_first(device_state)
@@ -208,6 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if is_writer:
             plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
         writer.close()
+        if skipped is not None:
+            return {**final_eval, "skipped_updates": skipped.total}
         return final_eval
 
 
@@ -234,6 +247,30 @@ def _eval_message(epoch: float, result: dict[str, float]) -> str:
             f" (weight EMA: {100 * result['ema_accuracy']:.2f}%, loss {result['ema_loss']:.4f})"
         )
     return message
+
+
+def _nonfinite_failure(
+    step: int, fetched: dict[str, float], skipped: SkippedUpdates | None, kept: str
+) -> str | None:
+    """Why a step's metrics stop the run (naming `kept`, the last good checkpoint), or None.
+    Without `skipped` (`on_nonfinite='stop'`) any non-finite step stops it; with it, more than
+    half of an epoch's updates skipped."""
+    if skipped is None:
+        if fetched["finite"]:
+            return None
+        return (
+            f"non-finite loss, update or BatchNorm statistics at step {step} (loss "
+            f"{fetched['loss']}); the last good checkpoint is {kept}. Lower the learning rate, "
+            "or set --config.on_nonfinite=skip to skip such updates."
+        )
+    failure = skipped.add(step, finite=bool(fetched["finite"]))
+    if failure is None:
+        return None
+    return (
+        f"{failure}; the last good checkpoint is {kept}. With on_nonfinite=skip a run stops "
+        "once more than half of an epoch's updates are skipped: nothing is being learned. Lower "
+        "the learning rate."
+    )
 
 
 def _kept(last_checkpoint: int | None, checkpoint_dir: epath.Path) -> str:

@@ -241,6 +241,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 1
     config.checkpoint_every_steps = 100
     config.keep_checkpoints = 3
-    config.on_nonfinite = "stop"  # "stop" (keep the last good checkpoint) or "skip" the update
+    # A non-finite loss, update or BN statistic: "stop" (keep the last good checkpoint), or "skip"
+    # the update (counted in the log; more than half of an epoch's skipped stops the run).
+    config.on_nonfinite = "stop"
     config.progress_bar = True
     return config
