@@ -35,7 +35,7 @@ class SavedRun:
         same).
       variables: {'params': ..., 'batch_stats': ...}.
       config: the run's config (from `<workdir>/config.json`).
-      spec: its dataset's spec (classes, image statistics), `recipe.data.DatasetSpec`.
+      spec: its dataset's spec (classes, image statistics), `recipe.data.datasets.DatasetSpec`.
       image_shape: the model's input shape (height, width, channels).
       step: the checkpoint's step.
     """
