@@ -18,6 +18,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_TEST_DEVICES}"
 )
 
+# Scripts the tests run by path (tests/train_with_*.py) import the trainer from the checkout, as
+# pytest's `pythonpath = ["."]` lets this process: their own sys.path starts at tests/.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
 # JAX's persistent compilation cache, shared by both pytest-xdist workers and by every trainer,
 # notebook and script subprocess the tests start (they inherit this environment): most of the
 # suite's time is XLA compiling the same small programs in each of those processes. It lives in
@@ -25,7 +30,7 @@ os.environ["XLA_FLAGS"] = (
 # cost. Every program is cached however quickly it compiled (the default skips those under 1 s)
 # and however small. A cached executable is the one XLA compiled for the same program, devices
 # and flags, so nothing a test asserts changes. jax reads these variables when it is imported.
-COMPILATION_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "jax"
+COMPILATION_CACHE = REPO / ".cache" / "jax"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILATION_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
