@@ -35,22 +35,29 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILATION_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
-# Modules whose tests run the trainer, a notebook, a wheel build or a benchmark end to end (in
-# subprocesses, most of them): minutes each on 2 cores. They run first. pytest-xdist hands the
-# tests out in collection order, and collected where the alphabet puts them, the last of these
-# kept one worker busy for minutes after the other had nothing left to run.
+# Modules whose tests each run for long on 2 cores (`--durations`): the trainer, a notebook, a
+# wheel build or a benchmark end to end, or steps compiled for several runners. They run first,
+# longest first. pytest-xdist hands the tests out in collection order, and collected where the
+# alphabet puts them, the last of these kept one worker busy after the other had run out.
 SLOWEST_MODULES = (
     "test_robustness.py",
-    "test_notebooks.py",
-    "test_packaging.py",
     "test_imagenet_input.py",
+    "test_steps.py",
+    "test_bad_input.py",
+    "test_models.py",
+    "test_metrics.py",
+    "test_notebooks.py",
+    "test_data.py",
+    "test_trainer.py",
     "test_trainer_modern.py",
     "test_large_batch_run.py",
-    "test_trainer.py",
-    "test_bench_reproduce_fashion.py",
+    "test_mixing.py",
+    "test_group_bn.py",
+    "test_precise_bn.py",
     "test_fashion_mnist.py",
     "test_without_tensorflow.py",
-    "test_bad_input.py",
+    "test_packaging.py",
+    "test_bench_reproduce_fashion.py",
 )
 
 
