@@ -18,6 +18,54 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_TEST_DEVICES}"
 )
 
+# Scripts the tests run by path (tests/train_with_*.py) import the trainer from the checkout, as
+# pytest's `pythonpath = ["."]` lets this process: their own sys.path starts at tests/.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+# JAX's persistent compilation cache, shared by both pytest-xdist workers and by every trainer,
+# notebook and script subprocess the tests start (they inherit this environment): most of the
+# suite's time is XLA compiling the same small programs in each of those processes. It lives in
+# the checkout's git-ignored .cache/, so a fresh clone (CI) starts cold and measures the cold
+# cost. Every program is cached however quickly it compiled (the default skips those under 1 s)
+# and however small. A cached executable is the one XLA compiled for the same program, devices
+# and flags, so nothing a test asserts changes. jax reads these variables when it is imported.
+COMPILATION_CACHE = REPO / ".cache" / "jax"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILATION_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+# Modules whose tests each run for long on 2 cores (`--durations`): the trainer, a notebook, a
+# wheel build or a benchmark end to end, or steps compiled for several runners. They run first,
+# longest first. pytest-xdist hands the tests out in collection order, and collected where the
+# alphabet puts them, the last of these kept one worker busy after the other had run out.
+SLOWEST_MODULES = (
+    "test_robustness.py",
+    "test_imagenet_input.py",
+    "test_steps.py",
+    "test_bad_input.py",
+    "test_models.py",
+    "test_metrics.py",
+    "test_notebooks.py",
+    "test_data.py",
+    "test_trainer.py",
+    "test_trainer_modern.py",
+    "test_large_batch_run.py",
+    "test_mixing.py",
+    "test_group_bn.py",
+    "test_precise_bn.py",
+    "test_fashion_mnist.py",
+    "test_without_tensorflow.py",
+    "test_packaging.py",
+    "test_bench_reproduce_fashion.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Moves the tests of SLOWEST_MODULES to the front, in that order; the rest keep theirs."""
+    rank = {name: position for position, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
