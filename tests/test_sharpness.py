@@ -166,3 +166,38 @@ def test_stability_threshold_rejects_bad_momentum(momentum):
 def test_iterations_must_be_positive():
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         sharpness.top_hessian_eigenvalue(jnp.sum, jnp.ones(2), jax.random.key(0), iterations=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# In the trainer: `sharpness.every_steps` logs the curves and does not change training.
+
+
+def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_path):
+    import tiny_config
+    from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
+
+    from train import trainer
+    from train.metrics import read_metrics
+
+    uninterrupted, _ = finished_run
+    config = tiny_config.make_config(
+        data_dir, **{"sharpness.every_steps": 4, "sharpness.iterations": 3}
+    )
+    trainer.train_and_evaluate(config, str(tmp_path))
+    records = [r for r in read_metrics(tmp_path) if r["kind"] == "sharpness"]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    for record in records:
+        assert record["sharpness"] > 0
+        assert record["sharpness_threshold"] == pytest.approx(3.8 / 2.8)
+        assert record["lr_times_sharpness"] > 0
+    # The learning rate of the next update: the warmup ends at step 4 (one epoch), at kη.
+    peak = 0.1 * 1000 / 32
+    assert records[0]["lr_times_sharpness"] == pytest.approx(peak * records[0]["sharpness"])
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    assert (
+        scalars["sharpness/lr_times_sharpness"]
+        == expected_scalars(records)["sharpness/lr_times_sharpness"]
+    )
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    measured, plain = checkpoint_state(tmp_path, 12), checkpoint_state(uninterrupted, 12)
+    jax.tree.map(np.testing.assert_array_equal, measured, plain)

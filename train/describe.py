@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 
+from train import sharpness
 from train.resolve import Setup
 
 _BN_SCOPES = {
@@ -57,6 +58,7 @@ def recipe_text(setup: Setup) -> str:
         ("mixup / cutmix", _mixing_text(setup)),
         ("weight EMA", _ema_text(setup)),
         ("noise scale", _noise_scale_text(setup)),
+        ("sharpness", sharpness.describe(setup)),
         ("runner", config.runner),
         ("input", _input_text(setup)),
     ]  # fmt: skip

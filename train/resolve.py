@@ -119,6 +119,8 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "optimizer.nesterov": checks.check_bool,
     "noise_scale.enabled": checks.check_bool,
     "noise_scale.decay": _check_momentum,
+    "sharpness.every_steps": checks.check_non_negative_int,
+    "sharpness.iterations": checks.check_positive_int,
     "runner": _choice(tuple(runners.RUNNERS)),
     "distributed.enabled": checks.check_bool,
     "distributed.coordinator_address": _optional(checks.check_string),
@@ -245,6 +247,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     """
     check_fields(config)
     _check_ema(config)
+    _check_sharpness(config)
     spec = _training_examples(config, datasets.get_dataset_spec(config.dataset))
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
@@ -323,6 +326,16 @@ def _check_ema(config: ml_collections.ConfigDict) -> None:
             f"evaluated with BN statistics recomputed for it), got ema.decay={config.ema.decay} "
             f"and bn.precise_batches=0; fix: --config.bn.precise_batches="
             f"{default.get_config().bn.precise_batches}"
+        )
+
+
+def _check_sharpness(config: ml_collections.ConfigDict) -> None:
+    if config.sharpness.every_steps and config.optimizer.name != "sgd":
+        raise ConfigError(
+            f"sharpness.every_steps > 0 needs optimizer.name='sgd' (its stability threshold on "
+            f"η·λ_max is known for SGD with momentum only), got sharpness.every_steps="
+            f"{config.sharpness.every_steps} and optimizer.name={config.optimizer.name!r}; "
+            "fix: --config.sharpness.every_steps=0"
         )
 
 

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from configs import default
 from recipe.data import datasets, pipeline
-from train import checkpoints, inputs, plots, preemption, runners, steps
+from train import checkpoints, inputs, plots, preemption, runners, sharpness, steps
 from train.describe import recipe_text
 from train.metrics import MetricsWriter, read_metrics
 from train.resolve import ConfigError, Setup, check_fields, flat_fields, resolve
@@ -359,6 +359,8 @@ def _run(
         donate_argnums=(0,),
     )
     device_state = runner.replicate(state)
+    # The loss's sharpness every `sharpness.every_steps` steps (None when off: nothing is built).
+    probe = sharpness.make_probe(setup, runner, train_source)
 
     def check_finite(step: int, fetched: dict[str, float]) -> None:
         if fetched["finite"] or config.on_nonfinite == "skip":
@@ -409,7 +411,14 @@ def _run(
         log_now = step % config.log_every_steps == 0 or is_last
         eval_now = step % eval_every == 0 or is_last
         checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
-        sync_now = log_now or eval_now or checkpoint_now or len(pending) >= config.sync_every_steps
+        measure_now = probe is not None and probe.due(step)
+        sync_now = (
+            log_now
+            or eval_now
+            or checkpoint_now
+            or measure_now
+            or len(pending) >= config.sync_every_steps
+        )
         # One process checks for a signal every step; several agree on it at their sync points.
         if not sync_now and not (jax.process_count() == 1 and stop_request.local()):
             continue
@@ -438,6 +447,12 @@ def _run(
                 loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
             )
             window.clear()
+            timer_start, timed_steps = time.perf_counter(), 0
+
+        if measure_now:
+            # Reads the state only (nothing donated): the trajectory is the same without it.
+            record = {**probe(device_state, step), "epoch": step / layout.steps_per_epoch}
+            writer.write(step, sharpness.KIND, record)
             timer_start, timed_steps = time.perf_counter(), 0
 
         if eval_now or checkpoint_now or stop:
