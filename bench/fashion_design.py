@@ -3,7 +3,7 @@ several seeds inside one compiled program (`jax.vmap`) uses the cores better.
 
 Three measurements, each in worker subprocesses under `timeout -s KILL`:
 
-* ``epoch``: the trainer itself (`train.trainer.train_and_evaluate`) on fashion_mnist with
+* ``epoch``: the trainer itself (`train.loop.train_and_evaluate`) on fashion_mnist with
   the reproduction's setting (`bench.reproduce.SETTING`: ghost BN over 32, zero-γ, label
   smoothing, ...) and each candidate model, width, image size and batch, pinned to one core
   (`taskset -c 0`): the loader, the step and the trainer's loop share that core, as in a
@@ -77,7 +77,7 @@ def _config(overrides: dict):
 
 def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
     from recipe.data import datasets
-    from train import preemption, trainer
+    from train import loop, preemption
     from train.metrics import MetricsWriter
 
     config = _config(overrides)
@@ -98,11 +98,11 @@ def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
             if len(marks) > 1 and marks[-1][1] - marks[0][1] > seconds:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    trainer.MetricsWriter = TimedWriter
+    loop.MetricsWriter = TimedWriter
     start_cpu, start_wall = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            trainer.train_and_evaluate(config, workdir)
+            loop.train_and_evaluate(config, workdir)
         except preemption.Stopped:
             pass
     (step0, cpu0, wall0), (step1, cpu1, wall1) = marks[0], marks[-1]

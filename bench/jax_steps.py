@@ -240,7 +240,7 @@ def extra_fn(name: str, **overrides: Any):
     setup = build(config_for(**overrides, **EXTRAS[name]))
     if name != PRECISE_BN:
         return step_fn("full", setup)
-    estimator = steps.precise_bn_estimator(setup.model)
+    estimator = steps.model_precise_bn(setup.model)
     state = steps.TrainState.create(setup.variables, setup.optimizer.tx)
 
     def update(carry, batch):

@@ -68,7 +68,7 @@ def measure(args) -> dict:
     step_s = common.median(wall["step"])
     step_ips = config.batch_size / step_s
 
-    # Both: the trainer's loop, as `train.trainer._train` runs it.
+    # Both: the trainer's loop, as `train.loop.train_and_evaluate` runs it.
     device_batches = runner.prefetch(
         map(inputs.model_inputs, batches(args.steps + 3)), config.device_prefetch
     )

@@ -18,7 +18,7 @@ import jax
 
 from bench import common, jax_steps
 from recipe.data import datasets
-from train import resolve, trainer
+from train import checkpoints, evaluation, loop, resolve
 from train.metrics import read_metrics
 
 NUM_BATCHES = (1, 2, 4, 8, 16, 31)
@@ -36,7 +36,7 @@ def measure(workdir: pathlib.Path) -> dict:
         }
     )
     if not (workdir / "checkpoints").exists():
-        trainer.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     running = {r["step"]: r for r in read_metrics(workdir) if r["kind"] == "eval"}
     setup = resolve.resolve(config, jax.device_count())
     train_source, test_source = (
@@ -44,12 +44,12 @@ def measure(workdir: pathlib.Path) -> dict:
         for split in (setup.spec.train_split, setup.spec.test_split)
     )
     runner = setup.runner()
-    evaluator = trainer.Evaluator(
+    evaluator = evaluation.Evaluator(
         setup, runner, train_source, test_source, precise_batches=max(NUM_BATCHES)
     )
     rows = []
     for step in sorted(running):
-        _, state = trainer.restore_checkpoint(setup, str(workdir), step)
+        _, state = checkpoints.restore_checkpoint(setup, str(workdir), step)
         device_state = runner.replicate(state)
         row = {
             "epoch": step / steps_per_epoch,

@@ -1,7 +1,7 @@
 """5. Goyal et al. Table 1 (and the Table 2 zero-γ ablation) at small scale, on the embedded
 MNIST-5k, with Figure 2-style training-error curves.
 
-Every run is `train.trainer.train_and_evaluate` with config overrides
+Every run is `train.loop.train_and_evaluate` with config overrides
 (configs/default.py is the base). After training, BatchNorm statistics are recomputed
 over the training set ("precise BN": the mean of per-batch means and variances, batches the
 size of one device's training batch, no augmentation) and the test error is measured with
@@ -100,10 +100,10 @@ def precise_bn_test_error(
     import numpy as np
 
     from recipe.data import datasets, pipeline
-    from train import resolve, trainer
+    from train import checkpoints, resolve
 
     setup = resolve.resolve(config, 1)
-    step, state = trainer.restore_checkpoint(setup, str(workdir))
+    step, state = checkpoints.restore_checkpoint(setup, str(workdir))
     model, spec = setup.model, setup.spec
     momentum = config.bn.momentum
 
@@ -170,7 +170,7 @@ def precise_bn_test_error(
 
 
 def run_one(name: str, seed: int, workdir: pathlib.Path, overrides: dict) -> dict:
-    from train import trainer
+    from train import loop
     from train.metrics import read_metrics
 
     config = _config({**overrides, "seed": seed})
@@ -181,7 +181,7 @@ def run_one(name: str, seed: int, workdir: pathlib.Path, overrides: dict) -> dic
     if workdir.exists():
         shutil.rmtree(workdir)
     t0 = time.perf_counter()
-    trainer.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
     train_s = time.perf_counter() - t0
     result = precise_bn_test_error(config, workdir)
     records = [r for r in read_metrics(workdir) if r["kind"] == "train"]
@@ -458,7 +458,7 @@ def render(out: dict) -> str:
         f"in each block's last BN (= 1 in the γ = 1 rows). Base batch n = {n}, η = {lr}; "
         f"large batch kn = {n * k} "
         f"(k = {k}), η = {lr * k:g} by the linear scaling rule. Each run is "
-        "`train.trainer.train_and_evaluate` with config overrides (`bench/reproduce.py`); test "
+        "`train.loop.train_and_evaluate` with config overrides (`bench/reproduce.py`); test "
         "error is measured after recomputing BN statistics on the training set (mean of "
         "per-batch statistics). At the end of these runs (after the lr decays) it matters "
         f"little: the trainer's running-average BN statistics give test errors within "

@@ -4,7 +4,7 @@ then LARS with the MLPerf polynomial schedule past it), the gradient noise scale
 of where it breaks (McCandlish et al. 2018), updates to a target training error against the
 batch size (Shallue et al. 2018), and Figure 2's training-error curves.
 
-Every run is `train.trainer.train_and_evaluate` with config overrides of
+Every run is `train.loop.train_and_evaluate` with config overrides of
 configs/default.py (`SETTING`, then the run's own). The noise scale B_simple is the
 trainer's own measurement (`noise_scale.enabled`: on one device, the two halves of each batch),
 logged with every training record of the base runs. After training, BN statistics are
@@ -170,7 +170,7 @@ def queue_order(job: Job) -> tuple:
 def run_one(job: Job, workdir: pathlib.Path, setting: dict) -> dict:
     from bench import jax_steps
     from recipe.data import datasets
-    from train import trainer
+    from train import loop
     from train.metrics import read_metrics
 
     overrides = {**setting, **job.overrides, "seed": job.seed}
@@ -184,8 +184,8 @@ def run_one(job: Job, workdir: pathlib.Path, setting: dict) -> dict:
     result = {"group": job.group, "name": job.name, "seed": job.seed, "batch_size": job.batch}
     cpu0, wall0 = time.process_time(), time.perf_counter()
     try:
-        trainer.train_and_evaluate(config, str(workdir))
-    except trainer.NonFiniteLossError as error:
+        loop.train_and_evaluate(config, str(workdir))
+    except loop.NonFiniteLossError as error:
         result["diverged"] = str(error)
     result["train_seconds"] = time.perf_counter() - wall0
     records = [r for r in read_metrics(workdir) if r["kind"] == "train"]

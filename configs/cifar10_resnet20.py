@@ -8,11 +8,11 @@ Needs CIFAR-10 prepared as array_record (downloads once):
 
 import ml_collections
 
-from configs import default
+from train import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = schema.base_config()
     config.dataset = "cifar10"
     config.model = "resnet20"
     config.num_filters = 16

@@ -13,11 +13,11 @@ Needs imagenet2012 prepared as array_record from the manual download (see recipe
 
 import ml_collections
 
-from configs import default
+from train import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = schema.base_config()
     config.dataset = "imagenet2012"
     config.image_size = 224
     config.model = "resnet50"

@@ -1,4 +1,4 @@
-"""The MLPerf ResNet-50 LARS recipe by global batch, shared by `imagenet_resnet50_lars_*.py`.
+"""The MLPerf ResNet-50 LARS recipe by global batch, behind `imagenet_resnet50_lars.py:<batch>`.
 
 Source: mlcommons/training_results_v0.7, Google/benchmarks/resnet/implementations/
 resnet-research-JAX-tpu-v3-8192/train.py (Google's JAX submission, MLPerf Training v0.7;
@@ -43,12 +43,8 @@ Where this recipe differs from the reference, and why:
 
 import ml_collections
 
-from configs import default
+from train import schema
 
-REFERENCE = (
-    "mlcommons/training_results_v0.7, Google/benchmarks/resnet/implementations/"
-    "resnet-research-JAX-tpu-v3-8192/train.py"
-)
 # Regime batch: (peak lr, warmup epochs, epochs, momentum, weight decay), the table above.
 REGIMES: dict[int, tuple[float, int, int, float, float]] = {
     8192: (10.0, 5, 56, 0.9, 2e-4),
@@ -61,7 +57,7 @@ REGIMES: dict[int, tuple[float, int, int, float, float]] = {
 def get_config(batch_size: int) -> ml_collections.ConfigDict:
     """The recipe of the regime whose batch is `batch_size` (one of `REGIMES`)."""
     peak_lr, warmup_epochs, epochs, momentum, weight_decay = REGIMES[batch_size]
-    config = default.get_config()
+    config = schema.base_config()
     config.dataset = "imagenet2012"
     config.image_size = 224
     config.model = "resnet50"

@@ -33,6 +33,7 @@ from recipe.optim import (
     lars,
 )
 from recipe.precise_bn import precise_batch_stats, precise_bn_estimator
+from recipe.saved_run import SavedRun, load_run
 from recipe.schedules import (
     GoyalSchedule,
     constant,
@@ -66,6 +67,7 @@ __all__ = [
     "NoiseScaleState",
     "Optimizer",
     "ResNet",
+    "SavedRun",
     "Sharpness",
     "bn_scale_init",
     "build_optimizer",
@@ -90,6 +92,7 @@ __all__ = [
     "l2_penalty",
     "lamb",
     "lars",
+    "load_run",
     "mixing_key",
     "mixup_cutmix",
     "noise_scale_ema",

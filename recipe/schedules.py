@@ -345,6 +345,50 @@ def check_decay_epochs(
     return milestones
 
 
+def check_decay_updates(
+    decay_epochs: Sequence[float],
+    warmup_epochs: float,
+    epochs: float,
+    steps_per_epoch: int,
+    *,
+    names: tuple[str, str] = ("decay_epochs", "warmup_epochs"),
+) -> tuple[int, ...]:
+    """The step decay's boundaries in updates, each a distinct update after the warmup's end
+    and before the last update (milestones that `check_decay_epochs` accepts can still round to
+    the same update when an epoch has few updates). `names` are the argument names used in the
+    message.
+
+    >>> check_decay_updates((30, 60, 80), 5, 90, 156)
+    (4680, 9360, 12480)
+    """
+    warmup_steps = epochs_to_steps(warmup_epochs, steps_per_epoch, name=names[1])
+    total_steps = epochs_to_steps(epochs, steps_per_epoch)
+    boundaries = tuple(epochs_to_steps(e, steps_per_epoch) for e in decay_epochs)
+    steps = (warmup_steps, *boundaries, total_steps)
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ValueError(
+            f"{names[0]} {tuple(decay_epochs)!r} fall on updates {list(boundaries)} at "
+            f"{steps_per_epoch} updates per epoch; they must be distinct updates after "
+            f"update {warmup_steps} (where {names[1]} end) and before update {total_steps}"
+        )
+    return boundaries
+
+
+def check_poly_end_lr(poly_end_lr: float, peak_lr: float, *, name: str = "poly_end_lr") -> float:
+    """The learning rate the 'poly' decay ends at: in [0, peak]. `name` is used in the message.
+
+    >>> check_poly_end_lr(1e-4, 3.2)
+    0.0001
+    """
+    checks.check_non_negative(name, poly_end_lr)
+    if poly_end_lr > peak_lr:
+        raise ValueError(
+            f"{name} must be a number in [0, {peak_lr:g}] (the peak learning rate), "
+            f"got {poly_end_lr!r}"
+        )
+    return poly_end_lr
+
+
 @dataclasses.dataclass(frozen=True)
 class GoyalSchedule:
     """The resolved learning-rate recipe; call it like an optax schedule.
@@ -456,14 +500,7 @@ def goyal_schedule(
         if decay_epochs is None:
             decay_epochs = paper_decay_epochs(epochs, warmup_epochs)
         decay_epochs = check_decay_epochs(decay_epochs, warmup_epochs, epochs)
-        boundaries = tuple(epochs_to_steps(e, steps_per_epoch) for e in decay_epochs)
-        steps = (warmup_steps, *boundaries, total_steps)
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError(
-                f"decay_epochs {tuple(decay_epochs)!r} fall on updates {list(boundaries)} at "
-                f"{steps_per_epoch} updates per epoch; they must be distinct updates after "
-                f"update {warmup_steps} (where warmup_epochs end) and before update {total_steps}"
-            )
+        boundaries = check_decay_updates(decay_epochs, warmup_epochs, epochs, steps_per_epoch)
         after = step_decay(peak_lr, [b - warmup_steps for b in boundaries], decay_factor)
     elif decay in ("cosine", "linear"):
         decay_steps = max(total_steps - warmup_steps, 1)
@@ -473,12 +510,7 @@ def goyal_schedule(
             else polynomial_decay(peak_lr, decay_steps)
         )
     elif decay == "poly":
-        checks.check_non_negative("poly_end_lr", poly_end_lr)
-        if poly_end_lr > peak_lr:
-            raise ValueError(
-                f"poly_end_lr must be a number in [0, {peak_lr:g}] (the peak learning rate), "
-                f"got {poly_end_lr!r}"
-            )
+        check_poly_end_lr(poly_end_lr, peak_lr)
         after = polynomial_decay(
             peak_lr, max(total_steps - warmup_steps, 1), final_value=poly_end_lr, power=poly_power
         )

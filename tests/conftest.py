@@ -28,10 +28,10 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def finished_run(data_dir, tmp_path_factory):
     """One uninterrupted run of tests/tiny_config.py: (workdir, final eval metrics)."""
-    from train import trainer  # after XLA_FLAGS is set
+    from train import loop  # after XLA_FLAGS is set
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = trainer.train_and_evaluate(tiny_config.make_config(data_dir), str(workdir))
+    result = loop.train_and_evaluate(tiny_config.make_config(data_dir), str(workdir))
     return workdir, result
 
 

@@ -19,7 +19,7 @@ import tiny_config as tiny
 
 from configs import default
 from recipe.data import datasets
-from train import checkpoints, resolve, trainer
+from train import checkpoints, describe, loop, resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_COMPILES: list[str] = []
@@ -259,10 +259,10 @@ def nothing_is_loaded(monkeypatch):
 def test_bad_config_field(overrides, message, data_dir, existing_workdir, nothing_is_loaded):
     config = _bad_config(data_dir, overrides)
     before, compiles = _checksums(existing_workdir), len(BACKEND_COMPILES)
-    with pytest.raises(trainer.ConfigError) as from_training:
-        trainer.train_and_evaluate(config, str(existing_workdir))
-    with pytest.raises(trainer.ConfigError) as from_describe:
-        trainer.describe(config)
+    with pytest.raises(resolve.ConfigError) as from_training:
+        loop.train_and_evaluate(config, str(existing_workdir))
+    with pytest.raises(resolve.ConfigError) as from_describe:
+        describe.describe(config)
     text = str(from_training.value)
     assert re.match(message, text), text
     assert str(from_describe.value) == text, "describe and training must say the same"
@@ -297,9 +297,9 @@ def test_every_config_field_has_a_rule():
 def test_unknown_config_field_suggests_the_closest(data_dir, nothing_is_loaded):
     config = tiny.make_config(data_dir)
     config.optimizer.warmup_epoch = 3  # a typo for warmup_epochs
-    with pytest.raises(trainer.ConfigError, match=r"unknown config field\(s\) optimizer\."
+    with pytest.raises(resolve.ConfigError, match=r"unknown config field\(s\) optimizer\."
                        r"warmup_epoch \(did you mean optimizer\.warmup_epochs\?\)"):  # fmt: skip
-        trainer.train_and_evaluate(config, "/nonexistent/never/created")
+        loop.train_and_evaluate(config, "/nonexistent/never/created")
     assert not pathlib.Path("/nonexistent").exists()
 
 
@@ -328,7 +328,7 @@ def test_another_runs_config_leaves_the_work_dir_intact(overrides, data_dir, exi
     with pytest.raises(
         checkpoints.IncompatibleCheckpointError, match=rf"different run \(.*{field}"
     ):
-        trainer.train_and_evaluate(tiny.make_config(data_dir, **overrides), str(existing_workdir))
+        loop.train_and_evaluate(tiny.make_config(data_dir, **overrides), str(existing_workdir))
     assert _checksums(existing_workdir) == before
     assert len(BACKEND_COMPILES) == compiles
 
@@ -336,31 +336,31 @@ def test_another_runs_config_leaves_the_work_dir_intact(overrides, data_dir, exi
 def test_another_dataset_leaves_the_work_dir_intact(tmp_path, existing_workdir):
     before = _checksums(existing_workdir)
     config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
-    with pytest.raises(trainer.ConfigError, match=r"cifar10 is not prepared"):
-        trainer.train_and_evaluate(config, str(existing_workdir))
+    with pytest.raises(resolve.ConfigError, match=r"cifar10 is not prepared"):
+        loop.train_and_evaluate(config, str(existing_workdir))
     assert _checksums(existing_workdir) == before
 
 
 def test_dataset_not_prepared_offline(tmp_path):
     config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
-    with pytest.raises(trainer.ConfigError, match=r"cifar10 is not prepared.*prepare_dataset"):
-        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(resolve.ConfigError, match=r"cifar10 is not prepared.*prepare_dataset"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists(), "nothing is created for a dataset that is missing"
 
 
 def test_workdir_that_cannot_be_written(data_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(trainer.ConfigError, match=r"workdir .*a_file/run.* cannot be created"):
-        trainer.train_and_evaluate(tiny.make_config(data_dir), str(blocker / "run"))
+    with pytest.raises(resolve.ConfigError, match=r"workdir .*a_file/run.* cannot be created"):
+        loop.train_and_evaluate(tiny.make_config(data_dir), str(blocker / "run"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
 def test_workdir_without_write_permission(data_dir, tmp_path):
     tmp_path.chmod(0o500)
     try:
-        with pytest.raises(trainer.ConfigError, match=r"workdir .* is not writable"):
-            trainer.train_and_evaluate(tiny.make_config(data_dir), str(tmp_path))
+        with pytest.raises(resolve.ConfigError, match=r"workdir .* is not writable"):
+            loop.train_and_evaluate(tiny.make_config(data_dir), str(tmp_path))
     finally:
         tmp_path.chmod(0o700)
 

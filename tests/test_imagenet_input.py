@@ -322,11 +322,11 @@ def test_imagenet_config_end_to_end(jpeg_source, data_dir, tmp_path):
     (the fixture), read, decode in a worker process, augment, collate uint8, transfer, the
     bfloat16 train step normalising its input, evaluation and the final checkpoint."""
     from configs import imagenet_resnet50_goyal
-    from train import resolve, trainer
+    from train import describe, resolve
 
     config = imagenet_resnet50_goyal.get_config()
     config.update_from_flattened_dict({**_CONFIG_OVERRIDES, "data_dir": data_dir})
-    text = trainer.describe(config)
+    text = describe.describe(config)
     assert "1 worker process; JPEG decoded by libjpeg-turbo" in text
     assert "0.1 MiB per step (3,072 bytes per image" in text  # 32 × 32 × 3 uint8
     assert resolve.resolve(config, 4).data_workers == 1

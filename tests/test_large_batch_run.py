@@ -1,7 +1,6 @@
 """The large-batch tools in the trainer: the MLPerf configs describe themselves, and a run with
 LARS, BatchNorm over device groups and the noise scale logs it and resumes exactly."""
 
-import importlib
 import shutil
 
 import chex
@@ -11,7 +10,8 @@ import pytest
 import tiny_config as tiny
 from tensorboard.backend.event_processing import event_file_loader
 
-from train import resolve, trainer
+from configs import imagenet_resnet50_lars
+from train import describe, loop, resolve
 from train.metrics import read_metrics
 
 # Regime: (peak lr, warmup epochs, epochs, momentum, weight decay) of the MLPerf table.
@@ -25,8 +25,8 @@ MLPERF = {
 
 @pytest.mark.parametrize("regime", MLPERF)
 def test_mlperf_configs_describe_their_settings(regime):
-    config = importlib.import_module(f"configs.imagenet_resnet50_lars_{regime}")
-    text = trainer.describe(config.get_config())
+    config = imagenet_resnet50_lars.get_config(regime)  # --config ...lars.py:<regime>
+    text = describe.describe(config)
     peak, warmup, epochs, momentum, weight_decay = MLPERF[regime]
     assert f"= {peak} (linear scaling rule)" in text
     assert f"({warmup} epochs) from" in text
@@ -64,11 +64,11 @@ LARGE_BATCH = {
 
 def test_lars_group_bn_noise_scale_run_logs_and_resumes_exactly(data_dir, tmp_path):
     config = tiny.make_config(data_dir, **LARGE_BATCH)
-    text = trainer.describe(config)
+    text = describe.describe(config)
     assert "over groups of 2 devices, 500 examples each" in text
     assert "from the gradients of each device's 250 examples and of all 1000" in text
     workdir = tmp_path / "run"
-    trainer.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
 
     train = [r for r in read_metrics(workdir) if r["kind"] == "train"]
     assert [r["step"] for r in train] == [2, 4]
@@ -89,7 +89,7 @@ def test_lars_group_bn_noise_scale_run_logs_and_resumes_exactly(data_dir, tmp_pa
     resumed = tmp_path / "resumed"
     shutil.copytree(workdir, resumed)
     shutil.rmtree(resumed / "checkpoints" / "4")
-    trainer.train_and_evaluate(config, str(resumed))
+    loop.train_and_evaluate(config, str(resumed))
     chex.assert_trees_all_equal(_saved_state(resumed, 4), final)
     again = [r for r in read_metrics(resumed) if r["kind"] == "train"]
     for key in ("noise_scale", "noise_grad_sq", "noise_trace", "loss"):

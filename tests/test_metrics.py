@@ -8,7 +8,7 @@ import tiny_config
 from conftest import expected_scalars, tensorboard_scalars
 from etils import epath
 
-from train import metrics, plots, trainer
+from train import describe, metrics, plots
 from train.metrics import MetricsWriter, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_artefacts_round_trip_through_cloud_storage(gcs_workdir, data_dir, tmp_p
     writer.close()
     records = read_metrics(gcs_workdir)
     plots.plot_run(records, 4, workdir / "curves.png")
-    text = trainer.describe(tiny_config.make_config(data_dir), gcs_workdir)  # lr_schedule.png
+    text = describe.describe(tiny_config.make_config(data_dir), gcs_workdir)  # lr_schedule.png
     assert f"{gcs_workdir}/lr_schedule.png" in text
 
     assert os.listdir(tmp_path) == []

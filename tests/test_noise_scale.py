@@ -228,3 +228,46 @@ def test_one_device_needs_an_even_batch():
     odd = jax.tree.map(lambda x: x[None, :5], batch)
     with pytest.raises(ValueError, match="the batch must be even, got 5"):
         step(runner.replicate(steps.TrainState.create(variables, tx, ema)), runner.put(odd))
+
+
+def _mixup_losses(measure: bool, num_steps: int = 3) -> list[float]:
+    """The loss `train_step` logs at each of `num_steps` Mixup steps on one device."""
+    model, variables, batch = _problem()
+    runner = runners.pmap_runner(jax.devices()[:1])
+    tx = optim.goyal_sgd(0.1, weight_decay=0.0, momentum=0.9)
+    ema = noise_scale.noise_scale_ema() if measure else None
+    mix = steps.mixing_fn(
+        0,
+        num_classes=NUM_CLASSES,
+        label_smoothing=SMOOTHING,
+        per_device=False,
+        mixup_alpha=1.0,
+        cutmix_alpha=0.0,
+        switch_prob=0.5,
+        prob=1.0,
+    )
+    step = runner.map(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            label_smoothing=SMOOTHING,
+            skip_nonfinite=False,
+            loss_penalty=_penalty,
+            noise_scale_ema=ema,
+            mix=mix,
+        )
+    )
+    state = runner.replicate(steps.TrainState.create(variables, tx, ema))
+    device_batch = runner.put(jax.tree.map(lambda x: x[None], batch))
+    logged = []
+    for _ in range(num_steps):
+        state, metrics = step(state, device_batch)
+        logged.append(float(runners.fetch_first(metrics)["loss"]))
+    return logged
+
+
+def test_one_device_measurement_trains_on_the_mixed_targets():
+    """Regression: the one-device noise-scale path once had its own forward pass and loss, on
+    the unmixed labels, so with Mixup it trained on mixed images against the wrong targets."""
+    np.testing.assert_allclose(_mixup_losses(measure=True), _mixup_losses(measure=False), rtol=1e-6)

@@ -24,7 +24,7 @@ import tiny_config as tiny
 from conftest import NUM_TEST_DEVICES, checkpoint_state
 
 from train import __main__ as cli
-from train import preemption, trainer
+from train import loop, preemption
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds per subprocess; a normal run takes ~20 s
@@ -260,7 +260,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     for path in (latest / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncate
-    trainer.train_and_evaluate(tiny.make_config(data_dir), str(workdir))
+    loop.train_and_evaluate(tiny.make_config(data_dir), str(workdir))
     assert (workdir / "checkpoints" / f"{tiny.TOTAL_STEPS}.unreadable").is_dir()
     assert "unreadable" in caplog.text
     chex.assert_trees_all_equal(
@@ -274,9 +274,9 @@ def test_nonfinite_bn_statistics_stop_before_they_are_checkpointed(data_dir, tmp
     # that state must not become the "last good" checkpoint.
     config = tiny.make_config(data_dir, checkpoint_every_steps=2, **{"optimizer.base_lr": 30.0})
     with pytest.raises(
-        trainer.NonFiniteLossError, match=r"at step (\d+) .*step (\d+) in .*intact"
+        loop.NonFiniteLossError, match=r"at step (\d+) .*step (\d+) in .*intact"
     ) as error:
-        trainer.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     stopped_at, kept = map(
         int, re.search(r"at step (\d+) .*step (\d+) in", str(error.value)).groups()
     )
@@ -290,7 +290,7 @@ def test_nonfinite_updates_can_be_skipped(data_dir, tmp_path):
     config = tiny.make_config(
         data_dir, on_nonfinite="skip", checkpoint_every_steps=2, **{"optimizer.base_lr": 30.0}
     )
-    trainer.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     for step in _checkpoint_steps(tmp_path):
         state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(step) / "state")
         chex.assert_tree_all_finite(state)

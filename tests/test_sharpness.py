@@ -176,14 +176,14 @@ def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_
     import tiny_config
     from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
 
-    from train import trainer
+    from train import loop
     from train.metrics import read_metrics
 
     uninterrupted, _ = finished_run
     config = tiny_config.make_config(
         data_dir, **{"sharpness.every_steps": 4, "sharpness.iterations": 3}
     )
-    trainer.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     records = [r for r in read_metrics(tmp_path) if r["kind"] == "sharpness"]
     assert [r["step"] for r in records] == [4, 8, 12]
     for record in records:

@@ -10,8 +10,9 @@ import pytest
 import tiny_config as tiny
 from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
 
+import recipe
 from recipe.data import datasets, pipeline
-from train import resolve, trainer
+from train import describe, evaluation, inputs, loop, resolve
 from train.metrics import read_metrics
 
 
@@ -51,7 +52,7 @@ def test_resume_from_a_checkpoint_ends_with_the_same_params(finished_run, data_d
     shutil.copytree(workdir, resumed)
     for step in (8, 12):  # as if the run had died after writing the step-4 checkpoint
         shutil.rmtree(resumed / "checkpoints" / str(step))
-    trainer.train_and_evaluate(tiny.make_config(data_dir), str(resumed))
+    loop.train_and_evaluate(tiny.make_config(data_dir), str(resumed))
     chex.assert_trees_all_equal(
         checkpoint_state(resumed, tiny.TOTAL_STEPS), checkpoint_state(workdir, tiny.TOTAL_STEPS)
     )
@@ -60,7 +61,7 @@ def test_resume_from_a_checkpoint_ends_with_the_same_params(finished_run, data_d
 
 
 def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):
-    text = trainer.describe(tiny.make_config(data_dir), tmp_path)
+    text = describe.describe(tiny.make_config(data_dir), tmp_path)
     assert "0.1 × 1000 / 32 = 3.125 (linear scaling rule)" in text
     assert "gradual, 4 updates (1 epochs) from 0.1 to 3.125" in text
     assert "step ×0.1 at epochs 2 (as configured; updates 8)" in text
@@ -83,12 +84,12 @@ def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):
 )
 def test_describe_says_how_the_images_are_decoded(data_dir, dataset, in_memory, decoder):
     config = tiny.make_config(data_dir, dataset=dataset, data_in_memory=in_memory)
-    (line,) = [line for line in trainer.describe(config).splitlines() if line.startswith("input")]
+    (line,) = [line for line in describe.describe(config).splitlines() if line.startswith("input")]
     assert f"; {decoder}" in line
 
 
 def test_describe_places_the_paper_milestones_on_any_run_length(data_dir):
-    text = trainer.describe(
+    text = describe.describe(
         tiny.make_config(data_dir, num_epochs=30, **{"optimizer.decay_epochs": None})
     )
     assert "at epochs 10, 20, 26.67 (Goyal's 30, 60, 80 of 90 placed on 30 epochs" in text
@@ -100,10 +101,10 @@ def test_train_examples_trains_on_the_first_n_held_in_memory(data_dir):
     test split."""
     setup = resolve.resolve(tiny.make_config(data_dir, train_examples=2000, data_in_memory=True), 4)
     assert setup.spec.num_train == 2000 and setup.layout.steps_per_epoch == 2
-    assert "the first 2000 training examples (train[:2000])" in trainer.describe(setup.config)
-    train, test = trainer._open_data(setup)
+    assert "the first 2000 training examples (train[:2000])" in describe.describe(setup.config)
+    train, test = inputs.open_data(setup)
     assert isinstance(train, datasets.InMemorySource) and (len(train), len(test)) == (2000, 1000)
-    assert trainer._open_data(setup)[0] is train  # decoded once per process
+    assert inputs.open_data(setup)[0] is train  # decoded once per process
     whole = datasets.load_source("mnist5k", "train", data_dir)
     for i in (0, 1999):
         np.testing.assert_array_equal(train[i]["image"], whole[i]["image"])
@@ -131,7 +132,7 @@ def test_accumulation_keeps_the_learning_rate_at_every_epoch_boundary(accumulati
 def test_evaluate_only_scores_the_latest_checkpoint_and_writes_nothing(finished_run, data_dir):
     workdir, result = finished_run
     before = sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*"))
-    scored = trainer.evaluate(tiny.make_config(data_dir), str(workdir))
+    scored = evaluation.evaluate_checkpoint(tiny.make_config(data_dir), str(workdir))
     assert scored.pop("step") == tiny.TOTAL_STEPS
     chex.assert_trees_all_close(scored, result, rtol=1e-6)
     assert sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
@@ -140,7 +141,7 @@ def test_evaluate_only_scores_the_latest_checkpoint_and_writes_nothing(finished_
 def test_load_run_gives_the_trainers_final_accuracy(finished_run, data_dir):
     """The README's inference example: the model and weights from the work dir alone."""
     workdir, result = finished_run
-    run = trainer.load_run(str(workdir))
+    run = recipe.load_run(str(workdir))
     assert run.step == tiny.TOTAL_STEPS and run.config.model == "resnet8"
     source = datasets.load_source("mnist5k", run.spec.test_split, data_dir)
     apply = jax.jit(lambda images: run.model.apply(run.variables, images, train=False))

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tiny_config as tiny
 
-from train import trainer
+from train import loop
 from train.metrics import read_metrics
 
 STEPS = 24
@@ -50,7 +50,7 @@ def evals(workdir):
 @pytest.fixture(scope="module")
 def full(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full")
-    trainer.train_and_evaluate(tiny.make_config(data_dir, **FULL), str(workdir))
+    loop.train_and_evaluate(tiny.make_config(data_dir, **FULL), str(workdir))
     return workdir
 
 
@@ -60,7 +60,7 @@ def test_resume_mid_epoch_with_ema_mixing_and_precise_bn_is_bitwise_exact(full, 
     for path in (resumed / "checkpoints").iterdir():
         if int(path.name) > 4:  # as if the run had died after its step-4 checkpoint
             shutil.rmtree(path)
-    trainer.train_and_evaluate(tiny.make_config(data_dir, **FULL), str(resumed))
+    loop.train_and_evaluate(tiny.make_config(data_dir, **FULL), str(resumed))
     # Weights, optimizer state (the EMA of the weights and its count), precise BN statistics ...
     chex.assert_trees_all_equal(saved_state(resumed, STEPS), saved_state(full, STEPS))
     # ... and every evaluation after the resume, the EMA's and the precise BN statistics' too.
@@ -73,7 +73,7 @@ def test_precise_bn_and_ema_leave_the_training_alone_and_fix_the_early_evaluatio
     full, data_dir, tmp_path
 ):
     running = tmp_path / "running"
-    trainer.train_and_evaluate(tiny.make_config(data_dir, **RUNNING), str(running))
+    loop.train_and_evaluate(tiny.make_config(data_dir, **RUNNING), str(running))
     # The same weights at every checkpoint: precise BN reads its batches through a loader of its
     # own and the EMA only reads the weights.
     for step in range(4, STEPS + 1, 4):

@@ -1,8 +1,3 @@
-"""The trainer: `recipe-train` / `python -m train` (see `train.trainer`).
-
-`load_run(workdir)` gives a trained run's model and weights for inference in your own code.
-"""
-
-from train.trainer import SavedRun, load_run
-
-__all__ = ["SavedRun", "load_run"]
+"""The trainer: `python -m train --config configs/default.py --workdir runs/default`, run from a
+checkout (`train.loop.train_and_evaluate`). A finished run's model and weights load with the
+library alone: `recipe.load_run(workdir)`."""

@@ -27,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from train import checkpoints, preemption, resolve, trainer
+from train import checkpoints, describe, evaluation, loop, preemption, resolve
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -53,17 +53,17 @@ def main(argv: list[str]) -> None:
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
         if _DESCRIBE.value:
-            print(trainer.describe(config, workdir))
+            print(describe.describe(config, workdir))
             return
         if _EVAL_ONLY.value:
-            result = trainer.evaluate(config, workdir)
+            result = evaluation.evaluate_checkpoint(config, workdir)
             if jax.process_index() == 0:
                 print(f"step {result.pop('step')}: {_summary(result)}")
             return
-        result = trainer.train_and_evaluate(config, workdir)
+        result = loop.train_and_evaluate(config, workdir)
     except (resolve.ConfigError, checkpoints.IncompatibleCheckpointError) as error:
         _fail(str(error))
-    except trainer.NonFiniteLossError as error:
+    except loop.NonFiniteLossError as error:
         _fail(str(error), EXIT_NONFINITE)
     except checkpoints.CheckpointWriteError as error:
         _fail(str(error), EXIT_WRITE_FAILED)

@@ -13,18 +13,123 @@ be read (truncated or corrupt files) is reported and moved aside to `<step>.unre
 is deleted), and the previous one is used. A failed write (disk full, permissions, a lost
 bucket) is `CheckpointWriteError`: the previous checkpoints stay intact and the failed step's
 temporary files are removed.
+
+A work dir is one run's: `claim_workdir` writes the run's config as `config.json` on its first
+start and refuses a work dir whose `config.json` differs in a field of `run_identity`;
+`restore_checkpoint` reads a checkpoint back after the same check.
 """
 
+import json
+import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from train import steps
+from train.resolve import ConfigError, Setup
+
 _TMP_MARKER = ".orbax-checkpoint-tmp"
+# The run's config in its work dir (`recipe.load_run` reads it).
+CONFIG_FILE = "config.json"
+# Config fields that may change between a run and its resumption: they do not affect the result.
+RESUMABLE_FIELDS = (
+    "data_dir",
+    "runner",
+    "distributed",
+    "log_every_steps",
+    "sync_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "progress_bar",
+    "eval_batch_size",
+    "data_workers",
+    "data_in_memory",
+    "device_prefetch",
+)
+
+
+def run_identity(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
+    """The config fields a checkpoint must agree with to be resumed (JSON-normalised)."""
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    fields = {k: v for k, v in values.items() if k not in RESUMABLE_FIELDS}
+    return json.loads(json.dumps(fields))
+
+
+def create_workdir(workdir: str) -> epath.Path:
+    """The work dir, created if needed.
+
+    Raises:
+      ConfigError: it cannot be created, or is not writable.
+    """
+    path = epath.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"workdir {workdir!r} cannot be created: {error}") from error
+    if isinstance(path, os.PathLike) and not str(path).startswith(("gs://", "s3://")):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"workdir {workdir!r} is not writable")
+    return path
+
+
+def claim_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses a work dir whose `config.json` belongs to another run; writes it for a new one
+    (from the first process).
+
+    The checkpoints carry the run identity too; `config.json` also guards a run that stopped
+    before its first checkpoint, and tells a reader which config made the work dir.
+
+    Raises:
+      IncompatibleCheckpointError: `config.json` differs from `config` in a field of the run
+        identity.
+    """
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        check_same_run(workdir, run_identity(json.loads(path.read_text())), run_identity(config))
+    elif jax.process_index() == 0:
+        path.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def abstract_train_state(setup: Setup) -> steps.TrainState:
+    """The shapes and dtypes of the run's train state (nothing is computed)."""
+    return jax.eval_shape(
+        lambda variables: steps.TrainState.create(
+            variables, setup.optimizer.tx, setup.noise_scale_ema
+        ),
+        setup.abstract_variables,
+    )
+
+
+def restore_checkpoint(
+    setup: Setup, workdir: str, step: int | None = None
+) -> tuple[int, steps.TrainState]:
+    """(step, host train state) of the latest (or the given) checkpoint of `workdir`, after
+    checking that it belongs to the run `setup` describes.
+
+    Raises:
+      ConfigError: `workdir` holds no (readable) checkpoint, or not the requested step.
+      IncompatibleCheckpointError: the checkpoints belong to another run.
+    """
+    checkpoint_dir = epath.Path(workdir) / "checkpoints"
+    if not checkpoint_dir.exists():
+        raise ConfigError(f"{checkpoint_dir} does not exist: no checkpoint to load")
+    checkpointer = Checkpointer(checkpoint_dir, keep=setup.loop.keep_checkpoints)
+    try:
+        restored = checkpointer.restore(
+            abstract_train_state(setup), run_identity(setup.config), step=step
+        )
+    finally:
+        checkpointer.close()
+    if restored is None:
+        wanted = "no readable checkpoint" if step is None else f"no readable checkpoint {step}"
+        raise ConfigError(f"{checkpoint_dir} holds {wanted}")
+    return restored
 
 
 class IncompatibleCheckpointError(ValueError):

@@ -4,9 +4,10 @@ import math
 from typing import Any
 
 import jax
+import ml_collections
 
-from train import sharpness
-from train.resolve import Setup
+from train import checkpoints, plots, sharpness
+from train.resolve import Setup, check_fields, resolve
 
 _BN_SCOPES = {
     "device": "per device, over {per_device} examples (Goyal §2.3)",
@@ -14,6 +15,21 @@ _BN_SCOPES = {
     "group": "over groups of {group} devices, {group_batch} examples each (Ying et al. 2018)",
     "ghost": "ghost batches of {ghost} examples within each device",
 }
+
+
+def describe(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
+    """The resolved recipe as text (`--describe`); with `workdir`, also saves the learning-rate
+    schedule there as `lr_schedule.png`. Rejects exactly the inputs training rejects that do
+    not need the data or the work dir."""
+    check_fields(config)
+    setup = resolve(config, jax.device_count())
+    text = recipe_text(setup)
+    if workdir is not None:
+        path = checkpoints.create_workdir(workdir) / "lr_schedule.png"
+        schedule = setup.optimizer.schedule
+        plots.plot_schedule(schedule, schedule.total_steps, schedule.steps_per_epoch, path)
+        text += f"\n{'schedule plot':<18} {path}"
+    return text
 
 
 def recipe_text(setup: Setup) -> str:

@@ -7,148 +7,30 @@ field, its value, what is allowed, and the command-line flag that fixes it. Trai
 `--describe` and `bench/` all go through it; what it returns (`Setup`) is computed once and
 passed down.
 
-Each rule lives once. A field's own range is a `recipe.checks` rule in `FIELD_RULES` (the same
-functions the library checks its arguments with); a rule between fields that the library owns
-(warmup shorter than the run, decay milestones after the warmup, ...) comes from calling the
-library's builders here, with their argument names translated to config fields.
+Each rule lives once. A field's own range is a `recipe.checks` rule in `schema.FIELD_RULES`
+(the same functions the library checks its arguments with, told the dotted field name); a rule
+between fields that the library owns (warmup shorter than the run, decay milestones after the
+warmup, ...) is the library's own check (`recipe.schedules.check_*`), called here with the
+config fields' names before the builders run.
 """
 
-import contextlib
 import dataclasses
 import difflib
-import functools
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import default
-from recipe import checks, masks, models, noise_scale, optim, schedules
+from recipe import masks, models, noise_scale, optim, schedules, sharpness
 from recipe.data import datasets, pipeline
-from train import runners, steps
-
-BN_SCOPES = ("device", "global", "group", "ghost")
-DTYPES = ("float32", "bfloat16")
-ON_NONFINITE = ("stop", "skip")
-MAX_SEED = 2**32 - 1
+from train import runners, schema, steps
+from train.schema import FIELD_RULES
 
 
 class ConfigError(ValueError):
     """A config field (or the work dir, or the dataset) is not usable: one line, no traceback."""
-
-
-def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    return lambda name, value: None if value is None else rule(name, value)
-
-
-def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], Any]:
-    return functools.partial(_check_choice, allowed=allowed)
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    return checks.check_choice(name, value, allowed)
-
-
-def _check_seed(name: str, value: Any) -> int:
-    seed = checks.check_non_negative_int(name, value)
-    if seed > MAX_SEED:
-        raise ValueError(f"{name} must be an integer in [0, 2^32), got {value!r}")
-    return seed
-
-
-def _check_momentum(name: str, value: Any) -> Any:
-    return checks.check_interval(name, value, 0.0, 1.0, high_closed=False)
-
-
-def _check_decay_factor(name: str, value: Any) -> Any:
-    return checks.check_interval(name, value, 0.0, 1.0, low_closed=False)
-
-
-# The range of every config field on its own; between fields: `_check_fields_together` and the
-# library's builders. tests/test_bad_input.py checks that every field of configs/default.py has
-# a rule here.
-FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
-    "dataset": _choice(datasets.DATASET_NAMES),
-    "data_dir": _optional(checks.check_string),
-    "augment": checks.check_bool,
-    "image_size": _optional(checks.check_positive_int),
-    "train_examples": _optional(checks.check_positive_int),
-    "data_in_memory": checks.check_bool,
-    "data_workers": _optional(checks.check_non_negative_int),
-    "device_prefetch": checks.check_positive_int,
-    "model": _choice(models.MODEL_NAMES),
-    "num_filters": checks.check_positive_int,
-    "zero_init_last_bn": checks.check_bool,
-    "dtype": _choice(DTYPES),
-    "bn.scope": _choice(BN_SCOPES),
-    "bn.ghost_batch_size": checks.check_positive_int,
-    "bn.group_size": checks.check_positive_int,
-    "bn.momentum": checks.check_in_unit_interval,
-    "bn.precise_batches": checks.check_non_negative_int,
-    "batch_size": checks.check_positive_int,
-    "accumulation_steps": checks.check_positive_int,
-    "eval_batch_size": checks.check_positive_int,
-    "num_epochs": checks.check_positive_int,
-    "label_smoothing": checks.check_in_unit_interval,
-    "mixing.mixup_alpha": checks.check_non_negative,
-    "mixing.cutmix_alpha": checks.check_non_negative,
-    "mixing.switch_prob": checks.check_in_unit_interval,
-    "mixing.prob": checks.check_in_unit_interval,
-    "mixing.per_device": checks.check_bool,
-    "mixing.stop_epoch": _optional(checks.check_non_negative_int),
-    "ema.decay": _check_momentum,
-    "ema.warmup": checks.check_bool,
-    "optimizer.name": _choice(optim.OPTIMIZER_NAMES),
-    "optimizer.trust_coefficient": checks.check_positive,
-    "optimizer.beta2": _check_momentum,
-    "optimizer.base_lr": checks.check_positive,
-    "optimizer.base_batch_size": checks.check_positive_int,
-    "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
-    "optimizer.warmup_epochs": checks.check_non_negative,
-    "optimizer.decay": _choice(schedules.DECAY_KINDS),
-    "optimizer.decay_epochs": _optional(checks.check_increasing),
-    "optimizer.decay_factor": _check_decay_factor,
-    "optimizer.poly_power": checks.check_positive,
-    "optimizer.poly_end_lr": checks.check_non_negative,
-    "optimizer.weight_decay": checks.check_non_negative,
-    "optimizer.decay_bias": checks.check_bool,
-    "optimizer.momentum": _check_momentum,
-    "optimizer.nesterov": checks.check_bool,
-    "noise_scale.enabled": checks.check_bool,
-    "noise_scale.decay": _check_momentum,
-    "sharpness.every_steps": checks.check_non_negative_int,
-    "sharpness.iterations": checks.check_positive_int,
-    "runner": _choice(tuple(runners.RUNNERS)),
-    "distributed.enabled": checks.check_bool,
-    "distributed.coordinator_address": _optional(checks.check_string),
-    "distributed.num_processes": _optional(checks.check_positive_int),
-    "distributed.process_id": _optional(checks.check_non_negative_int),
-    "seed": _check_seed,
-    "log_every_steps": checks.check_positive_int,
-    "sync_every_steps": checks.check_positive_int,
-    "eval_every_epochs": checks.check_positive_int,
-    "checkpoint_every_steps": checks.check_positive_int,
-    "keep_checkpoints": checks.check_positive_int,
-    "on_nonfinite": _choice(ON_NONFINITE),
-    "progress_bar": checks.check_bool,
-}
-
-# Library argument names → the config fields they come from, for the library's own messages.
-_LIBRARY_NAMES = {
-    "epochs": "num_epochs",
-    "base_lr": "optimizer.base_lr",
-    "base_batch_size": "optimizer.base_batch_size",
-    "warmup_epochs": "optimizer.warmup_epochs",
-    "decay_epochs": "optimizer.decay_epochs",
-    "decay_factor": "optimizer.decay_factor",
-    "weight_decay": "optimizer.weight_decay",
-    "momentum": "optimizer.momentum",
-    "nesterov": "optimizer.nesterov",
-    "poly_end_lr": "optimizer.poly_end_lr",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +66,62 @@ class BatchLayout:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """Where the dataset's splits are read from and how the training stream is drawn.
+
+    Attributes:
+      data_dir: the TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+      in_memory: hold both splits decoded in memory (`recipe.data.InMemorySource`).
+      augment: random crops and flips of the training images.
+      image_size: the side images are resized to, or None for the dataset's own.
+      device_prefetch: batches placed on the devices ahead of their step.
+    """
+
+    data_dir: str | None
+    in_memory: bool
+    augment: bool
+    image_size: int | None
+    device_prefetch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """What the training loop does besides stepping, and how often (in steps).
+
+    Attributes:
+      label_smoothing: ε of the training loss.
+      skip_nonfinite: skip a non-finite update (`on_nonfinite='skip'`) instead of stopping.
+      precise_bn_batches: training batches precise BN recomputes the statistics over before
+        each evaluation (0: the running averages are evaluated).
+      evaluate_ema: also score the weight EMA (`ema.decay` > 0).
+      log_every_steps: steps per training-metrics record.
+      sync_every_steps: the most steps dispatched before waiting for the devices.
+      eval_every_steps: steps between evaluations (`eval_every_epochs` whole epochs).
+      checkpoint_every_steps: steps between checkpoints.
+      keep_checkpoints: checkpoints kept on disk.
+      progress_bar: show a progress bar (on the first process).
+      sharpness_every_steps: steps between measurements of the loss's sharpness (0: never).
+      sharpness_iterations: Hessian-vector products per measurement (power iterations).
+      sharpness_threshold: the optimizer's stability threshold on η·λ_max
+        (`recipe.sharpness.stability_threshold` of its momentum).
+    """
+
+    label_smoothing: float
+    skip_nonfinite: bool
+    precise_bn_batches: int
+    evaluate_ema: bool
+    log_every_steps: int
+    sync_every_steps: int
+    eval_every_steps: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    progress_bar: bool
+    sharpness_every_steps: int
+    sharpness_iterations: int
+    sharpness_threshold: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """A config resolved against the devices: everything a run needs but data and compiled code.
 
@@ -197,6 +135,11 @@ class Setup:
         weight EMA, in its state, when `ema.decay` > 0).
       layout: the batch layout and the run's length in steps.
       data_workers: the loader's worker processes (`config.data_workers`, or its default).
+      seed: the run's seed (initial weights, shuffle, augmentation, Mixup draws).
+      data: where and how the splits are read (`DataOptions`).
+      loop: the training loop's cadence and options (`LoopOptions`).
+      runner_name: 'pmap' or 'shard_map' (`runner()` builds it).
+      bn_group_size: g of BN over groups of devices (`bn.scope='group'`), else None.
       mix: the train step's Mixup / CutMix (`steps.mixing_fn`), or None when both α are 0.
       noise_scale_ema: the gradient noise scale's averages, when `noise_scale.enabled`.
     """
@@ -209,14 +152,18 @@ class Setup:
     optimizer: optim.Optimizer
     layout: BatchLayout
     data_workers: int
+    seed: int
+    data: DataOptions
+    loop: LoopOptions
+    runner_name: str
+    bn_group_size: int | None
     mix: Callable[..., Any] | None = None
     noise_scale_ema: noise_scale.NoiseScaleEMA | None = None
 
     def runner(self) -> runners.Runner:
         """The config's runner over all devices (for BN over device groups under shard_map,
         its two-axis mesh)."""
-        group_size = self.config.bn.group_size if self.config.bn.scope == "group" else None
-        return runners.make_runner(self.config.runner, bn_group_size=group_size)
+        return runners.make_runner(self.runner_name, bn_group_size=self.bn_group_size)
 
     @property
     def decay_report(self) -> masks.DecayReport:
@@ -226,7 +173,7 @@ class Setup:
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
-    """Checks that `config` has exactly the fields of configs/default.py, each in its range
+    """Checks that `config` has exactly the fields of `schema.base_config()`, each in its range
     (what can be checked before the device count is known).
 
     Raises:
@@ -267,19 +214,19 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32), train=False
         )
     )
-    with _library_errors(config):
-        optimizer = optim.build_optimizer(
-            abstract_variables,
-            **config.optimizer,
-            batch_size=config.batch_size,
-            steps_per_epoch=layout.steps_per_epoch,
-            epochs=config.num_epochs,
-            accumulation_steps=config.accumulation_steps,
-            # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
-            weight_decay_in_loss=config.optimizer.name != "lamb",
-            ema_decay=config.ema.decay,
-            ema_warmup=config.ema.warmup,
-        )
+    _check_optimizer(config, layout)
+    optimizer = optim.build_optimizer(
+        abstract_variables,
+        **config.optimizer,
+        batch_size=config.batch_size,
+        steps_per_epoch=layout.steps_per_epoch,
+        epochs=config.num_epochs,
+        accumulation_steps=config.accumulation_steps,
+        # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
+        weight_decay_in_loss=config.optimizer.name != "lamb",
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+    )
     return Setup(
         config=config,
         spec=spec,
@@ -289,6 +236,33 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         optimizer=optimizer,
         layout=layout,
         data_workers=_data_workers(config.data_workers, spec),
+        seed=config.seed,
+        data=DataOptions(
+            data_dir=config.data_dir,
+            in_memory=config.data_in_memory,
+            augment=config.augment,
+            image_size=config.image_size,
+            device_prefetch=config.device_prefetch,
+        ),
+        loop=LoopOptions(
+            label_smoothing=config.label_smoothing,
+            skip_nonfinite=config.on_nonfinite == "skip",
+            precise_bn_batches=config.bn.precise_batches,
+            evaluate_ema=config.ema.decay > 0,
+            log_every_steps=config.log_every_steps,
+            sync_every_steps=config.sync_every_steps,
+            eval_every_steps=config.eval_every_epochs * layout.steps_per_epoch,
+            checkpoint_every_steps=config.checkpoint_every_steps,
+            keep_checkpoints=config.keep_checkpoints,
+            progress_bar=config.progress_bar,
+            sharpness_every_steps=config.sharpness.every_steps,
+            sharpness_iterations=config.sharpness.iterations,
+            sharpness_threshold=sharpness.stability_threshold(
+                config.optimizer.momentum, config.optimizer.nesterov
+            ),
+        ),
+        runner_name=config.runner,
+        bn_group_size=config.bn.group_size if config.bn.scope == "group" else None,
         mix=_mixing(config, spec, layout),
         noise_scale_ema=(
             noise_scale.noise_scale_ema(config.noise_scale.decay)
@@ -319,16 +293,6 @@ def _training_examples(
     return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
 
 
-def _check_ema(config: ml_collections.ConfigDict) -> None:
-    if config.ema.decay > 0 and config.bn.precise_batches == 0:
-        raise ConfigError(
-            f"ema.decay > 0 needs bn.precise_batches > 0 (the average of the weights is "
-            f"evaluated with BN statistics recomputed for it), got ema.decay={config.ema.decay} "
-            f"and bn.precise_batches=0; fix: --config.bn.precise_batches="
-            f"{default.get_config().bn.precise_batches}"
-        )
-
-
 def _check_sharpness(config: ml_collections.ConfigDict) -> None:
     if config.sharpness.every_steps and config.optimizer.name != "sgd":
         raise ConfigError(
@@ -337,6 +301,52 @@ def _check_sharpness(config: ml_collections.ConfigDict) -> None:
             f"{config.sharpness.every_steps} and optimizer.name={config.optimizer.name!r}; "
             "fix: --config.sharpness.every_steps=0"
         )
+
+
+def _check_ema(config: ml_collections.ConfigDict) -> None:
+    if config.ema.decay > 0 and config.bn.precise_batches == 0:
+        raise ConfigError(
+            f"ema.decay > 0 needs bn.precise_batches > 0 (the average of the weights is "
+            f"evaluated with BN statistics recomputed for it), got ema.decay={config.ema.decay} "
+            f"and bn.precise_batches=0; fix: --config.bn.precise_batches="
+            f"{schema.base_config().bn.precise_batches}"
+        )
+
+
+def _check_optimizer(config: ml_collections.ConfigDict, layout: BatchLayout) -> None:
+    """The rules between the optimizer's fields and the run's length that the library's
+    builders own, told the config fields' names (before `optim.build_optimizer` is called)."""
+    o = config.optimizer
+    try:
+        if o.name == "lamb" and o.nesterov:
+            raise ValueError(
+                "optimizer.nesterov must be False for name='lamb' (LAMB has no Nesterov form)"
+            )
+        warmup_epochs = 0.0
+        if o.warmup != "none":
+            warmup_epochs = schedules.check_warmup_epochs(
+                o.warmup_epochs, config.num_epochs, names=("optimizer.warmup_epochs", "num_epochs")
+            )
+        if o.decay == "step" and o.decay_epochs is not None:
+            decay_names = ("optimizer.decay_epochs", "optimizer.warmup_epochs", "num_epochs")
+            schedules.check_decay_epochs(
+                o.decay_epochs, warmup_epochs, config.num_epochs, names=decay_names
+            )
+            schedules.check_decay_updates(
+                o.decay_epochs,
+                warmup_epochs,
+                config.num_epochs,
+                layout.updates_per_epoch,
+                names=decay_names[:2],
+            )
+        if o.decay == "poly":
+            peak_lr = schedules.scaled_learning_rate(
+                o.base_lr, layout.update_batch, o.base_batch_size
+            )
+            schedules.check_poly_end_lr(o.poly_end_lr, peak_lr, name="optimizer.poly_end_lr")
+    except ValueError as error:
+        field = str(error).split(" ", 1)[0]
+        raise _error(str(error), field, config) from None
 
 
 def _mixing(
@@ -398,7 +408,7 @@ def flat_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str
 
 def unknown_field_message(unknown: Iterable[str]) -> str:
     """'unknown config field(s) …' with the closest known field for each, for one line."""
-    known = list(flat_fields(default.get_config()))
+    known = list(flat_fields(schema.base_config()))
     leaves: dict[str, list[str]] = {}  # a field's own name → every path that has it
     for field in known:
         leaves.setdefault(field.rpartition(".")[2], []).append(field)
@@ -412,7 +422,7 @@ def unknown_field_message(unknown: Iterable[str]) -> str:
         # wherever it lives (`lr_warmup`: ema.warmup or optimizer.warmup).
         close = (by_path or by_name) if "." in field else (by_name or by_path)
         parts.append(f"{field} (did you mean {' or '.join(close)}?)" if close else field)
-    return f"unknown config field(s) {', '.join(parts)}; the fields are those of configs/default.py"
+    return f"unknown config field(s) {', '.join(parts)}; the fields are those of train/schema.py"
 
 
 def cli_value(value: Any) -> str:
@@ -436,7 +446,7 @@ def _check_known_fields(config: ml_collections.ConfigDict) -> None:
     if missing:
         raise ConfigError(
             f"the config lacks field(s) {', '.join(sorted(missing))}; build it from "
-            "configs.default.get_config() and change what differs"
+            "configs.schema.base_config() and change what differs"
         )
 
 
@@ -467,10 +477,10 @@ def _suggested_value(field: str, config: ml_collections.ConfigDict) -> Any:
         warmup = 0.0 if config.optimizer.warmup == "none" else config.optimizer.warmup_epochs
         return tuple(round(e, 2) for e in schedules.paper_decay_epochs(config.num_epochs, warmup))
     if field == "optimizer.warmup_epochs":
-        return min(_get(default.get_config(), field), config.num_epochs / 2)
+        return min(_get(schema.base_config(), field), config.num_epochs / 2)
     if field == "optimizer.nesterov" and config.optimizer.name == "lamb":
         return False
-    return _get(default.get_config(), field)
+    return _get(schema.base_config(), field)
 
 
 def _batch_layout(
@@ -546,19 +556,3 @@ def _batch_layout(
         dropped_per_epoch=spec.num_train - steps_per_epoch * config.batch_size,
         eval_batch_size=config.eval_batch_size,
     )
-
-
-@contextlib.contextmanager
-def _library_errors(config: ml_collections.ConfigDict) -> Iterator[None]:
-    """Turns a library `ValueError` into a `ConfigError` naming the config fields."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except ValueError as error:
-        message = _LIBRARY_NAME_PATTERN.sub(lambda m: _LIBRARY_NAMES[m.group(1)], str(error))
-        field = next((f for f in _LIBRARY_NAMES.values() if message.startswith(f + " ")), None)
-        raise (ConfigError(message) if field is None else _error(message, field, config)) from None
-
-
-_LIBRARY_NAME_PATTERN = re.compile(r"(?<![\w.])(" + "|".join(_LIBRARY_NAMES) + r")(?!\w)")

@@ -63,6 +63,23 @@ class Runner:
         return self.put(jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * count), tree))
 
 
+def initialize_distributed(distributed: Any) -> None:
+    """Joins the `jax.distributed` cluster if the config's `distributed` section asks for it
+    (before any other jax call).
+
+    With `coordinator_address`, `num_processes` and `process_id` set, uses them (GPU hosts,
+    several processes on one machine); with them all None, lets JAX detect the cluster (Cloud
+    TPU pod slices, SLURM).
+    """
+    if not distributed.enabled or jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(
+        coordinator_address=distributed.coordinator_address,
+        num_processes=distributed.num_processes,
+        process_id=distributed.process_id,
+    )
+
+
 def fetch_first(tree: Any) -> Any:
     """The first local device's copy of a device-stacked pytree, as host numpy arrays."""
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)

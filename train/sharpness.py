@@ -51,7 +51,7 @@ def measure_step(
             train=True,
             mutable=["batch_stats"],
         )
-        loss = losses.cross_entropy(logits, batch["label"], setup.config.label_smoothing)
+        loss = losses.cross_entropy(logits, batch["label"], setup.loop.label_smoothing)
         return loss if penalty is None else loss + penalty(params)
 
     found = sharpness.top_hessian_eigenvalue(
@@ -65,18 +65,16 @@ class SharpnessProbe:
     `sharpness.every_steps` (see the module doc)."""
 
     def __init__(self, setup: Setup, runner: runners.Runner, train_source: Any):
-        config, layout = setup.config, setup.layout
-        self.every_steps = config.sharpness.every_steps
+        options, layout = setup.loop, setup.layout
+        self.every_steps = options.sharpness_every_steps
+        self.threshold = options.sharpness_threshold
         self._schedule = setup.optimizer.schedule
         self._accumulation = layout.accumulation_steps
-        self.threshold = sharpness.stability_threshold(
-            config.optimizer.momentum, config.optimizer.nesterov
-        )
         first = next(
             pipeline.train_batches(
                 train_source,
                 setup.spec,
-                seed=config.seed,
+                seed=setup.seed,
                 global_batch=layout.batch_size,
                 num_steps=1,
                 augment=False,
@@ -84,14 +82,14 @@ class SharpnessProbe:
             )
         )
         self._batch = runner.put({k: first[k] for k in ("image", "label")})
-        self._key = runner.replicate(jax.random.key_data(jax.random.key(config.seed)))
+        self._key = runner.replicate(jax.random.key_data(jax.random.key(setup.seed)))
         self._measure = runner.map(
             lambda state, batch, key_data: measure_step(
                 state,
                 batch,
                 jax.random.wrap_key_data(key_data),
                 setup=setup,
-                iterations=config.sharpness.iterations,
+                iterations=options.sharpness_iterations,
                 axis_name=runner.axis_name,
             )
         )
@@ -115,27 +113,26 @@ class SharpnessProbe:
 
 def make_probe(setup: Setup, runner: runners.Runner, train_source: Any) -> SharpnessProbe | None:
     """The run's probe, or None when `sharpness.every_steps` is 0 (nothing built or compiled)."""
-    if not setup.config.sharpness.every_steps:
+    if not setup.loop.sharpness_every_steps:
         return None
     return SharpnessProbe(setup, runner, train_source)
 
 
 def describe(setup: Setup) -> str:
     """The `--describe` line: what is measured and what it costs."""
-    config, layout = setup.config, setup.layout
-    every, iterations = config.sharpness.every_steps, config.sharpness.iterations
+    options, layout = setup.loop, setup.layout
+    every, iterations = options.sharpness_every_steps, options.sharpness_iterations
     if not every:
         return (
             "not measured (--config.sharpness.every_steps=N logs λ_max of the loss's Hessian "
             "and η·λ_max against the optimizer's stability threshold every N steps)"
         )
-    threshold = sharpness.stability_threshold(config.optimizer.momentum, config.optimizer.nesterov)
     measurements = layout.total_steps // every
+    overhead = 2 * iterations * measurements / max(layout.total_steps, 1)
     return (
         f"λ_max of the loss's Hessian (power iteration, {iterations} Hessian-vector products) on "
         f"a fixed batch of {layout.batch_size} every {every} steps ({measurements} "
-        f"measurements), logged with η·λ_max against the stability threshold {threshold:.3g}; "
-        f"costs ≈ {2 * iterations} forward+backward passes per measurement, "
-        f"in all ≈ {2 * iterations * measurements / max(layout.total_steps, 1):.2g}× the "
-        "passes of training"
+        f"measurements), logged with η·λ_max against the stability threshold "
+        f"{options.sharpness_threshold:.4g}; costs ≈ {2 * iterations} forward+backward passes "
+        f"per measurement, in all ≈ {overhead:.2g}× the passes of training"
     )

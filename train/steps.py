@@ -117,26 +117,27 @@ def train_step(
         images, targets = mix(state.step, images, targets, axis_name)
         smoothing = 0.0
 
-    def loss_fn(params):
+    def loss_terms(params):
+        """The one forward pass: (per-example losses, penalty), (logits, new BN statistics)."""
         logits, new_model_state = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
         )
-        loss = losses.cross_entropy(logits, targets, smoothing)
-        objective = loss if loss_penalty is None else loss + loss_penalty(params)
-        return objective, (loss, logits, new_model_state["batch_stats"])
+        per_example = losses.per_example_cross_entropy(logits, targets, smoothing)
+        penalty = jnp.zeros((), jnp.float32) if loss_penalty is None else loss_penalty(params)
+        return (per_example, penalty), (logits, new_model_state["batch_stats"])
+
+    def loss_fn(params):
+        (per_example, penalty), aux = loss_terms(params)
+        loss = jnp.mean(per_example)
+        return loss + penalty, (loss, *aux)
 
     split_one_device = noise_scale_ema is not None and lax.axis_size(axis_name) == 1
     if split_one_device:
         loss, logits, batch_stats, grads, half_grads = _whole_and_half_batch_gradients(
-            state,
-            images,
-            batch["label"],
-            model=model,
-            label_smoothing=label_smoothing,
-            loss_penalty=loss_penalty,
+            loss_terms, state.params
         )
     else:
         (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -194,37 +195,22 @@ def train_step(
 
 
 def _whole_and_half_batch_gradients(
-    state: TrainState,
-    images: jax.Array,
-    labels: jax.Array,
-    *,
-    model: nn.Module,
-    label_smoothing: float,
-    loss_penalty: Callable[[Any], jax.Array] | None,
+    loss_terms: Callable[[Any], tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, Any]]],
+    params: Any,
 ) -> tuple[jax.Array, jax.Array, Any, Any, Any]:
     """(loss, logits, batch_stats, gradient over the batch, gradient over its first half) from
-    one forward pass and two backward passes (the noise scale on a single device)."""
-    per_device = labels.shape[0]
+    one forward pass of `train_step`'s `loss_terms` and two backward passes (the noise scale
+    on a single device): the same loss, on the same (possibly mixed) targets, as the plain
+    gradient's."""
+    (per_example, penalty), backward, (logits, batch_stats) = jax.vjp(
+        loss_terms, params, has_aux=True
+    )
+    per_device = per_example.shape[0]
     if per_device % 2:
         raise ValueError(
             "measuring the gradient noise scale on one device splits its batch in halves: the "
             f"batch must be even, got {per_device}"
         )
-
-    def terms(params):
-        logits, new_model_state = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        per_example = losses.per_example_cross_entropy(logits, labels, label_smoothing)
-        penalty = jnp.zeros((), jnp.float32) if loss_penalty is None else loss_penalty(params)
-        return (per_example, penalty), (logits, new_model_state["batch_stats"])
-
-    (per_example, penalty), backward, (logits, batch_stats) = jax.vjp(
-        terms, state.params, has_aux=True
-    )
     # Cotangents shaped (and, under shard_map, device-varying) like the outputs they weigh.
     one = jnp.ones_like(penalty)
     whole = jnp.ones_like(per_example) / per_device
@@ -315,7 +301,7 @@ def average_batch_stats(state: TrainState, axis_name: AxisName = AXIS) -> TrainS
     return state.replace(batch_stats=lax.pmean(state.batch_stats, axis_name))
 
 
-def precise_bn_estimator(model: models.ResNet, axis_name: AxisName = AXIS) -> precise_bn.PreciseBN:
+def model_precise_bn(model: models.ResNet, axis_name: AxisName = AXIS) -> precise_bn.PreciseBN:
     """Precise BN for `model` under a runner: the population statistics of per-device,
     grouped and cross-device BN, the mean of the ghost-batch statistics for ghost BN (see
     `recipe.precise_bn`), combined over all devices along `axis_name` (`Runner.axis_name`)."""

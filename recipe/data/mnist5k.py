@@ -25,7 +25,6 @@ from etils import epath
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 TRAIN_PER_CLASS = 400
-TEST_PER_CLASS = 100
 
 
 def read_mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,126 @@
+"""A trained model from a trainer's work dir, with the library alone.
+
+The trainer (`python -m train`, run from a checkout) writes the run's config as
+`<workdir>/config.json` and orbax checkpoints of its train state as
+`<workdir>/checkpoints/<step>/state` (a pytree whose `params` and `batch_stats` are the model's
+variables). `load_run` reads them back into the model the config names, for inference in your
+own code: no trainer, no config files, no accelerator needed.
+"""
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from recipe import models
+
+__all__ = ["SavedRun", "load_run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A trained model from a work dir.
+
+    `model.apply(variables, images, train=False)` gives the logits of a float32 batch of
+    images normalised as the training input was: `(x / 255 − mean) / std` with the dataset's
+    per-channel `spec.mean` and `spec.std`, at `image_shape`.
+
+    Attributes:
+      model: the linen model the checkpoint belongs to (per-device BN scope: in eval mode BN
+        uses only the running statistics, so every scope the run trained with evaluates the
+        same).
+      variables: {'params': ..., 'batch_stats': ...}.
+      config: the run's config (from `<workdir>/config.json`).
+      spec: its dataset's spec (classes, image statistics), `recipe.data.DatasetSpec`.
+      image_shape: the model's input shape (height, width, channels).
+      step: the checkpoint's step.
+    """
+
+    model: models.ResNet
+    variables: dict[str, Any]
+    config: ml_collections.ConfigDict
+    spec: Any
+    image_shape: tuple[int, int, int]
+    step: int
+
+
+def load_run(workdir: str, step: int | None = None) -> SavedRun:
+    """Loads the model, weights and BatchNorm statistics of a trainer work dir's latest (or the
+    given) checkpoint.
+
+    >>> run = load_run("runs/default")  # doctest: +SKIP
+    >>> logits = run.model.apply(run.variables, images, train=False)  # doctest: +SKIP
+
+    Args:
+      workdir: a work dir of `python -m train` (local, or any URL `etils.epath` reaches).
+      step: the checkpoint to load; None: the latest.
+
+    Raises:
+      FileNotFoundError: `workdir` holds no config.json, no checkpoint, or not checkpoint
+        `step`.
+    """
+    from recipe.data import datasets  # on demand: it imports TFDS and grain
+
+    workdir = epath.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} does not exist: not a trainer's work dir")
+    config = ml_collections.ConfigDict(_tuples(json.loads(config_path.read_text())))
+    checkpoint_dir = workdir / "checkpoints"
+    # Orbax writes a step into a temporary directory and renames it to the step when complete.
+    saved = []
+    if checkpoint_dir.exists():
+        saved = sorted(int(p.name) for p in checkpoint_dir.iterdir() if p.name.isdigit())
+    if not saved or (step is not None and step not in saved):
+        wanted = "no checkpoint" if step is None else f"no checkpoint {step}"
+        raise FileNotFoundError(f"{checkpoint_dir} holds {wanted} (saved: {saved})")
+    step = saved[-1] if step is None else step
+    spec = datasets.get_dataset_spec(config.dataset)
+    size = config.image_size
+    image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
+    model = models.create_model(
+        config.model,
+        num_classes=spec.num_classes,
+        num_filters=config.num_filters,
+        bn_momentum=config.bn.momentum,
+        dtype=jnp.dtype(config.dtype),
+        zero_init_last_bn=config.zero_init_last_bn,
+    )
+    return SavedRun(
+        model=model,
+        variables=_variables(checkpoint_dir / str(step) / "state"),
+        config=config,
+        spec=spec,
+        image_shape=image_shape,
+        step=step,
+    )
+
+
+def _variables(path: epath.Path) -> dict[str, Any]:
+    """The model's variables from a saved train state (its other items, such as the optimizer
+    state, are not read), onto the default device."""
+    metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+        {key: metadata[key] for key in ("params", "batch_stats")},
+    )
+    restore = ocp.args.PyTreeRestore(
+        target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(path, restore)
+
+
+def _tuples(values: Any) -> Any:
+    """JSON's lists back to the tuples the config had."""
+    if isinstance(values, dict):
+        return {key: _tuples(value) for key, value in values.items()}
+    return tuple(_tuples(v) for v in values) if isinstance(values, list) else values

@@ -1,0 +1,156 @@
+"""Scoring a train state on the test split: `Evaluator` inside the loop, `evaluate_checkpoint`
+for a work dir's saved run (`python -m train --eval_only`).
+
+With precise BN (Wu & Johnson 2021) the BN statistics are recomputed for the weights over
+training batches from the step being scored before the test split is read; with a weight EMA,
+the average is scored beside the weights with statistics of its own (keys `ema_*`).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+
+from recipe.data import pipeline
+from train import checkpoints, inputs, runners, steps
+from train.resolve import Setup, check_fields, resolve
+
+
+class Evaluator:
+    """Scores a device state at a step: the weights, with BN statistics recomputed for them
+    over `precise_bn_batches` training batches from that step when precise BN is on, and the
+    weight EMA beside them (keys `ema_*`) when there is one.
+
+    `precise_batches` overrides the setup's count (`bench/precise_bn.py` compares counts).
+    """
+
+    def __init__(
+        self,
+        setup: Setup,
+        runner: runners.Runner,
+        train_source: Any,
+        test_source: Any,
+        precise_batches: int | None = None,
+    ):
+        self.setup, self.runner = setup, runner
+        self.train_source, self.test_source = train_source, test_source
+        self.eval_step = runner.map(
+            functools.partial(
+                steps.eval_step,
+                model=setup.model,
+                num_classes=setup.spec.num_classes,
+                axis_name=runner.axis_name,
+                normalize=inputs.normalizer(setup),
+            )
+        )
+        self.precise_batches = (
+            setup.loop.precise_bn_batches if precise_batches is None else precise_batches
+        )
+        self.ema = setup.loop.evaluate_ema
+        if self.precise_batches:
+            estimator = steps.model_precise_bn(setup.model, axis_name=runner.axis_name)
+            self.init = runner.map(functools.partial(steps.precise_bn_init, estimator=estimator))
+            weights = (False, True) if self.ema else (False,)
+            self.update = {
+                ema: runner.map(
+                    functools.partial(
+                        steps.precise_bn_update,
+                        estimator=estimator,
+                        ema=ema,
+                        normalize=inputs.normalizer(setup),
+                    ),
+                    donate_argnums=(0,),
+                )
+                for ema in weights
+            }
+            self.finish = {
+                ema: runner.map(
+                    functools.partial(
+                        steps.with_precise_bn,
+                        estimator=estimator,
+                        ema=ema,
+                        keep_if_nonfinite=(runner.axis_name if setup.loop.skip_nonfinite else None),
+                    )
+                )
+                for ema in weights
+            }
+
+    def __call__(self, device_state: Any, step: int) -> tuple[Any, dict[str, float]]:
+        """(the state with precise BN statistics when on, its evaluation record)."""
+        if self.precise_batches:
+            device_state = self.with_precise_bn(device_state, step)
+        result = self.scores(device_state)
+        if self.ema:
+            result.update(
+                {
+                    f"ema_{key}": value
+                    for key, value in self.scores(
+                        self.with_precise_bn(device_state, step, ema=True)
+                    ).items()
+                }
+            )
+        return device_state, result
+
+    def scores(self, device_state: Any) -> dict[str, float]:
+        """Loss and accuracy (top-5 too for > 10 classes) of the state's weights and BN
+        statistics over the whole test split."""
+        setup = self.setup
+        sums: dict[str, float] = {}
+        for batch in pipeline.eval_batches(
+            self.test_source,
+            setup.spec,
+            global_batch=setup.layout.eval_batch_size,
+            **inputs.loader_options(setup),
+        ):
+            device_batch = self.runner.put(inputs.model_inputs(batch))
+            out = runners.fetch_first(self.eval_step(device_state, device_batch))
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        count = sums.pop("count")
+        result = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("top1") / count}
+        result.update({key: value / count for key, value in sums.items()})
+        return result
+
+    def with_precise_bn(
+        self, device_state: Any, step: int, *, ema: bool = False, num_batches: int | None = None
+    ) -> Any:
+        """The state with BN statistics of its weights (or, with `ema`, of their average, which
+        then replaces the weights) over the training batches of steps `step` … `step + N − 1`
+        (N = `num_batches` or the evaluator's count), without augmentation: a loader of its
+        own, so the training stream is left as it is."""
+        batches = inputs.train_batches(
+            self.setup,
+            self.train_source,
+            start_step=step,
+            num_steps=num_batches or self.precise_batches,
+            augment=False,
+        )
+        stats = self.init(device_state)
+        for batch in self.runner.prefetch(map(inputs.model_inputs, batches)):
+            stats = self.update[ema](stats, device_state, batch)
+        return self.finish[ema](device_state, stats)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Scores the latest checkpoint of `workdir` on the test split, without training.
+
+    The config must be the run's own (as for resuming). Writes nothing (a checkpoint that
+    cannot be read is moved aside, as a resumed run would).
+
+    Returns:
+      {'step': the checkpoint's step, 'loss', 'accuracy' (and 'top5' for > 10 classes)}.
+
+    Raises:
+      ConfigError: bad config or dataset, or `workdir` holds no checkpoint.
+      checkpoints.IncompatibleCheckpointError: the checkpoints belong to another run.
+    """
+    check_fields(config)
+    runners.initialize_distributed(config.distributed)
+    setup = resolve(config, jax.device_count())
+    train_source, test_source = inputs.open_data(setup)
+    step, state = checkpoints.restore_checkpoint(setup, workdir)
+    runner = setup.runner()
+    evaluator = Evaluator(setup, runner, train_source, test_source)
+    _, result = evaluator(runner.replicate(state), step)
+    return {"step": step, **result}

@@ -1,0 +1,252 @@
+"""The config schema: every field of a run's config, its default and its rule.
+
+Every config file is built from `base_config()` and changes what differs (`configs/default.py`
+is the MNIST demo: the base and the demo's data, model and batch). `FIELD_RULES` gives each
+field's own range as a `recipe.checks` rule, told the field's dotted name; the rules between
+fields live in `train.resolve`, which checks a config against both before anything is built.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from recipe import checks, models, optim, schedules
+from recipe.data import datasets
+from train import runners
+
+BN_SCOPES = ("device", "global", "group", "ghost")
+DTYPES = ("float32", "bfloat16")
+ON_NONFINITE = ("stop", "skip")
+MAX_SEED = 2**32 - 1
+
+
+def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else rule(name, value)
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], Any]:
+    return functools.partial(_check_choice, allowed=allowed)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    return checks.check_choice(name, value, allowed)
+
+
+def _check_seed(name: str, value: Any) -> int:
+    seed = checks.check_non_negative_int(name, value)
+    if seed > MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2^32), got {value!r}")
+    return seed
+
+
+def _check_momentum(name: str, value: Any) -> Any:
+    return checks.check_interval(name, value, 0.0, 1.0, high_closed=False)
+
+
+def _check_decay_factor(name: str, value: Any) -> Any:
+    return checks.check_interval(name, value, 0.0, 1.0, low_closed=False)
+
+
+# The range of every config field on its own; between fields: `_check_fields_together` and the
+# library's builders. tests/test_bad_input.py checks that every field of `base_config()` has
+# a rule here.
+FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "dataset": _choice(datasets.DATASET_NAMES),
+    "data_dir": _optional(checks.check_string),
+    "augment": checks.check_bool,
+    "image_size": _optional(checks.check_positive_int),
+    "train_examples": _optional(checks.check_positive_int),
+    "data_in_memory": checks.check_bool,
+    "data_workers": _optional(checks.check_non_negative_int),
+    "device_prefetch": checks.check_positive_int,
+    "model": _choice(models.MODEL_NAMES),
+    "num_filters": checks.check_positive_int,
+    "zero_init_last_bn": checks.check_bool,
+    "dtype": _choice(DTYPES),
+    "bn.scope": _choice(BN_SCOPES),
+    "bn.ghost_batch_size": checks.check_positive_int,
+    "bn.group_size": checks.check_positive_int,
+    "bn.momentum": checks.check_in_unit_interval,
+    "bn.precise_batches": checks.check_non_negative_int,
+    "batch_size": checks.check_positive_int,
+    "accumulation_steps": checks.check_positive_int,
+    "eval_batch_size": checks.check_positive_int,
+    "num_epochs": checks.check_positive_int,
+    "label_smoothing": checks.check_in_unit_interval,
+    "mixing.mixup_alpha": checks.check_non_negative,
+    "mixing.cutmix_alpha": checks.check_non_negative,
+    "mixing.switch_prob": checks.check_in_unit_interval,
+    "mixing.prob": checks.check_in_unit_interval,
+    "mixing.per_device": checks.check_bool,
+    "mixing.stop_epoch": _optional(checks.check_non_negative_int),
+    "ema.decay": _check_momentum,
+    "ema.warmup": checks.check_bool,
+    "optimizer.name": _choice(optim.OPTIMIZER_NAMES),
+    "optimizer.trust_coefficient": checks.check_positive,
+    "optimizer.beta2": _check_momentum,
+    "optimizer.base_lr": checks.check_positive,
+    "optimizer.base_batch_size": checks.check_positive_int,
+    "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
+    "optimizer.warmup_epochs": checks.check_non_negative,
+    "optimizer.decay": _choice(schedules.DECAY_KINDS),
+    "optimizer.decay_epochs": _optional(checks.check_increasing),
+    "optimizer.decay_factor": _check_decay_factor,
+    "optimizer.poly_power": checks.check_positive,
+    "optimizer.poly_end_lr": checks.check_non_negative,
+    "optimizer.weight_decay": checks.check_non_negative,
+    "optimizer.decay_bias": checks.check_bool,
+    "optimizer.momentum": _check_momentum,
+    "optimizer.nesterov": checks.check_bool,
+    "noise_scale.enabled": checks.check_bool,
+    "noise_scale.decay": _check_momentum,
+    "sharpness.every_steps": checks.check_non_negative_int,
+    "sharpness.iterations": checks.check_positive_int,
+    "runner": _choice(tuple(runners.RUNNERS)),
+    "distributed.enabled": checks.check_bool,
+    "distributed.coordinator_address": _optional(checks.check_string),
+    "distributed.num_processes": _optional(checks.check_positive_int),
+    "distributed.process_id": _optional(checks.check_non_negative_int),
+    "seed": _check_seed,
+    "log_every_steps": checks.check_positive_int,
+    "sync_every_steps": checks.check_positive_int,
+    "eval_every_epochs": checks.check_positive_int,
+    "checkpoint_every_steps": checks.check_positive_int,
+    "keep_checkpoints": checks.check_positive_int,
+    "on_nonfinite": _choice(ON_NONFINITE),
+    "progress_bar": checks.check_bool,
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field with its default: the Goyal et al. recipe (linear scaling rule, gradual
+    warmup, step decay, Nesterov momentum, no weight decay on BatchNorm, zero-γ init,
+    per-device BatchNorm) with label smoothing, on the demo's small dataset and model until a
+    config sets its own."""
+    config = ml_collections.ConfigDict()
+
+    # Data: a TFDS dataset name (see recipe.data.DATASET_NAMES) and where it is prepared.
+    config.dataset = "mnist5k"
+    config.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/...
+    config.augment = True
+    config.image_size = ml_collections.config_dict.placeholder(int)  # None: the dataset's size
+    # Train on the first N examples of the training split (None: all of it); epochs, the
+    # schedule and the steps count these N. For quicker studies (bench/reproduce_fashion.py).
+    config.train_examples = ml_collections.config_dict.placeholder(int)
+    # Hold both splits decoded in memory (recipe.data.InMemorySource; 'small' datasets only):
+    # for fashion_mnist and cifar10, stored as PNG, decoding is otherwise most of an epoch's input
+    # cost (about 1 ms per image on one core, more than a small model's step).
+    config.data_in_memory = False
+    # Input pipeline (recipe.data.train_batches). Worker processes decoding batches; None: one per
+    # core this process may use (recipe.data.default_worker_count) for JPEG ('imagenet' family)
+    # datasets, and for the small in-memory ones 0 (one background thread, which already outruns
+    # the step 14×, BENCHMARKS.md §3). Batches cross to the devices as uint8 and are normalised in
+    # the jitted step; `device_prefetch` of them are placed on the devices ahead of their step.
+    config.data_workers = ml_collections.config_dict.placeholder(int)
+    config.device_prefetch = 2
+
+    # Model (recipe.models.create_model): the architecture and its BatchNorm.
+    config.model = "resnet20"
+    config.num_filters = 8  # width of the first stage
+    config.zero_init_last_bn = True  # Goyal §5.1: γ = 0 in the last BN of each residual block
+    config.dtype = "float32"  # or "bfloat16"
+    config.bn = ml_collections.ConfigDict()
+    # "device" (Goyal §2.3), "global" (cross-device), "group" (over groups of devices, Ying et
+    # al. 2018) or "ghost" (groups of examples within a device).
+    config.bn.scope = "device"
+    config.bn.ghost_batch_size = 32  # n of "ghost": statistics over groups of n per device
+    config.bn.group_size = 2  # g of "group": consecutive devices sharing statistics; divides them
+    config.bn.momentum = 0.9
+    # Precise BN (Wu & Johnson 2021): before each evaluation (and so in the checkpoint of the
+    # last step), recompute the BN statistics with the current weights over this many training
+    # batches (the stream's next ones, without augmentation); 0 evaluates the running averages.
+    config.bn.precise_batches = 8
+
+    # Batch: the global batch kn over all devices and hosts, per optimizer micro-step.
+    config.batch_size = 128
+    config.accumulation_steps = 1  # micro-batches per optimizer update
+    config.eval_batch_size = 500
+    config.num_epochs = 15
+    config.label_smoothing = 0.1
+
+    # Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019), as timm's `Mixup`: an α of 0 turns
+    # each off; with both on, CutMix with probability switch_prob. Label smoothing is applied once,
+    # to the mixed targets. λ and the box come from (seed, step): one draw per global batch, or
+    # per device with per_device. Mixing stops from stop_epoch on (None: never).
+    config.mixing = ml_collections.ConfigDict()
+    config.mixing.mixup_alpha = 0.0
+    config.mixing.cutmix_alpha = 0.0
+    config.mixing.switch_prob = 0.5
+    config.mixing.prob = 1.0  # probability of mixing a batch at all
+    config.mixing.per_device = False
+    config.mixing.stop_epoch = ml_collections.config_dict.placeholder(int)
+
+    # Weight EMA (timm's ModelEmaV3): the target decay of an average of the weights kept in the
+    # optimizer state and evaluated beside them with its own precise BN statistics; 0 keeps none.
+    # warmup: timm's decay warmup, 1 − n^(−2/3) after the n-th update, until it reaches decay.
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.0
+    config.ema.warmup = True
+
+    # Optimizer and schedule (recipe.optim.build_optimizer). lr = base_lr · batch / base_batch.
+    config.optimizer = ml_collections.ConfigDict()
+    # "sgd" (Goyal §5.1), or past 8k "lars" (You et al. 2017; the MLPerf ResNet-50 recipe, see
+    # configs/mlperf_lars.py) or "lamb" (You et al. 2019; `momentum` is its b1).
+    config.optimizer.name = "sgd"
+    config.optimizer.trust_coefficient = 0.001  # LARS's c: layer lr = η · c · ‖w‖ / ‖g + λw‖
+    config.optimizer.beta2 = 0.999  # LAMB's second-moment decay
+    config.optimizer.base_lr = 0.1
+    config.optimizer.base_batch_size = 32  # n = 32 per worker in the paper; k = 4 here
+    config.optimizer.warmup = "gradual"  # "gradual", "constant" or "none"
+    config.optimizer.warmup_epochs = 2.0
+    config.optimizer.decay = "step"  # "step", "cosine", "linear", "poly" or "constant"
+    # Step-decay milestones in epochs; None places Goyal's 30, 60, 80 of 90 on this run's
+    # num_epochs (recipe.schedules.paper_decay_epochs), so --config.num_epochs=N keeps the shape.
+    config.optimizer.decay_epochs = ml_collections.config_dict.placeholder(tuple)
+    config.optimizer.decay_factor = 0.1
+    config.optimizer.poly_power = 2.0  # "poly": lr = end + (peak − end) · (1 − s/S)^power
+    config.optimizer.poly_end_lr = 0.0  # "poly": the lr at the end (MLPerf: 1e-4)
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.decay_bias = True
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+
+    # The gradient noise scale B_simple ≈ the critical batch (McCandlish et al. 2018, App. A),
+    # logged as train/noise_scale: each device's gradient against the global one (one scalar
+    # all-reduce), or on one device the two halves of the batch (a second backward pass).
+    config.noise_scale = ml_collections.ConfigDict()
+    config.noise_scale.enabled = False
+    config.noise_scale.decay = 0.99  # EMA of |G|² and tr(Σ) (separately) over ~100 steps
+
+    # The loss's sharpness λ_max (recipe.sharpness; Cohen et al. 2021, Kalra & Barkeshli 2024):
+    # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch by power
+    # iteration, logged with η·λ_max against the optimizer's stability threshold (kind
+    # 'sharpness'). Each measurement costs `iterations` Hessian-vector products (≈ 2 gradients).
+    config.sharpness = ml_collections.ConfigDict()
+    config.sharpness.every_steps = 0
+    config.sharpness.iterations = 20
+
+    # Parallelism: "pmap" (what the notebooks use) or "shard_map" (jit over a 1-D mesh; a 2-D
+    # one, groups × devices in a group, for bn.scope="group").
+    config.runner = "pmap"
+    # Multi-host (jax.distributed); all None = a single process, unless the environment
+    # (Cloud TPU, SLURM) describes the cluster and `distributed.enabled` is True.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.enabled = False
+    config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
+    config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
+    config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+
+    # Bookkeeping.
+    config.seed = 0
+    config.log_every_steps = 10
+    # Wait for the devices at least this often: XLA:CPU collectives can deadlock when many steps
+    # with collectives are queued without a wait; 8 is safe and cheap.
+    config.sync_every_steps = 8
+    config.eval_every_epochs = 1
+    config.checkpoint_every_steps = 100
+    config.keep_checkpoints = 3
+    config.on_nonfinite = "stop"  # "stop" (keep the last good checkpoint) or "skip" the update
+    config.progress_bar = True
+    return config
