@@ -28,7 +28,7 @@ train: $(INSTALLED)
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 
-.PHONY: bench reproduce reproduce-fashion
+.PHONY: bench reproduce reproduce-fashion warmup-sharpness
 
 $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
 	$(PY) -m pip install --quiet -e '.[test,prepare,bench]'
@@ -47,3 +47,7 @@ reproduce: $(INSTALLED)
 reproduce-fashion: $(INSTALLED)
 	$(PY) -m bench.reproduce_fashion
 
+# Why warmup works (section 9): the loss's sharpness λ_max and η·λ_max against the optimizer's
+# stability threshold over the first epochs of no, constant and gradual warmup; ≈ 15 minutes.
+warmup-sharpness: $(INSTALLED)
+	$(PY) -m bench.warmup_sharpness

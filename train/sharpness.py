@@ -62,7 +62,13 @@ def measure_step(
 
 class SharpnessProbe:
     """λ_max of the run's objective on its fixed batch, at steps that are multiples of
-    `sharpness.every_steps` (see the module doc)."""
+    `sharpness.every_steps` (see the module doc).
+
+    Attributes:
+      every_steps: steps between measurements.
+      threshold: the optimizer's stability threshold on η·λ_max.
+      batch: the fixed batch on the devices, {'image': uint8, 'label'}.
+    """
 
     def __init__(self, setup: Setup, runner: runners.Runner, train_source: Any):
         options, layout = setup.loop, setup.layout
@@ -81,7 +87,7 @@ class SharpnessProbe:
                 **inputs.loader_options(setup),
             )
         )
-        self._batch = runner.put({k: first[k] for k in ("image", "label")})
+        self.batch = runner.put({k: first[k] for k in ("image", "label")})
         self._key = runner.replicate(jax.random.key_data(jax.random.key(setup.seed)))
         self._measure = runner.map(
             lambda state, batch, key_data: measure_step(
@@ -100,7 +106,7 @@ class SharpnessProbe:
     def __call__(self, device_state: Any, step: int) -> dict[str, float]:
         """The record of `METRICS` for the state after `step` micro-steps."""
         eigenvalue, residual = runners.fetch_first(
-            self._measure(device_state, self._batch, self._key)
+            self._measure(device_state, self.batch, self._key)
         )
         learning_rate = float(self._schedule(step // self._accumulation))
         return {
