@@ -5,12 +5,14 @@ Each run is `train.loop.train_and_evaluate` with `sharpness.every_steps` on: the
 (`train/sharpness.py`), λ_max of the training objective on a fixed batch by power iteration on
 Hessian-vector products (`recipe.sharpness`), logged with η·λ_max and the optimizer's stability
 threshold. The setting is section 5's (resnet8 width 8 on 14×14 inputs, ghost BN over 32,
-kn = 256, kη = 3.2, Nesterov momentum 0.9), with the paper's zero-γ init and with γ = 1, for
-the first epochs only: the 2-epoch warmup and as long again at the peak rate, no decay. Runs go
+kn = 256, kη = 3.2, Nesterov momentum 0.9), with γ = 1 (and the paper's zero-γ init with
+`--zero-gamma`), for the first epochs only: the 2-epoch warmup and one epoch at the peak rate,
+no decay. Runs go
 two at a time, each pinned to one core (`taskset`), each under `timeout -s KILL`. Then one
 measurement is timed against one training step (interleaved rounds, one process).
 
     python -m bench.warmup_sharpness                      # section 9 (≈ 15 min on 2 idle cores)
+    python -m bench.warmup_sharpness --zero-gamma         # and the paper's γ = 0 (twice as long)
     python -m bench.warmup_sharpness --small --no-write   # a few minutes, nothing written
     python -m bench.warmup_sharpness run --overrides '{...}' --workdir D   # one run (a worker)
 """
@@ -31,8 +33,9 @@ from bench import common
 NAME = "warmup_sharpness"
 FIGURE = common.BENCH / "warmup_sharpness.png"
 WARMUPS = ("none", "constant", "gradual")
-# zero_init_last_bn: the paper's γ = 0 in each residual block's last BN, and γ = 1.
-INITS = {"γ = 0": True, "γ = 1": False}
+# zero_init_last_bn: γ = 1 in each residual block's last BN, the init with which section 5's
+# no-warmup and constant-warmup runs failed; `--zero-gamma` adds the paper's γ = 0.
+INITS = {"γ = 1": False, "γ = 0": True}
 SETTING = {
     "model": "resnet8",
     "num_filters": 8,
@@ -45,19 +48,19 @@ SETTING = {
     "bn.scope": "ghost",
     "bn.ghost_batch_size": 32,
     "bn.precise_batches": 0,
-    "num_epochs": 4,
-    "eval_every_epochs": 4,
+    "num_epochs": 3,
+    "eval_every_epochs": 3,
     "log_every_steps": 1,
     "checkpoint_every_steps": 100_000,
     "keep_checkpoints": 1,
     "on_nonfinite": "skip",  # a diverging run keeps being measured instead of stopping
     "progress_bar": False,
-    "sharpness.every_steps": 2,
-    "sharpness.iterations": 20,
+    "sharpness.every_steps": 3,
+    "sharpness.iterations": 10,
 }
-# A quicker look for iterating: fewer steps, fewer iterations, γ = 1 only.
-SMALL = {"num_epochs": 3, "optimizer.warmup_epochs": 1.0, "eval_every_epochs": 3,
-         "sharpness.every_steps": 3, "sharpness.iterations": 10}  # fmt: skip
+# A quicker look for iterating: a 1-epoch warmup, 2 epochs, fewer measurements.
+SMALL = {"num_epochs": 2, "optimizer.warmup_epochs": 1.0, "eval_every_epochs": 2,
+         "sharpness.every_steps": 5, "sharpness.iterations": 5}  # fmt: skip
 TIMING_ROUNDS = 5
 
 
@@ -174,10 +177,10 @@ def time_measurement(overrides: dict) -> dict:
 # The experiment.
 
 
-def runs(small: bool) -> dict[str, dict]:
+def runs(small: bool, zero_gamma: bool) -> dict[str, dict]:
     """{name: overrides} of every run."""
     setting = {**SETTING, **(SMALL if small else {})}
-    inits = {"γ = 1": False} if small else INITS
+    inits = INITS if zero_gamma else {"γ = 1": False}
     return {
         f"{warmup} warmup, {init}": {
             **setting,
@@ -197,7 +200,8 @@ def main() -> None:
     one.add_argument("--workdir", required=True, type=pathlib.Path)
     timing = sub.add_parser("time", help="time a measurement against a step (a worker)")
     timing.add_argument("--overrides", required=True)
-    parser.add_argument("--small", action="store_true", help="the quick variant (γ = 1 only)")
+    parser.add_argument("--small", action="store_true", help="the quick variant")
+    parser.add_argument("--zero-gamma", action="store_true", help="also the paper's γ = 0 init")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one core each")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
@@ -210,7 +214,7 @@ def main() -> None:
         return
 
     info, start = common.machine(), time.perf_counter()
-    grid = runs(args.small)
+    grid = runs(args.small, args.zero_gamma)
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         futures = {
             name: pool.submit(_worker, overrides, i % args.parallel, args.timeout)
@@ -228,7 +232,7 @@ def main() -> None:
     )
     out = {
         "machine": info,
-        "command": _command(args.small),
+        "command": _command(args),
         "elapsed_s": time.perf_counter() - start,
         "setting": {**SETTING, **(SMALL if args.small else {})},
         "results": results,
@@ -243,8 +247,10 @@ def main() -> None:
     common.publish(NAME, out, render(out))
 
 
-def _command(small: bool) -> str:
-    return "make warmup-sharpness" + (" (--small)" if small else "")
+def _command(args: argparse.Namespace) -> str:
+    chosen = (("--small", args.small), ("--zero-gamma", args.zero_gamma))
+    flags = [flag for flag, on in chosen if on]
+    return " ".join([".venv/bin/python -m bench.warmup_sharpness", *flags])
 
 
 def _summary(result: dict) -> str:

@@ -16,9 +16,9 @@ differentiation (`jax.jvp` of `jax.grad`), which costs about two gradient evalua
 
     v₀ random, |v₀| = 1;    w_k = H v_k;    λ_k = v_kᵀ w_k;    v_{k+1} = w_k / |w_k|
 
-λ_k is the Rayleigh quotient, which converges to the eigenvalue of largest magnitude (the top one
-whenever no negative eigenvalue is larger in size, as in the papers' measurements) at the rate
-(|λ₂| / |λ₁|)^(2k). The residual |w_k − λ_k v_k| / |λ_k| says how far v_k is from an eigenvector.
+λ_k is the Rayleigh quotient, which converges to the eigenvalue of largest magnitude at the rate
+(|λ₂| / |λ₁|)^(2k); when that is negative, power iteration on H − λ·I finds the top one. The
+residual |w_k − λ_k v_k| / |λ_k| says how far v_k is from an eigenvector.
 
 The threshold η·λ_max < threshold of the optimizer (`stability_threshold`), with momentum β in
 optax's form (v ← β v + g) on the quadratic:
@@ -171,7 +171,11 @@ def top_hessian_eigenvalue(
 
         w_k = H v_k,    λ_k = v_kᵀ w_k,    v_{k+1} = w_k / |w_k|
 
-    Jit-able: a `lax.scan` of `iterations` products, each about two gradient evaluations.
+    Power iteration converges to the eigenvalue of largest magnitude. When that one is negative
+    (strong negative curvature, e.g. in a loss spike), a second run on H − λ·I, shifted by it,
+    finds the largest eigenvalue λ_max; it costs another `iterations` products, and `estimates`
+    and `residuals` are then the second run's. Jit-able: `lax.scan`s of `iterations` products,
+    each about two gradient evaluations.
     With BatchNorm, bind the batch statistics in `loss_fn` the way the training step does: the
     model in training mode with `mutable=['batch_stats']`, the updated running averages thrown
     away. Then the loss seen is the training loss of the fixed batch, normalised by that batch's
@@ -203,15 +207,25 @@ def top_hessian_eigenvalue(
     start = random_unit_vector(key, params) if init_vector is None else init_vector
     start = _scaled(start, lax.rsqrt(_dot(start, start)))
 
-    def iteration(vector, _):
-        image = product(vector)
-        estimate = _dot(vector, image)
-        residual_vector = jax.tree.map(lambda w, v: w - estimate * v, image, vector)
-        residual = jnp.sqrt(_dot(residual_vector, residual_vector)) / jnp.abs(estimate)
-        next_vector = _scaled(image, lax.rsqrt(_dot(image, image)))
-        return next_vector, (estimate, residual)
+    def power_iteration(shift: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+        """Power iteration on H − shift·I; the estimates and residuals are of H."""
 
-    eigenvector, (estimates, residuals) = lax.scan(iteration, start, None, length=iterations)
+        def iteration(vector, _):
+            image = jax.tree.map(lambda w, v: w - shift * v, product(vector), vector)
+            estimate = _dot(vector, image)
+            residual_vector = jax.tree.map(lambda w, v: w - estimate * v, image, vector)
+            residual = jnp.sqrt(_dot(residual_vector, residual_vector))
+            next_vector = _scaled(image, lax.rsqrt(_dot(image, image)))
+            return next_vector, (estimate + shift, residual / jnp.abs(estimate + shift))
+
+        eigenvector, (estimates, residuals) = lax.scan(iteration, start, None, length=iterations)
+        return eigenvector, estimates, residuals
+
+    dominant = power_iteration(jnp.zeros((), jnp.float32))
+    # The largest |λ| is negative: every eigenvalue of H − λ·I is ≥ 0, the largest λ_max − λ.
+    eigenvector, estimates, residuals = lax.cond(
+        dominant[1][-1] < 0, lambda: power_iteration(dominant[1][-1]), lambda: dominant
+    )
     return Sharpness(
         eigenvalue=estimates[-1],
         estimates=estimates,
