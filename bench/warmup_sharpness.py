@@ -202,7 +202,7 @@ def main() -> None:
     timing.add_argument("--overrides", required=True)
     parser.add_argument("--small", action="store_true", help="the quick variant")
     parser.add_argument("--zero-gamma", action="store_true", help="also the paper's γ = 0 init")
-    parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one core each")
+    parser.add_argument("--parallel", type=int, default=2, help="workers at a time (pinned)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     args = parser.parse_args()
@@ -215,21 +215,24 @@ def main() -> None:
 
     info, start = common.machine(), time.perf_counter()
     grid = runs(args.small, args.zero_gamma)
+    gradual = grid[next(n for n in grid if n.startswith("gradual"))]
+    cores = sorted(os.sched_getaffinity(0))
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         futures = {
-            name: pool.submit(_worker, overrides, i % args.parallel, args.timeout)
+            name: pool.submit(_worker, overrides, cores[i % len(cores)], args.timeout)
             for i, (name, overrides) in enumerate(grid.items())
         }
+        timing = pool.submit(
+            common.run_worker,
+            ["-m", "bench.warmup_sharpness", "time", "--overrides", json.dumps(gradual)],
+            env={"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"},
+            timeout=args.timeout,
+        )
         results = {}
         for name, future in futures.items():
             results[name] = future.result()
             print(f"{name}: {_summary(results[name])}", flush=True)
-    gradual = grid[next(n for n in grid if n.startswith("gradual"))]
-    cost = common.run_worker(
-        ["-m", "bench.warmup_sharpness", "time", "--overrides", json.dumps(gradual)],
-        env={"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"},
-        timeout=args.timeout,
-    )
+        cost = timing.result()
     out = {
         "machine": info,
         "command": _command(args),
