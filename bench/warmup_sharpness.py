@@ -343,9 +343,9 @@ def render(out: dict) -> str:
     return f"""## 9. Why warmup works: the loss's sharpness (`make warmup-sharpness`)
 
 Re-run: `make warmup-sharpness` (or `.venv/bin/python -m bench.warmup_sharpness`): {len(results)}
-training runs and the cost timing, {out['parallel']} at a time, pinned round-robin to the cores;
-this run took **{out["elapsed_s"] / 60:.1f} min** on {info["cpu"]} ({info["cores"]} cores), {info["date"]},
-load average {info["load_before"]} at the start.
+training runs and the cost timing, {out["parallel"]} at a time, pinned round-robin to the cores;
+this run took **{out["elapsed_s"] / 60:.1f} min** on {info["cpu"]} ({info["cores"]} cores),
+{info["date"]}, load average {info["load_before"]} at the start.
 
 Setting: section 5's (MNIST-5k, resnet8 width 8 on 14×14, ghost BN over 32, label smoothing 0.1,
 Nesterov momentum 0.9, weight decay 1e-4), kn = 256 at kη = 3.2, warmup
