@@ -27,8 +27,7 @@ from recipe.data import pipeline
 from train import inputs, runners, steps
 from train.resolve import Setup
 
-KIND = "sharpness"
-METRICS = ("sharpness", "lr_times_sharpness", "sharpness_threshold", "sharpness_residual")
+KIND = "sharpness"  # the records' kind in metrics.jsonl, their tags' prefix in TensorBoard
 
 
 def measure_step(
@@ -104,7 +103,7 @@ class SharpnessProbe:
         return step % self.every_steps == 0
 
     def __call__(self, device_state: Any, step: int) -> dict[str, float]:
-        """The record of `METRICS` for the state after `step` micro-steps."""
+        """The record (the module doc's four values) for the state after `step` micro-steps."""
         eigenvalue, residual = runners.fetch_first(
             self._measure(device_state, self.batch, self._key)
         )
