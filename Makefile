@@ -49,7 +49,7 @@ train: $(INSTALLED)
 # small-scale reproduction of Goyal et al. Table 1 (section 5, about 15 minutes on 2 cores).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 
-.PHONY: bench reproduce reproduce-fashion
+.PHONY: bench reproduce reproduce-fashion warmup-sharpness
 
 $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
 	$(PY) -m pip install --quiet -e '.[test,prepare,bench]'
@@ -98,3 +98,8 @@ bench-device:
 	if ls .whl/*.whl >/dev/null 2>&1; then $(DEVICE_PYTHON) -m pip install --quiet --no-index \
 		--no-deps --upgrade --target $(DEVICE_SITE) .whl/*.whl; fi
 	PYTHONPATH=$(DEVICE_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(DEVICE_PYTHON) -m bench.device
+
+# Why warmup works (section 10): the loss's sharpness λ_max and η·λ_max against the optimizer's
+# stability threshold over the first epochs of no, constant and gradual warmup; ≈ 15 minutes.
+warmup-sharpness: $(INSTALLED)
+	$(PY) -m bench.warmup_sharpness

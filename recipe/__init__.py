@@ -3,7 +3,8 @@
 The library a Flax project imports: learning-rate schedules (linear scaling rule, gradual and
 constant warmup), the label-smoothed loss, the BatchNorm-free weight-decay mask, the Goyal
 initialisers, ResNets and the optimizer builder; past Goyal's 8k, LARS and LAMB behind the same
-builder, BatchNorm over groups of devices and the gradient noise scale (`recipe.noise_scale`);
+builder, BatchNorm over groups of devices, the gradient noise scale (`recipe.noise_scale`) and
+the loss's sharpness against the optimizer's stability threshold (`recipe.sharpness`);
 and what modern ResNet recipes add: precise BatchNorm statistics, a weight EMA, Mixup/CutMix.
 Datasets and the input pipeline live in `recipe.data` (imported on demand: it pulls in
 TensorFlow Datasets and grain).
@@ -46,6 +47,13 @@ from recipe.schedules import (
     step_decay,
     warmup_multiplier_schedule,
 )
+from recipe.sharpness import (
+    Sharpness,
+    fixed_batch_loss,
+    hessian_vector_product,
+    stability_threshold,
+    top_hessian_eigenvalue,
+)
 
 __version__ = "0.1.0"
 
@@ -60,6 +68,7 @@ __all__ = [
     "Optimizer",
     "ResNet",
     "SavedRun",
+    "Sharpness",
     "bn_scale_init",
     "build_optimizer",
     "constant",
@@ -75,9 +84,11 @@ __all__ = [
     "ema_params",
     "epochs_to_steps",
     "fc_kernel_init",
+    "fixed_batch_loss",
     "goyal_schedule",
     "goyal_sgd",
     "gradual_warmup",
+    "hessian_vector_product",
     "l2_penalty",
     "lamb",
     "lars",
@@ -90,10 +101,12 @@ __all__ = [
     "precise_batch_stats",
     "precise_bn_estimator",
     "scaled_learning_rate",
+    "stability_threshold",
     "simple_noise_scale",
     "smooth_labels",
     "smoothed_estimates",
     "step_decay",
+    "top_hessian_eigenvalue",
     "unbiased_estimates",
     "warmup_multiplier_schedule",
     "weight_decay_mask",

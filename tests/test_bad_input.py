@@ -130,6 +130,18 @@ BAD_INPUTS = {
         {"noise_scale.decay": 1.0},
         r"noise_scale\.decay must be a number in \[0, 1\), got 1\.0",
     ),
+    "sharpness every negative steps": (
+        {"sharpness.every_steps": -1},
+        r"sharpness\.every_steps must be an integer >= 0, got -1",
+    ),
+    "sharpness without iterations": (
+        {"sharpness.iterations": 0},
+        r"sharpness\.iterations must be an integer > 0, got 0",
+    ),
+    "sharpness with LARS": (
+        {"sharpness.every_steps": 5, "optimizer.name": "lars", "optimizer.nesterov": False},
+        r"sharpness\.every_steps > 0 needs optimizer\.name='sgd'",
+    ),
     "bn momentum above 1": ({"bn.momentum": 1.5}, r"bn\.momentum must be a number in \[0, 1\]"),
     "unknown bn scope": ({"bn.scope": "sync"}, r"bn\.scope must be one of 'device', 'global'"),
     "unknown dataset": ({"dataset": "mnist"}, r"dataset must be one of 'mnist5k', 'cifar10'"),

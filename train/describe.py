@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from train import checkpoints, plots
+from train import checkpoints, plots, sharpness
 from train.resolve import Setup, check_fields, resolve
 
 _BN_SCOPES = {
@@ -74,6 +74,7 @@ def recipe_text(setup: Setup) -> str:
         ("mixup / cutmix", _mixing_text(setup)),
         ("weight EMA", _ema_text(setup)),
         ("noise scale", _noise_scale_text(setup)),
+        ("sharpness", sharpness.describe(setup)),
         ("runner", config.runner),
         ("input", _input_text(setup)),
     ]  # fmt: skip

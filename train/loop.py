@@ -19,7 +19,7 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from train import checkpoints, inputs, plots, preemption, runners, steps
+from train import checkpoints, inputs, plots, preemption, runners, sharpness, steps
 from train.evaluation import Evaluator
 from train.metrics import MetricsWriter, read_metrics
 from train.resolve import check_fields, resolve
@@ -115,6 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         evaluator = Evaluator(setup, runner, train_source, test_source)
         device_state = runner.replicate(state)
+        # The loss's sharpness every `sharpness.every_steps` steps (None when off: nothing built).
+        probe = sharpness.make_probe(setup, runner, train_source)
 
         # ---- The loop.
         host_batches = inputs.train_batches(
@@ -151,8 +153,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log_now = step % options.log_every_steps == 0 or is_last
             eval_now = step % options.eval_every_steps == 0 or is_last
             checkpoint_now = step % options.checkpoint_every_steps == 0 or is_last
+            measure_now = probe is not None and probe.due(step)
             sync_now = (
-                log_now or eval_now or checkpoint_now or len(pending) >= options.sync_every_steps
+                log_now
+                or eval_now
+                or checkpoint_now
+                or measure_now
+                or len(pending) >= options.sync_every_steps
             )
             # One process checks for a signal every step; several agree at their sync points.
             if not sync_now and not (jax.process_count() == 1 and stop_request.local()):
@@ -182,6 +189,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
                 )
                 window.clear()
+                timer_start, timed_steps = time.perf_counter(), 0
+
+            if measure_now:
+                # Reads the state only (nothing donated): the trajectory is the same without it.
+                record = {**probe(device_state, step), "epoch": step / layout.steps_per_epoch}
+                writer.write(step, sharpness.KIND, record)
                 timer_start, timed_steps = time.perf_counter(), 0
 
             if eval_now or checkpoint_now or stop:

@@ -13,11 +13,13 @@ from matplotlib.figure import Figure
 
 
 def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: epath.PathLike) -> None:
-    """Three panels from `metrics.jsonl` records: lr, training loss, train/test accuracy."""
+    """Three panels from `metrics.jsonl` records: lr, training loss, train/test accuracy; a
+    fourth, η·λ_max against the stability threshold, when the run measured its sharpness."""
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    fig = Figure(figsize=(15, 4))
-    axes = fig.subplots(1, 3)
+    sharpness = [r for r in records if r["kind"] == "sharpness"]
+    fig = Figure(figsize=(20 if sharpness else 15, 4))
+    axes = fig.subplots(1, 4 if sharpness else 3)
     for ax, key, title in (
         (axes[0], "learning_rate", "learning rate"),
         (axes[1], "loss", "training loss (label-smoothed)"),
@@ -40,9 +42,25 @@ def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: epath.Pa
     axes[2].set_title("top-1 accuracy (%)")
     axes[2].set_xlabel("epoch")
     axes[2].legend()
+    if sharpness:
+        _plot_sharpness(axes[3], sharpness, steps_per_epoch)
     for ax in axes:
         ax.grid(alpha=0.3)
     _save_png(fig, path)
+
+
+def _plot_sharpness(ax: Any, records: list[dict[str, Any]], steps_per_epoch: int) -> None:
+    """η·λ_max and the optimizer's stability threshold (left axis), λ_max (right axis)."""
+    steps = [r["step"] for r in records]
+    ax.plot(steps, [r["lr_times_sharpness"] for r in records], "o-", ms=3, label="η·λ_max")
+    ax.axhline(records[-1]["sharpness_threshold"], color="k", ls="--", label="stability threshold")
+    ax.set_xlabel("step")
+    ax.set_title("sharpness: η·λ_max")
+    right = ax.twinx()
+    right.plot(steps, [r["sharpness"] for r in records], color="C3", alpha=0.6, label="λ_max")
+    right.set_ylabel("λ_max", color="C3")
+    ax.legend(loc="upper right")
+    _epoch_axis(ax, steps_per_epoch)
 
 
 def plot_schedule(

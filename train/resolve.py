@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from recipe import masks, models, noise_scale, optim, schedules
+from recipe import masks, models, noise_scale, optim, schedules, sharpness
 from recipe.data import datasets, pipeline
 from train import runners, schema, steps
 from train.schema import FIELD_RULES
@@ -100,6 +100,10 @@ class LoopOptions:
       checkpoint_every_steps: steps between checkpoints.
       keep_checkpoints: checkpoints kept on disk.
       progress_bar: show a progress bar (on the first process).
+      sharpness_every_steps: steps between measurements of the loss's sharpness (0: never).
+      sharpness_iterations: Hessian-vector products per measurement (power iterations).
+      sharpness_threshold: the optimizer's stability threshold on η·λ_max
+        (`recipe.sharpness.stability_threshold` of its momentum).
     """
 
     label_smoothing: float
@@ -112,6 +116,9 @@ class LoopOptions:
     checkpoint_every_steps: int
     keep_checkpoints: int
     progress_bar: bool
+    sharpness_every_steps: int
+    sharpness_iterations: int
+    sharpness_threshold: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +194,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     """
     check_fields(config)
     _check_ema(config)
+    _check_sharpness(config)
     spec = _training_examples(config, datasets.get_dataset_spec(config.dataset))
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
@@ -247,6 +255,11 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_checkpoints=config.keep_checkpoints,
             progress_bar=config.progress_bar,
+            sharpness_every_steps=config.sharpness.every_steps,
+            sharpness_iterations=config.sharpness.iterations,
+            sharpness_threshold=sharpness.stability_threshold(
+                config.optimizer.momentum, config.optimizer.nesterov
+            ),
         ),
         runner_name=config.runner,
         bn_group_size=config.bn.group_size if config.bn.scope == "group" else None,
@@ -278,6 +291,16 @@ def _training_examples(
             f"got {count}; fix: --config.train_examples={spec.num_train}"
         )
     return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
+
+
+def _check_sharpness(config: ml_collections.ConfigDict) -> None:
+    if config.sharpness.every_steps and config.optimizer.name != "sgd":
+        raise ConfigError(
+            f"sharpness.every_steps > 0 needs optimizer.name='sgd' (its stability threshold on "
+            f"η·λ_max is known for SGD with momentum only), got sharpness.every_steps="
+            f"{config.sharpness.every_steps} and optimizer.name={config.optimizer.name!r}; "
+            "fix: --config.sharpness.every_steps=0"
+        )
 
 
 def _check_ema(config: ml_collections.ConfigDict) -> None:

@@ -100,6 +100,8 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "optimizer.nesterov": checks.check_bool,
     "noise_scale.enabled": checks.check_bool,
     "noise_scale.decay": _check_momentum,
+    "sharpness.every_steps": checks.check_non_negative_int,
+    "sharpness.iterations": checks.check_positive_int,
     "runner": _choice(tuple(runners.RUNNERS)),
     "distributed.enabled": checks.check_bool,
     "distributed.coordinator_address": _optional(checks.check_string),
@@ -220,6 +222,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale = ml_collections.ConfigDict()
     config.noise_scale.enabled = False
     config.noise_scale.decay = 0.99  # EMA of |G|² and tr(Σ) (separately) over ~100 steps
+
+    # The loss's sharpness λ_max (recipe.sharpness; Cohen et al. 2021, Kalra & Barkeshli 2024):
+    # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch by power
+    # iteration, logged with η·λ_max against the optimizer's stability threshold (kind
+    # 'sharpness'). Each measurement costs `iterations` Hessian-vector products (≈ 2 gradients).
+    config.sharpness = ml_collections.ConfigDict()
+    config.sharpness.every_steps = 0
+    config.sharpness.iterations = 20
 
     # Parallelism: "pmap" (what the notebooks use) or "shard_map" (jit over a 1-D mesh; a 2-D
     # one, groups × devices in a group, for bn.scope="group").

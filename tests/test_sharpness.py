@@ -1,0 +1,209 @@
+"""The loss's sharpness (recipe.sharpness): power iteration against exact Hessians (a quadratic
+with a known spectrum, a tiny MLP and a tiny BatchNorm model by `jax.hessian`), the same value
+under pmap as on one device, and the optimizers' stability thresholds on a 1-D quadratic."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from recipe import models, sharpness
+
+
+def _exact_top_eigenvalue(loss_fn, params) -> float:
+    """The largest eigenvalue of the Hessian that `jax.hessian` gives."""
+    flat, unravel = ravel_pytree(params)
+    hessian = jax.hessian(lambda x: loss_fn(unravel(x)))(flat)
+    return float(np.linalg.eigvalsh(np.asarray(hessian, np.float64))[-1])
+
+
+def test_quadratic_with_known_spectrum():
+    spectrum = np.array([4.0, 2.5, 1.0, 0.5, -0.3, 0.1])
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((6, 6)))
+    hessian = jnp.asarray(q @ np.diag(spectrum) @ q.T, jnp.float32)
+    loss = lambda w: 0.5 * w @ hessian @ w  # noqa: E731
+    found = jax.jit(
+        functools.partial(sharpness.top_hessian_eigenvalue, loss, iterations=40),
+    )(jnp.ones(6), jax.random.key(0))
+    assert float(found.eigenvalue) == pytest.approx(4.0, rel=1e-4)
+    assert found.estimates.shape == found.residuals.shape == (40,)
+    assert float(found.residuals[-1]) < 1e-3 < float(found.residuals[0])
+    top_direction = q[:, 0]
+    assert abs(float(jnp.dot(found.eigenvector, top_direction))) == pytest.approx(1.0, abs=1e-4)
+    # A warm start from the eigenvector is converged from its first iteration.
+    again = sharpness.top_hessian_eigenvalue(
+        loss, jnp.ones(6), jax.random.key(1), iterations=1, init_vector=found.eigenvector
+    )
+    assert float(again.eigenvalue) == pytest.approx(4.0, rel=1e-4)
+
+
+def test_a_larger_negative_eigenvalue_is_not_taken_for_the_top():
+    spectrum = jnp.array([-5.0, 3.0, 1.0, -1.0])
+    loss = lambda w: 0.5 * jnp.sum(spectrum * w**2)  # noqa: E731
+    found = sharpness.top_hessian_eigenvalue(loss, jnp.ones(4), jax.random.key(2), iterations=60)
+    assert float(found.eigenvalue) == pytest.approx(3.0, rel=1e-4)
+    assert float(found.residuals[-1]) < 1e-3
+
+
+class _MLP(nn.Module):
+    batch_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.Dense(5)(x)
+        if self.batch_norm:
+            x = models.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(3)(nn.tanh(x))
+
+
+def _data(examples: int = 16):
+    rng = np.random.default_rng(1)
+    images = jnp.asarray(rng.standard_normal((examples, 4)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 3, examples))
+    return images, labels
+
+
+def _cross_entropy(labels):
+    return lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_tiny_mlp_matches_jax_hessian():
+    images, labels = _data()
+    model = _MLP()
+    params = model.init(jax.random.key(2), images)["params"]
+    loss = sharpness.fixed_batch_loss(model.apply, {}, images, _cross_entropy(labels))
+    found = sharpness.top_hessian_eigenvalue(loss, params, jax.random.key(3), iterations=60)
+    exact = _exact_top_eigenvalue(loss, params)
+    assert float(found.eigenvalue) == pytest.approx(exact, rel=1e-3)
+
+
+def test_batch_norm_model_sees_the_fixed_batch_statistics():
+    images, labels = _data()
+    model = _MLP(batch_norm=True)
+    variables = model.init(jax.random.key(4), images, train=False)
+    # Running averages far from the batch's: used by evaluation mode, never by the measurement.
+    stale = jax.tree.map(lambda s: s + 3.0, variables["batch_stats"])
+    loss = sharpness.fixed_batch_loss(
+        model.apply, stale, images, _cross_entropy(labels), train=True
+    )
+    found = sharpness.top_hessian_eigenvalue(
+        loss, variables["params"], jax.random.key(5), iterations=60
+    )
+    exact = _exact_top_eigenvalue(loss, variables["params"])
+    assert float(found.eigenvalue) == pytest.approx(exact, rel=1e-3)
+    fresh = sharpness.fixed_batch_loss(
+        model.apply, variables["batch_stats"], images, _cross_entropy(labels), train=True
+    )
+    assert float(fresh(variables["params"])) == float(loss(variables["params"]))
+    with_running_averages = sharpness.fixed_batch_loss(
+        model.apply, stale, images, _cross_entropy(labels), train=False
+    )
+    assert _exact_top_eigenvalue(with_running_averages, variables["params"]) != pytest.approx(
+        exact, rel=1e-2
+    )
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_pmap_gives_the_global_loss_sharpness(devices):
+    images, labels = _data()
+    model = _MLP()
+    params = model.init(jax.random.key(6), images)["params"]
+    whole = sharpness.top_hessian_eigenvalue(
+        sharpness.fixed_batch_loss(model.apply, {}, images, _cross_entropy(labels)),
+        params,
+        jax.random.key(7),
+        iterations=30,
+    )
+
+    def per_device(params, images, labels, key):
+        loss = sharpness.fixed_batch_loss(model.apply, {}, images, _cross_entropy(labels))
+        return sharpness.top_hessian_eigenvalue(
+            loss, params, key, iterations=30, axis_name="batch"
+        ).estimates
+
+    shards = lambda x: x.reshape(devices, -1, *x.shape[1:])  # noqa: E731
+    replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * devices), tree)  # noqa: E731
+    estimates = jax.pmap(per_device, axis_name="batch", devices=jax.devices()[:devices])(
+        replicate(params),
+        shards(images),
+        shards(labels),
+        replicate(jax.random.key(7)),
+    )
+    for device_estimates in np.asarray(estimates):
+        np.testing.assert_allclose(device_estimates, whole.estimates, rtol=1e-4)
+
+
+def _final_distance(learning_rate: float, momentum: float, nesterov: bool) -> float:
+    """|w| after 300 steps of optax.sgd on L(w) = ½ w² (λ = 1) from w = 1 (inf if it overflowed)."""
+    tx = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+
+    def step(_, carry):
+        w, state = carry
+        updates, state = tx.update(w, state)  # the gradient of ½ w² is w
+        return optax.apply_updates(w, updates), state
+
+    w = jnp.ones(())
+    w, _ = jax.jit(lambda w: jax.lax.fori_loop(0, 300, step, (w, tx.init(w))))(w)
+    return float(jnp.abs(w)) if jnp.isfinite(w) else float("inf")
+
+
+@pytest.mark.parametrize(
+    "momentum, nesterov, threshold",
+    [(0.0, False, 2.0), (0.9, False, 3.8), (0.9, True, 3.8 / 2.8), (0.5, True, 1.5)],
+)
+def test_stability_threshold_on_a_quadratic(momentum, nesterov, threshold):
+    assert sharpness.stability_threshold(momentum, nesterov) == pytest.approx(threshold)
+    # η·λ 2 % under the threshold converges, 2 % over it diverges (λ = 1).
+    assert _final_distance(0.98 * threshold, momentum, nesterov) < 1e-3
+    assert _final_distance(1.02 * threshold, momentum, nesterov) > 1e3
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, float("nan")])
+def test_stability_threshold_rejects_bad_momentum(momentum):
+    with pytest.raises(ValueError, match="momentum must be in"):
+        sharpness.stability_threshold(momentum)
+
+
+def test_iterations_must_be_positive():
+    with pytest.raises(ValueError, match="iterations must be >= 1"):
+        sharpness.top_hessian_eigenvalue(jnp.sum, jnp.ones(2), jax.random.key(0), iterations=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# In the trainer: `sharpness.every_steps` logs the curves and does not change training.
+
+
+def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_path):
+    import tiny_config
+    from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
+
+    from train import loop
+    from train.metrics import read_metrics
+
+    uninterrupted, _ = finished_run
+    config = tiny_config.make_config(
+        data_dir, **{"sharpness.every_steps": 4, "sharpness.iterations": 2}
+    )
+    loop.train_and_evaluate(config, str(tmp_path))
+    records = [r for r in read_metrics(tmp_path) if r["kind"] == "sharpness"]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    for record in records:
+        assert record["sharpness"] > 0
+        assert record["sharpness_threshold"] == pytest.approx(3.8 / 2.8)
+        assert record["lr_times_sharpness"] > 0
+    # The learning rate of the next update: the warmup ends at step 4 (one epoch), at kη.
+    peak = 0.1 * 1000 / 32
+    assert records[0]["lr_times_sharpness"] == pytest.approx(peak * records[0]["sharpness"])
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    assert (
+        scalars["sharpness/lr_times_sharpness"]
+        == expected_scalars(records)["sharpness/lr_times_sharpness"]
+    )
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    measured, plain = checkpoint_state(tmp_path, 12), checkpoint_state(uninterrupted, 12)
+    jax.tree.map(np.testing.assert_array_equal, measured, plain)
