@@ -6,12 +6,16 @@ this process, while the save is in flight), or ENOSPC (the write fails: disk ful
 
 import errno
 import os
+import pathlib
 import signal
+import sys
 import time
 
 from orbax.checkpoint._src.path import atomicity
 
-from train import __main__ as cli
+# Run as a script, this file's folder is on sys.path; the trainer runs from the checkout's root.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from train import __main__ as cli  # noqa: E402
 
 _finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
