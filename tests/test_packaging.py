@@ -84,6 +84,8 @@ def test_the_installed_library_loads_a_trained_work_dir(wheel, finished_run, dat
     (env_site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     installed = _run(
         [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index"]
+        # The borrowed site-packages hold the checkout's editable install of the same version.
+        + ["--ignore-installed"]
         + ["--quiet", str(wheel)]
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
