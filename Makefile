@@ -27,7 +27,7 @@ test: lint
 # Python 3.12+ (Colab, any fresh machine) gets the newest jax and flax from the same install.
 # pyenv's python3.13 shim answers only where 3.13 is selected: the interpreter is found in
 # pyenv's versions directly (or set NEWEST_PYTHON=...).
-NEWEST_PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13) python3.13)
+NEWEST_PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13 $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3.13)
 NEWEST := .venv-newest
 NEWEST_INSTALLED := $(NEWEST)/.installed
 
