@@ -14,11 +14,11 @@ without crossing the threshold, whereas the same η applied at once overshoots i
 λ_max is found by power iteration on Hessian-vector products, each one forward-over-reverse
 differentiation (`jax.jvp` of `jax.grad`), which costs about two gradient evaluations:
 
-    v₀ random, |v₀| = 1;    w_k = H v_k;    λ_k = v_kᵀ w_k;    v_{k+1} = w_k / |w_k|
+    v₀ random, ‖v₀‖ = 1;    w_k = H v_k;    λ_k = v_kᵀ w_k;    v_{k+1} = w_k / ‖w_k‖
 
 λ_k is the Rayleigh quotient, which converges to the eigenvalue of largest magnitude at the rate
-(|λ₂| / |λ₁|)^(2k); when that is negative, power iteration on H − λ·I finds the top one. The
-residual |w_k − λ_k v_k| / |λ_k| says how far v_k is from an eigenvector.
+(abs(λ₂) / abs(λ₁))^(2k); when that is negative, power iteration on H − λ·I finds the top one. The
+residual ‖w_k − λ_k v_k‖ / abs(λ_k) says how far v_k is from an eigenvector.
 
 The threshold η·λ_max < threshold of the optimizer (`stability_threshold`), with momentum β in
 optax's form (v ← β v + g) on the quadratic:
@@ -53,9 +53,9 @@ class Sharpness(NamedTuple):
       eigenvalue: λ_max, the last iteration's Rayleigh quotient (a float32 scalar).
       estimates: the Rayleigh quotient λ_k of each iteration, shape (iterations,): it rises to
         λ_max; its last relative changes say whether more iterations would move it.
-      residuals: |H v_k − λ_k v_k| / |λ_k| of each iteration, shape (iterations,): 0 at an exact
+      residuals: ‖H v_k − λ_k v_k‖ / abs(λ_k) of each iteration, shape (iterations,): 0 at an exact
         eigenvector.
-      eigenvector: the unit vector H v_k / |H v_k| after the last iteration (a pytree like the
+      eigenvector: the unit vector H v_k / ‖H v_k‖ after the last iteration (a pytree like the
         parameters), to warm-start the next measurement (`init_vector`) when the parameters have
         moved little.
     """
@@ -169,7 +169,7 @@ def top_hessian_eigenvalue(
 ) -> Sharpness:
     """λ_max of ∇²L(params) by power iteration on Hessian-vector products (see the module doc).
 
-        w_k = H v_k,    λ_k = v_kᵀ w_k,    v_{k+1} = w_k / |w_k|
+        w_k = H v_k,    λ_k = v_kᵀ w_k,    v_{k+1} = w_k / ‖w_k‖
 
     Power iteration converges to the eigenvalue of largest magnitude. When that one is negative
     (strong negative curvature, e.g. in a loss spike), a second run on H − λ·I, shifted by it,
