@@ -6,16 +6,14 @@ this process, while the save is in flight), or ENOSPC (the write fails: disk ful
 
 import errno
 import os
-import pathlib
 import signal
-import sys
 import time
 
 from orbax.checkpoint._src.path import atomicity
 
-# Run as a script, this file's folder is on sys.path; the trainer runs from the checkout's root.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from train import __main__ as cli  # noqa: E402
+# Run as a script, only this file's folder is on sys.path: the tests put the checkout's root on
+# PYTHONPATH for every process they start (tests/conftest.py).
+from train import __main__ as cli
 
 _finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
