@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 from configs import default, imagenet_resnet50_goyal
-from train import inputs, preemption, resolve, runners, steps
+from train import inputs, preemption, resolve, runners, sharpness, steps
 from train import loop as _loop
 from train.checkpoints import restore_checkpoint
 from train.evaluation import Evaluator
@@ -32,6 +32,7 @@ __all__ = [
     "resolve",
     "restore_checkpoint",
     "runners",
+    "sharpness",
     "steps",
     "train_and_evaluate",
     "write_metrics_with",

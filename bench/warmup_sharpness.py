@@ -66,35 +66,25 @@ SMALL = {"num_epochs": 2, "optimizer.warmup_epochs": 1.0, "eval_every_epochs": 2
 TIMING_ROUNDS = 5
 
 
-def config_for(overrides: dict):
-    from configs import default
-
-    config = default.get_config()
-    config.update_from_flattened_dict(overrides)
-    return config
-
-
 # ---------------------------------------------------------------------------------------------
 # One run (a worker process).
 
 
 def run_one(overrides: dict, workdir: pathlib.Path) -> dict:
     """Trains one run; returns its sharpness and training-loss series from metrics.jsonl."""
-    from train import loop
-    from train.metrics import read_metrics
+    from bench import trainer_api
 
     shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
     # With on_nonfinite=skip the trainer stops (exit 3) once most of an epoch's updates are
     # skipped: that run diverged, and its series up to there are what it measured.
+    config = trainer_api.config_for(**overrides)
     try:
-        accuracy, diverged = (
-            loop.train_and_evaluate(config_for(overrides), str(workdir))["accuracy"],
-            None,
-        )
-    except loop.NonFiniteLossError as error:
+        accuracy = trainer_api.train_and_evaluate(config, str(workdir))["accuracy"]
+        diverged = None
+    except trainer_api.NonFiniteLossError as error:
         accuracy, diverged = float("nan"), str(error)
-    records = read_metrics(workdir)
+    records = trainer_api.read_metrics(workdir)
     series = {
         kind: {
             key: [r[key] for r in records if r["kind"] == kind]
@@ -140,9 +130,10 @@ def time_measurement(overrides: dict) -> dict:
     """Seconds per training step and per sharpness measurement of this setting, interleaved."""
     import jax
 
-    from train import inputs, resolve, sharpness, steps
+    from bench import trainer_api
+    from bench.trainer_api import inputs, resolve, sharpness, steps
 
-    config = config_for(overrides)
+    config = trainer_api.config_for(**overrides)
     setup = resolve.resolve(config, jax.device_count())
     train_source, _ = inputs.open_data(setup)
     runner = setup.runner()
