@@ -16,6 +16,7 @@ import sys
 import jax
 import pytest
 import tiny_config as tiny
+from conftest import xla_flags
 
 from configs import default
 from recipe.data import datasets
@@ -393,7 +394,7 @@ def test_cli_bad_input_is_one_line_with_exit_status_2(data_dir, existing_workdir
     from train import __main__ as cli
 
     before = _checksums(existing_workdir)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(4)}
     processes = {
         name: subprocess.Popen(
             [

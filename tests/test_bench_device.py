@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import xla_flags
 
 from bench import common, device
 
@@ -17,8 +18,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(900)  # about 130 CPU-seconds: minutes on a loaded 2-core machine
 def test_smoke_run_measures_every_part_and_writes_only_its_output(tmp_path, data_dir):
     benchmarks_before = common.BENCHMARKS_MD.read_text()
-    # One CPU device, as the GPU machine has one GPU: without the suite's forced device count.
-    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    # One CPU device, as the GPU machine has one GPU; a smoke run, so compiled fast like the suite.
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bench.device", "--smoke", "--out", str(out),

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from recipe.models import (
     MODEL_NAMES,
@@ -395,7 +396,7 @@ CROSS_DEVICE_SCRIPT = textwrap.dedent(
 
 def test_cross_device_batch_norm_equals_batch_norm_of_the_whole_batch():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = xla_flags(2)
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
         [sys.executable, "-c", CROSS_DEVICE_SCRIPT],

@@ -6,8 +6,8 @@ over), from the repository root, with `RECIPE_SMALL_RUN=1`: MNIST-5k embedded in
 instead of CIFAR-10, tiny models, a few dozen updates, no network. A cell that raises fails the
 test with the cell's traceback.
 
-The kernels get the test session's four forced CPU devices (XLA_FLAGS, set explicitly here as in
-conftest.py), so notebook 1 runs the trainer under pmap over 4 devices, as on a TPU with 4 cores;
+The kernels get the test session's four forced CPU devices (conftest.xla_flags, set explicitly
+here), so notebook 1 runs the trainer under pmap over 4 devices, as on a TPU with 4 cores;
 notebooks 2 and 3 use one device. TFDS writes the embedded dataset to a temporary directory, where
 notebook 1 finds no CIFAR-10 and takes its labelled fallback. A `sitecustomize` refuses every
 host name but the loopback's to Python's resolver, so a notebook that reaches for the network
@@ -22,6 +22,7 @@ import time
 
 import nbformat
 import pytest
+from conftest import xla_flags
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
@@ -104,7 +105,7 @@ def kernel_env(tmp_path_factory):
         RECIPE_SMALL_RUN="1",
         JUPYTER_PATH=str(jupyter_path),
         TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tensorflow_datasets")),
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=xla_flags(4),
         PYTHONPATH=os.pathsep.join(
             filter(None, [str(no_network), str(ROOT), os.environ.get("PYTHONPATH")])
         ),

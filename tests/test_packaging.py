@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 import tiny_config as tiny
+from conftest import xla_flags
 
 from train import checkpoints, resolve
 
@@ -116,7 +117,7 @@ def test_the_installed_library_loads_a_trained_work_dir(wheel, finished_run, dat
 
 
 def test_python_m_train_runs_the_tiny_config_from_the_checkout(data_dir, tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(4)}
     trained = _run(
         [sys.executable, "-m", "train", "--config", "tests/tiny_config.py"]
         + [f"--config.data_dir={data_dir}", f"--workdir={tmp_path / 'run'}"],

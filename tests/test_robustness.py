@@ -21,7 +21,7 @@ import chex
 import orbax.checkpoint as ocp
 import pytest
 import tiny_config as tiny
-from conftest import NUM_TEST_DEVICES, checkpoint_state
+from conftest import NUM_TEST_DEVICES, checkpoint_state, xla_flags
 
 from train import __main__ as cli
 from train import loop, preemption
@@ -45,7 +45,7 @@ def _command(workdir: Path, data_dir: str, *extra: str, script: str | None = Non
 def _env(devices: int = NUM_TEST_DEVICES, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
         **extra,
     }
 

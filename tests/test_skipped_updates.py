@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import NUM_TEST_DEVICES, tensorboard_scalars
+from conftest import tensorboard_scalars, xla_flags
 
 from train import __main__ as cli
 from train.metrics import read_metrics
@@ -33,7 +33,7 @@ def _train(workdir: Path, data_dir: str, nonfinite_steps: str) -> subprocess.Com
     ]
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_TEST_DEVICES}",
+        "XLA_FLAGS": xla_flags(),
         "PYTHONPATH": str(REPO),  # the script's directory is tests/: `train` lives in the checkout
         "NONFINITE_STEPS": nonfinite_steps,
     }

@@ -19,6 +19,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import xla_flags
 
 from recipe.data import prepare_dataset
 
@@ -74,7 +75,7 @@ def _run_without_tensorflow(code: str, tmp_path: Path) -> subprocess.CompletedPr
                 (packages / entry.name).symlink_to(entry)
     script = tmp_path / "without_tensorflow.py"
     script.write_text("import sys\n" + code)
-    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": f"{packages}{os.pathsep}{REPO}"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "PYTHONPATH": f"{packages}{os.pathsep}{REPO}"}
     return subprocess.run(
         [sys.executable, "-S", str(script)],  # -S: no site-packages but those on PYTHONPATH
         env=env,
