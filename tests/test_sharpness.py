@@ -205,5 +205,12 @@ def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_
         == expected_scalars(records)["sharpness/lr_times_sharpness"]
     )
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # An observer: the same loss at every logged step and bitwise the same weights and optimizer
+    # state as the run without it (tests/test_observers.py checks the other observers so).
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path) if r["kind"] == "train"}
+    assert list(losses) == [2, 4, 6, 8, 10, 12]  # every logged step's, to the last
+    assert losses == {
+        r["step"]: r["loss"] for r in read_metrics(uninterrupted) if r["kind"] == "train"
+    }
     measured, plain = checkpoint_state(tmp_path, 12), checkpoint_state(uninterrupted, 12)
     jax.tree.map(np.testing.assert_array_equal, measured, plain)
