@@ -112,11 +112,12 @@ def stages(args) -> dict:
         ]
 
     crop_s, crops = timed(crop_all)
-    examples = [{"image": crop, "label": 0, "index": i} for i, crop in enumerate(crops[:BATCH])]
+    examples = crops[:BATCH]
     collate = pipeline.Collate(spec, local_device_count=1, normalize=False)
+    labels, positions = np.zeros(len(examples), np.int32), np.arange(len(examples))
     c0 = time.process_time()
     for _ in range(args.repeats):
-        batch = collate(examples)
+        batch = collate(np.stack(examples), label=labels, index=positions)
     collate_s = (time.process_time() - c0) / args.repeats / len(examples)
     device = jax.local_devices()[0]
     transfer = {}
@@ -155,9 +156,11 @@ def stages(args) -> dict:
 
 
 def collate_float(examples, spec):
+    import numpy as np
+
     from recipe.data import pipeline
 
-    return pipeline.Collate(spec, local_device_count=1, normalize=True)(examples)["image"]
+    return pipeline.normalize_images(np.stack(examples), spec)
 
 
 def _peer_preprocess(tf):

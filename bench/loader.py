@@ -8,7 +8,12 @@ against images/s the default train step consumes.
   device) on a fixed batch already on the device;
 * both: the trainer's loop (next batch → `runner.prefetch`, which puts it on the device while
   the previous step runs → step; metrics fetched every `config.sync_every_steps` steps), i.e.
-  how much of the step's speed survives the loader competing for the same two cores.
+  how much of the step's speed survives the loader competing for the same two cores;
+* batched / per example: CPU per batch of `train_batches`, which computes each batch as one
+  array (each example only draws from its own generator), against the same batches built one
+  grain map call per example (its read, its generator, `augment_image`) and then stacked, as
+  the loader did before; at the default config's size and at the tests' (14² from 28², batch
+  1,000, where the resize is a 2×2 block mean), rounds interleaved, no prefetch thread.
 
     python -m bench.loader [--batches 93] [--no-write]     # from the repository root
 """
@@ -18,6 +23,72 @@ import sys
 import time
 
 from bench import common
+
+# (label, image_size, global batch): the default config's input, and the tests' tiny config's.
+BATCHED_CASES = (
+    ("default: 28², batch 128", None, 128),
+    ("tests: 14² from 28², batch 1,000", 14, 1000),
+)
+
+
+def per_example_batches(source, spec, *, seed: int, global_batch: int, image_size, num_steps: int):
+    """The loader's batches built one grain map call per example, then stacked: the same
+    examples and pixels as `train_batches` (one process, one device), for comparison."""
+    import grain
+    import numpy as np
+
+    from recipe.data import pipeline
+
+    size = (image_size, image_size) if image_size else spec.image_shape[:2]
+    epoch_steps = pipeline.steps_per_epoch(len(source), global_batch)
+
+    def example(position: int) -> dict:
+        step, slot = divmod(position, global_batch)
+        epoch, step_in_epoch = divmod(step, epoch_steps)
+        order = pipeline.epoch_permutation(seed, epoch, len(source))
+        index = int(order[step_in_epoch * global_batch + slot])
+        rng = pipeline.augmentation_rng(seed, epoch, index)
+        stored = source[index]
+        return {"image": pipeline.augment_image(stored["image"], spec, size, rng),
+                "label": stored["label"], "index": index}  # fmt: skip
+
+    def stack(examples: list[dict]) -> dict:
+        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+    dataset = grain.MapDataset.range(num_steps * global_batch).map(example)
+    return iter(dataset.batch(global_batch, batch_fn=stack))
+
+
+def compare_batched(source, spec, seed: int, rounds: int, steps: int) -> dict:
+    """CPU seconds per batch, batched pipeline and per example, for each of BATCHED_CASES."""
+    import numpy as np
+
+    from recipe.data import pipeline
+
+    results = {}
+    for label, image_size, global_batch in BATCHED_CASES:
+        common_args = dict(seed=seed, global_batch=global_batch, image_size=image_size)
+
+        def batched(args=common_args):
+            return pipeline.train_batches(
+                source, spec, process_index=0, process_count=1, local_device_count=1,
+                num_steps=steps, prefetch_batches=0, normalize=False, **args,
+            )  # fmt: skip
+
+        def per_example(args=common_args):
+            return per_example_batches(source, spec, num_steps=steps, **args)
+
+        first, other = next(batched()), next(per_example())
+        assert np.array_equal(first["image"][0], other["image"]), "not the same batches"
+        cpu = {"batched": [], "per_example": []}
+        for _ in range(rounds):
+            for name, batches in (("batched", batched), ("per_example", per_example)):
+                c0 = time.process_time()
+                for _ in batches():
+                    pass
+                cpu[name].append((time.process_time() - c0) / steps)
+        results[label] = cpu
+    return results
 
 
 def measure(args) -> dict:
@@ -55,6 +126,8 @@ def measure(args) -> dict:
     loader_s = time.perf_counter() - t0
     loader_cpu_s = time.process_time() - c0
     loader_ips = args.batches * config.batch_size / loader_s
+
+    batched = compare_batched(source, spec, config.seed, args.rounds, args.compare_steps)
 
     # Step alone.
     setup = jax_steps.build(config)
@@ -100,11 +173,12 @@ def measure(args) -> dict:
         "loop_images_per_s": both_ips,
         "loop_vs_step": both_ips / step_ips,
         "sync_every_steps": config.sync_every_steps,
+        "batched_vs_per_example": batched,
     }
 
 
 def render(r: dict) -> str:
-    m = r["machine"]
+    m, batched = r["machine"], r["batched_vs_per_example"]
     rows = [
         ["loader alone (`recipe.data.train_batches`)", f"{r['loader_images_per_s']:.0f}",
          f"{1e3 * r['batch_size'] / r['loader_images_per_s']:.1f}"],
@@ -132,6 +206,19 @@ def render(r: dict) -> str:
         f"**Loader / step: {r['ratio']:.0f}×** (target ≥ 5×). With the loader running beside the "
         f"step on the same two cores, the loop keeps {100 * r['loop_vs_step']:.0f}% of the "
         "step's speed.",
+        "",
+        "Each batch is computed as one array (pad, crop, mirror and resize of all its images "
+        "at once; each example only draws from its own generator), against the same batches "
+        "built one grain map call per example and stacked, as the loader did before. CPU ms "
+        f"per batch, median of {len(next(iter(batched.values()))['batched'])} interleaved "
+        "rounds, no prefetch thread:",
+        "",
+        common.md_table(["input", "batched", "per example", "per example / batched"], [
+            [label, f"{1e3 * common.median(c['batched']):.1f}",
+             f"{1e3 * common.median(c['per_example']):.1f}",
+             f"{common.median(c['per_example']) / common.median(c['batched']):.2f}×"]
+            for label, c in batched.items()
+        ]),  # fmt: skip
     ])  # fmt: skip
 
 
@@ -139,6 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=93)  # 3 epochs of 31 batches
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5, help="batched / per-example rounds")
+    parser.add_argument("--compare-steps", type=int, default=12, help="batches per round")
     parser.add_argument("--no-write", action="store_true", help=common.NO_WRITE_HELP)
     args = parser.parse_args()
     result = measure(args)

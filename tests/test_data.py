@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from recipe import data
 from recipe.data.mnist5k import read_mnist5k_csv, split_row_indices
@@ -245,6 +246,41 @@ def test_small_family_shift_is_padded_crop(csv_rows):
     for _ in range(50):
         assert data.augment_image(image, SPEC, (28, 28), rng).tobytes() in windows
     assert data.augment_image(image, SPEC, (14, 14), rng).shape == (14, 14, 1)
+
+
+def test_small_family_resize_is_the_block_mean_or_pillows_box(csv_rows):
+    for image in csv_rows[0][:50]:
+        # Whole factors: the mean of each 2×2 block, rounded half up (exact in float64).
+        expected = np.floor(image.reshape(14, 2, 14, 2, 1).mean(axis=(1, 3)) + 0.5)
+        np.testing.assert_array_equal(data.eval_image(image, SPEC, (14, 14)), expected)
+        # Any other size: Pillow's box filter.
+        pillow = Image.fromarray(image[..., 0]).resize((8, 8), Image.Resampling.BOX)
+        np.testing.assert_array_equal(data.eval_image(image, SPEC, (8, 8))[..., 0], pillow)
+
+
+@pytest.mark.parametrize("image_size", [None, 14, 8])  # stored size, whole factor, Pillow's
+@pytest.mark.parametrize("flip", [False, True])
+def test_batches_hold_each_examples_own_augmentation(train_source, image_size, flip):
+    """A batch is computed as one array; each image in it is still `augment_image` of its
+    example with the generator seeded by (seed, epoch, example index), or `eval_image`."""
+    spec = dataclasses.replace(SPEC, horizontal_flip=flip, crop_padding=3)
+    size = (image_size, image_size) if image_size else (28, 28)
+    start_step, seed = 124, 5  # 125 steps per epoch: the steps cross into epoch 1
+    kwargs = dict(seed=seed, global_batch=32, process_index=1, process_count=2,
+                  local_device_count=2, start_step=start_step, num_steps=2,
+                  image_size=image_size, normalize=False)  # fmt: skip
+    augmented = list(data.train_batches(train_source, spec, augment=True, **kwargs))
+    plain = list(data.train_batches(train_source, spec, augment=False, **kwargs))
+    steps = range(start_step, start_step + 2)
+    for step, batch, plain_batch in zip(steps, augmented, plain, strict=True):
+        epoch = step // data.steps_per_epoch(len(train_source), 32)
+        images = batch["image"].reshape(-1, *size, 1)
+        plain_images = plain_batch["image"].reshape(-1, *size, 1)
+        for i, index in enumerate(batch["index"].ravel().tolist()):
+            stored = train_source[index]["image"]
+            rng = data.augmentation_rng(seed, epoch, index)
+            np.testing.assert_array_equal(images[i], data.augment_image(stored, spec, size, rng))
+            np.testing.assert_array_equal(plain_images[i], data.eval_image(stored, spec, size))
 
 
 def test_imagenet_family_crops_to_output_size():

@@ -17,6 +17,8 @@ from recipe.data.mnist5k import Mnist5k
 from recipe.data.pipeline import (
     Batch,
     augment_image,
+    augment_images,
+    augmentation_rng,
     default_worker_count,
     epoch_permutation,
     eval_batches,
@@ -39,6 +41,8 @@ __all__ = [
     "Mnist5k",
     "SyntheticImagenet",
     "augment_image",
+    "augment_images",
+    "augmentation_rng",
     "default_data_dir",
     "default_worker_count",
     "epoch_permutation",

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -372,6 +372,18 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
     )
 
 
+def read_examples(source: Sequence[dict[str, Any]], indices: Iterable[int]) -> list[dict[str, Any]]:
+    """The examples at ``indices``, in one ``source.__getitems__`` call where the source has
+    one (TFDS sources read them as one batch), else one by one.
+
+    >>> read_examples([{"label": 7}, {"label": 8}], [1, 0])
+    [{'label': 8}, {'label': 7}]
+    """
+    keys = [int(index) for index in indices]
+    read_many = getattr(source, "__getitems__", None)
+    return list(read_many(keys)) if read_many else [source[key] for key in keys]
+
+
 class InMemorySource(Sequence[dict[str, Any]]):
     """A source's examples decoded once and held in memory, one stacked numpy array per field.
 
@@ -387,15 +399,13 @@ class InMemorySource(Sequence[dict[str, Any]]):
 
     Args:
         source: A random-access source of dicts with the same keys (``load_source``'s).
-        chunk_size: Examples read per call (``source.__getitems__`` when it has one).
+        chunk_size: Examples read per call (``read_examples``).
     """
 
     def __init__(self, source: Sequence[dict[str, Any]], chunk_size: int = 1024) -> None:
-        read_many = getattr(source, "__getitems__", None)
         chunks: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(source), chunk_size):
-            keys = range(start, min(start + chunk_size, len(source)))
-            examples = read_many(list(keys)) if read_many else [source[i] for i in keys]
+            examples = read_examples(source, range(start, min(start + chunk_size, len(source))))
             for key in examples[0]:
                 chunks.setdefault(key, []).append(np.stack([e[key] for e in examples]))
         self._fields = {key: np.concatenate(parts) for key, parts in chunks.items()}
