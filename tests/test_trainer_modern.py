@@ -81,10 +81,12 @@ def test_precise_bn_and_ema_leave_the_training_alone_and_fix_the_early_evaluatio
             saved_state(running, step)["params"], saved_state(full, step)["params"]
         )
     precise, lagging = evals(full), evals(running)
-    # Epoch 1, at the peak learning rate: the running averages lag the weights (measured: 25.5%
-    # vs 16.3%, loss 2.206 vs 2.237).
+    # Epoch 1, at the peak learning rate: the running averages lag the weights (measured: 25.6%
+    # vs 16.1%, loss 2.206 vs 2.237).
     assert precise[8]["accuracy"] - lagging[8]["accuracy"] > 0.05
     assert lagging[8]["loss"] > precise[8]["loss"]
-    # After the decay they have caught up: the two evaluations agree (32.2% vs 32.0%).
-    assert abs(precise[STEPS]["accuracy"] - lagging[STEPS]["accuracy"]) < 0.01
+    # After the decay they have caught up: the losses agree to 0.2% (2.030 vs 2.034), the
+    # accuracies to about a point of the 1,000 test images (measured 33.0% vs 31.9%; 32.2% vs
+    # 32.0% when the 14² inputs were Pillow's two-pass resize, one grey level off in places).
+    assert abs(precise[STEPS]["accuracy"] - lagging[STEPS]["accuracy"]) < 0.02
     np.testing.assert_allclose(precise[STEPS]["loss"], lagging[STEPS]["loss"], rtol=0.01)
