@@ -55,7 +55,7 @@ LARGE_BATCH = {
     "noise_scale.enabled": True,
     "noise_scale.decay": 0.5,
     "runner": "shard_map",
-    "image_size": 8,
+    "image_size": 7,  # 28 / 4: the loader resizes by whole factors as one array
     "num_epochs": 1,  # 4 steps: 2 of warmup, 2 of decay; a checkpoint after each pair
     "optimizer.warmup_epochs": 0.5,
     "checkpoint_every_steps": 2,
