@@ -175,9 +175,15 @@ def test_every_way_a_run_can_stop_then_resume_equals_uninterrupted(
 
     # 3. A burst of SIGINT while the step-8 checkpoint is in flight (training goes on while it
     #    is written): the save completes, the step the loop had reached is checkpointed too,
-    #    one line, exit 130; it said where it resumed from.
+    #    one line, exit 130; it said where it resumed from. A checkpoint every 2 steps in this
+    #    run: the step-10 save waits for the step-8 one to be renamed into place, so the signals
+    #    reach the loop before its last step however fast the steps run (at every 4, fast steps
+    #    once reached step 12 first).
     latest = _checkpoint_steps(workdir)[-1]
-    interrupted = _run_with_fault(workdir, data_dir, FAULT="INT", FAULT_STEP="8", FAULT_REPEAT="5")
+    interrupted = _run_with_fault(
+        workdir, data_dir, "--config.checkpoint_every_steps=2",
+        FAULT="INT", FAULT_STEP="8", FAULT_REPEAT="5",
+    )  # fmt: skip
     assert interrupted.returncode == preemption.EXIT_INTERRUPTED, interrupted.stderr[-3000:]
     assert f"resumed from the checkpoint of step {latest} in" in interrupted.stdout
     stopped_at = _checkpoint_steps(workdir)[-1]
@@ -200,11 +206,11 @@ def test_every_way_a_run_can_stop_then_resume_equals_uninterrupted(
     )
 
 
-def _run_with_fault(workdir: Path, data_dir: str, **fault: str) -> subprocess.CompletedProcess:
-    return _run(
-        _command(workdir, data_dir, script=str(REPO / "tests" / "train_with_fault_during_save.py")),
-        _env(**fault),
-    )
+def _run_with_fault(
+    workdir: Path, data_dir: str, *extra: str, **fault: str
+) -> subprocess.CompletedProcess:
+    script = str(REPO / "tests" / "train_with_fault_during_save.py")
+    return _run(_command(workdir, data_dir, *extra, script=script), _env(**fault))
 
 
 def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
