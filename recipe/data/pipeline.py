@@ -126,21 +126,30 @@ def _resize_small(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return ((2 * sums + pixels) // (2 * pixels)).astype(np.uint8)
 
 
+def _draw_shift_and_mirror(
+    rng: np.random.Generator, padding: int, flip: bool
+) -> tuple[int, int, bool]:
+    """One example's draws for the 'small' augmentation, in this order: the offset (top, left)
+    of its window from the unpadded image, two integers in [-padding, padding]; then, if
+    ``flip``, the coin that mirrors it."""
+    top, left = rng.integers(-padding, padding + 1, size=2)
+    return int(top), int(left), bool(flip and rng.random() < 0.5)
+
+
 def _pad_crop_flip(
     image: np.ndarray, padding: int, flip: bool, rng: np.random.Generator
 ) -> np.ndarray:
-    """Zero-pads by ``padding``, crops a random window of the original size, maybe mirrors:
-    the draws are the window's offset (two integers in [-padding, padding]), then the mirror
-    coin. ``_shift_and_mirror`` is the same on a batch."""
+    """Zero-pads by ``padding``, crops a random window of the original size, maybe mirrors
+    (``_draw_shift_and_mirror``). ``_shift_and_mirror`` is the same on a batch."""
     height, width = image.shape[:2]
-    # Offset of the window from the unpadded image; copying the overlap into zeros is the
-    # same as padding and cropping, without materialising the padded image.
-    top, left = rng.integers(-padding, padding + 1, size=2)
+    # Copying the window's overlap with the image into zeros is the same as padding and
+    # cropping, without materialising the padded image.
+    top, left, mirrored = _draw_shift_and_mirror(rng, padding, flip)
     cropped = np.zeros_like(image)
     cropped[max(0, -top) : height - max(0, top), max(0, -left) : width - max(0, left)] = image[
         max(0, top) : height + min(0, top), max(0, left) : width + min(0, left)
     ]
-    if flip and rng.random() < 0.5:
+    if mirrored:
         cropped = cropped[:, ::-1]
     return cropped
 
@@ -151,11 +160,9 @@ def _shift_and_mirror(
     """``_pad_crop_flip`` of each of the uint8 ``(N, H, W, C)`` images with its generator, as
     array operations on the whole batch (the same draws, the same pixels)."""
     count, height, width = images.shape[:3]
-    offsets = np.empty((count, 2), np.int64)
-    mirrored = np.zeros(count, bool)
-    for i, rng in enumerate(rngs):
-        offsets[i] = rng.integers(-padding, padding + 1, size=2)
-        mirrored[i] = flip and rng.random() < 0.5
+    draws = [_draw_shift_and_mirror(rng, padding, flip) for rng in rngs]
+    offsets = np.array([(top, left) for top, left, _ in draws], np.int64).reshape(count, 2)
+    mirrored = np.array([mirror for _, _, mirror in draws], bool)
     padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     rows = padding + offsets[:, :1] + np.arange(height)
     columns = padding + offsets[:, 1:] + np.arange(width)
