@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 4
     config.keep_checkpoints = 5
     config.progress_bar = False
+    # mnist5k's images decoded once per process, not on every read: the same examples, and a
+    # test process runs many trainer runs on them (configs/default.py, as bench/device.py's
+    # smoke runs it, still reads them through TFDS every time).
+    config.data_in_memory = True
     return config
 
 
