@@ -11,6 +11,7 @@ import pathlib
 import socket
 from importlib import metadata
 
+import jax
 import numpy as np
 import pytest
 import tiny_config
@@ -61,6 +62,18 @@ COMPILATION_CACHE = REPO / ".cache" / "jax"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILATION_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# This process imported jax before the lines above (tiny_config imports the trainer's schema,
+# which imports recipe), so it read none of them: the same settings, given to jax directly.
+# Until they were, the test processes compiled every program themselves, sharing nothing.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes",
+    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)
 
 # Modules whose tests each run for long on 2 cores (`--durations`): the trainer, a notebook, a
 # wheel build or a benchmark end to end, or steps compiled for several runners. They run first,
