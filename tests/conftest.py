@@ -1,7 +1,8 @@
 """Test session setup: four forced CPU devices, so data-parallel code runs for real.
 
-XLA reads the flag when jax initialises its backend, so it is set here, before any test module
-imports jax. Single-device tests pick `jax.devices()[:1]`.
+XLA reads the flag when jax initialises its backend, at the first computation, so it is set
+here, at import, before any test runs (importing jax alone starts no backend). Single-device
+tests pick `jax.devices()[:1]`.
 """
 
 import fcntl
@@ -64,7 +65,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # This process imported jax before the lines above (tiny_config imports the trainer's schema,
 # which imports recipe), so it read none of them: the same settings, given to jax directly.
-# Until they were, the test processes compiled every program themselves, sharing nothing.
+# Until they were, the two pytest workers compiled every program themselves, sharing nothing.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
