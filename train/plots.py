@@ -1,15 +1,19 @@
 """PNG plots of a run: learning rate, loss and accuracy against steps and epochs.
 
 Figures are built without pyplot, so importing this module leaves a notebook's backend alone.
+matplotlib (0.6 s to import) is imported by the functions that draw, on their first call: a
+trainer process that stops early, fails on bad input or only evaluates never pays for it.
 Paths are `etils.epath` paths: local, or `gs://…` and the other stores epath reaches.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from etils import epath
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: epath.PathLike) -> None:
@@ -18,6 +22,8 @@ def plot_run(records: list[dict[str, Any]], steps_per_epoch: int, path: epath.Pa
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     sharpness = [r for r in records if r["kind"] == "sharpness"]
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(20 if sharpness else 15, 4))
     axes = fig.subplots(1, 4 if sharpness else 3)
     for ax, key, title in (
@@ -69,6 +75,8 @@ def plot_schedule(
     """The learning rate at every optimizer update of the run."""
     steps = np.arange(total_steps + 1)
     lrs = [float(schedule(step)) for step in steps]
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ax.plot(steps, lrs)
@@ -88,7 +96,7 @@ def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
     top.set_xlabel("epoch")
 
 
-def _save_png(fig: Figure, path: epath.PathLike) -> None:
+def _save_png(fig: "Figure", path: epath.PathLike) -> None:
     """Writes `fig` through epath: matplotlib itself would treat `gs://b/x.png` as a local name."""
     fig.tight_layout()
     with epath.Path(path).open("wb") as file:
