@@ -72,9 +72,11 @@ def _plot_sharpness(ax: Any, records: list[dict[str, Any]], steps_per_epoch: int
 def plot_schedule(
     schedule: Callable[[Any], Any], total_steps: int, steps_per_epoch: int, path: epath.PathLike
 ) -> None:
-    """The learning rate at every optimizer update of the run."""
+    """The learning rate at every optimizer update of the run, from one call of `schedule` on
+    all the steps (optax's schedules take arrays): `configs/imagenet_resnet50_goyal.py`'s 14,040
+    updates, one eager call each, took 13 s."""
     steps = np.arange(total_steps + 1)
-    lrs = [float(schedule(step)) for step in steps]
+    lrs = np.asarray(schedule(steps))
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
