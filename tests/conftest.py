@@ -82,14 +82,17 @@ jax.config.update(
 # alphabet puts them, the last of these kept one worker busy after the other had run out. The
 # modules that start several processes (robustness, the bench-device smoke, the notebooks) sit
 # apart: run side by side they oversubscribed the 2 cores (longest-first took 2 min longer).
+# pytest-xdist's first hand-out is a chunk per worker of an eighth of the suite, the second
+# worker's from item ~100: in test_models, which needs no `finished_run`. (When it started in
+# test_bad_input, that worker sat idle for the 13-21 s the first one took to train it.)
 SLOWEST_MODULES = (
     "test_robustness.py",
     "test_imagenet_input.py",
     "test_observers.py",
     "test_steps.py",
-    "test_bad_input.py",
     "test_sharpness.py",
     "test_models.py",
+    "test_bad_input.py",
     "test_bench_device.py",
     "test_metrics.py",
     "test_notebooks.py",
