@@ -85,6 +85,9 @@ jax.config.update(
 # pytest-xdist's first hand-out is a chunk per worker of an eighth of the suite, the second
 # worker's from item ~100: in test_models, which needs no `finished_run`. (When it started in
 # test_bad_input, that worker sat idle for the 13-21 s the first one took to train it.)
+# test_packaging (a wheel built and installed, 8-13 s a test) runs earlier too: handed out
+# near the end, such tests can keep one worker busy after the other has finished (the
+# runs' last ~40 s had a core idle).
 SLOWEST_MODULES = (
     "test_robustness.py",
     "test_imagenet_input.py",
@@ -100,6 +103,7 @@ SLOWEST_MODULES = (
     "test_trainer.py",
     "test_trainer_modern.py",
     "test_skipped_updates.py",
+    "test_packaging.py",
     "test_large_batch_run.py",
     "test_inits.py",
     "test_mixing.py",
@@ -108,7 +112,6 @@ SLOWEST_MODULES = (
     "test_noise_scale.py",
     "test_fashion_mnist.py",
     "test_without_tensorflow.py",
-    "test_packaging.py",
     "test_bench_reproduce_fashion.py",
 )
 
