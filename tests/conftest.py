@@ -76,50 +76,57 @@ jax.config.update(
     int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
 )
 
-# Modules whose tests each run for long on 2 cores (`--durations`): the trainer, a notebook, a
-# wheel build or a benchmark end to end, or steps compiled for several runners. They run first,
-# in this order. pytest-xdist hands the tests out in collection order, and collected where the
-# alphabet puts them, the last of these kept one worker busy after the other had run out. The
-# modules that start several processes (robustness, the bench-device smoke, the notebooks) sit
-# apart: run side by side they oversubscribed the 2 cores (longest-first took 2 min longer).
-# pytest-xdist's first hand-out is a chunk per worker of an eighth of the suite, the second
-# worker's from item ~100: in test_models, which needs no `finished_run`. (When it started in
-# test_bad_input, that worker sat idle for the 13-21 s the first one took to train it.)
-# test_packaging (a wheel built and installed, 8-13 s a test) runs earlier too: handed out
-# near the end, such tests can keep one worker busy after the other has finished (the
-# runs' last ~40 s had a core idle).
-SLOWEST_MODULES = (
+# How the suite shares the 2 cores. `make test` runs pytest-xdist's work-stealing scheduler
+# (`--dist worksteal`): each of the 2 workers is handed half of the collected tests, in order,
+# and one that runs out takes the back half of what the other still has queued. The modules
+# whose tests each run for long on 2 cores (`--durations`) lead the halves, longest first. The
+# first half starts with those that keep other processes busy (two trainers, a trainer and its
+# data workers, a benchmark and its step servers, a notebook kernel, CLI runs, a wheel build);
+# the second with those that train and compile in the worker, or in one subprocess at a time:
+# run side by side, two of the first kind oversubscribed the cores (longest-first over all
+# modules took 2 min longer), while one of each keeps both busy. The short tests fill the
+# halves' ends, so what is stolen at the end is short and both workers finish together.
+# (xdist's default `--dist load` hands each worker a first chunk of an eighth of the suite and
+# never takes it back: the chunk that began in test_models ran last, 23 s after the other worker
+# had finished.) test_robustness comes first: it trains `finished_run`, which later ones read.
+FIRST_HALF = (
     "test_robustness.py",
-    "test_imagenet_input.py",
-    "test_observers.py",
-    "test_steps.py",
-    "test_sharpness.py",
-    "test_models.py",
-    "test_bad_input.py",
     "test_bench_device.py",
-    "test_metrics.py",
+    "test_imagenet_input.py",
     "test_notebooks.py",
-    "test_data.py",
-    "test_trainer.py",
-    "test_trainer_modern.py",
-    "test_skipped_updates.py",
+    "test_bad_input.py",
     "test_packaging.py",
-    "test_large_batch_run.py",
+)
+SECOND_HALF = (
+    "test_observers.py",
+    "test_sharpness.py",
+    "test_steps.py",
+    "test_models.py",
+    "test_trainer_modern.py",
     "test_inits.py",
-    "test_mixing.py",
-    "test_group_bn.py",
-    "test_precise_bn.py",
-    "test_noise_scale.py",
-    "test_fashion_mnist.py",
+    "test_skipped_updates.py",
+    "test_large_batch_run.py",
+    "test_metrics.py",
+    "test_trainer.py",
     "test_without_tensorflow.py",
-    "test_bench_reproduce_fashion.py",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Moves the tests of SLOWEST_MODULES to the front, in that order; the rest keep theirs."""
-    rank = {name: position for position, name in enumerate(SLOWEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    """Orders the tests as [FIRST_HALF's modules, other tests | SECOND_HALF's modules, the
+    other tests left], each tuple's modules in its order and the other tests in collection
+    order, with the bar at the middle: where `--dist worksteal` splits the suite for 2 workers."""
+
+    def ranked(modules: tuple[str, ...]) -> list[pytest.Item]:
+        rank = {name: position for position, name in enumerate(modules)}
+        chosen = [item for item in items if item.path.name in rank]
+        return sorted(chosen, key=lambda item: rank[item.path.name])  # stable: collection order
+
+    first, second = ranked(FIRST_HALF), ranked(SECOND_HALF)
+    chosen = {id(item) for item in first + second}
+    rest = [item for item in items if id(item) not in chosen]
+    fill = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:fill] + second + rest[fill:]
 
 
 @pytest.fixture(scope="session")
