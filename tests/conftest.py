@@ -123,8 +123,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return sorted(chosen, key=lambda item: rank[item.path.name])  # stable: collection order
 
     first, second = ranked(FIRST_HALF), ranked(SECOND_HALF)
-    chosen = {id(item) for item in first + second}
-    rest = [item for item in items if id(item) not in chosen]
+    rest = [item for item in items if item.path.name not in FIRST_HALF + SECOND_HALF]
     fill = max(0, len(items) // 2 - len(first))
     items[:] = first + rest[:fill] + second + rest[fill:]
 
