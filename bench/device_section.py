@@ -89,6 +89,7 @@ SMOKE = Sizes(
     input_seconds=0.3,
     train_overrides=(
         "--config.model=resnet8",
+        "--config.stage_sizes=(1,)",
         "--config.num_filters=4",
         "--config.image_size=14",
         "--config.batch_size=1000",

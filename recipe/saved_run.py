@@ -86,6 +86,8 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
         config.model,
         num_classes=spec.num_classes,
         num_filters=config.num_filters,
+        # Absent from the config.json of runs saved before the field existed.
+        **({"stage_sizes": tuple(config.stage_sizes)} if config.get("stage_sizes") else {}),
         bn_momentum=config.bn.momentum,
         dtype=jnp.dtype(config.dtype),
         zero_init_last_bn=config.zero_init_last_bn,

@@ -37,6 +37,11 @@ BAD_INPUTS = {
     "label smoothing above 1": ({"label_smoothing": 1.5}, r"label_smoothing .*\[0, 1\].*1\.5"),
     "label smoothing NaN": ({"label_smoothing": math.nan}, r"label_smoothing .*\[0, 1\].*nan"),
     "negative epochs": ({"num_epochs": -1}, r"num_epochs must be an integer > 0, got -1"),
+    "a stage of no blocks": (
+        {"stage_sizes": (2, 0)},
+        r"stage_sizes\[1\] must be an integer > 0, got 0",
+    ),
+    "no stages": ({"stage_sizes": ()}, r"stage_sizes must be a non-empty tuple .*, got \(\)"),
     "negative warmup": (
         {"optimizer.warmup_epochs": -1.0},
         r"optimizer\.warmup_epochs must be a finite number >= 0, got -1",

@@ -304,7 +304,8 @@ def test_grayscale_jpegs_decode_to_rgb():
 
 _CONFIG_OVERRIDES = {
     "dataset": "synthetic_imagenet_small",
-    "model": "resnet8",  # tiny: compiling the step is most of this test's time
+    "model": "resnet8",  # tiny, in one stage: compiling the step is most of this test's time
+    "stage_sizes": (1,),
     "num_filters": 4,
     "image_size": 32,
     "batch_size": 32,

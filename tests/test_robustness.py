@@ -236,20 +236,22 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
 
 
 def test_a_full_file_system_is_one_line_and_keeps_the_previous_checkpoint(data_dir, tmp_path):
-    """The same on a real file system too small for a third checkpoint (a 200 KB tmpfs)."""
+    """The same on a real file system too small for a second checkpoint (a 160 KB tmpfs: the
+    first takes about 100 KB with the work dir's other files, the second 100 KB more)."""
     small = tmp_path / "small"
     small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)])
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(small)])
     if mounted.returncode:
         pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN")
     try:
         failed = _run(_command(small / "run", data_dir), _env())
         assert failed.returncode == cli.EXIT_WRITE_FAILED, failed.stderr[-3000:]
         (line,) = _error_lines(failed.stderr)
-        assert (
-            line.startswith("error: writing the checkpoint of step ")
-            and "RESOURCE_EXHAUSTED" in line
-        )
+        # Where the space runs out decides the wording: in tensorstore's array data it is
+        # RESOURCE_EXHAUSTED, in orbax's metadata files the OSError.
+        assert line.startswith("error: writing the checkpoint of step ") and (
+            "RESOURCE_EXHAUSTED" in line or "No space left on device" in line
+        ), line
         assert "is intact" in line and len(_checkpoint_steps(small / "run")) >= 1
         assert not any("tmp" in p.name for p in (small / "run" / "checkpoints").iterdir())
     finally:
@@ -277,8 +279,11 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
 
 def test_nonfinite_bn_statistics_stop_before_they_are_checkpointed(data_dir, tmp_path):
     # At a base lr of 30 the loss is still finite at step 6 but a BN running variance is not:
-    # that state must not become the "last good" checkpoint.
-    config = tiny.make_config(data_dir, checkpoint_every_steps=2, **{"optimizer.base_lr": 30.0})
+    # that state must not become the "last good" checkpoint. (resnet8's own three stages: the
+    # one-stage tiny model stays finite at this lr.)
+    config = tiny.make_config(
+        data_dir, checkpoint_every_steps=2, stage_sizes=None, **{"optimizer.base_lr": 30.0}
+    )
     with pytest.raises(
         loop.NonFiniteLossError, match=r"at step (\d+) .*step (\d+) in .*intact"
     ) as error:
@@ -297,7 +302,11 @@ def test_nonfinite_updates_are_skipped_until_most_of_an_epoch_is(data_dir, tmp_p
     # the updates from step 6 on are not finite: the skipped ones leave every checkpoint finite,
     # and once more than half of an epoch's updates are skipped (at step 8) the run stops.
     config = tiny.make_config(
-        data_dir, on_nonfinite="skip", checkpoint_every_steps=2, **{"optimizer.base_lr": 30.0}
+        data_dir,
+        on_nonfinite="skip",
+        checkpoint_every_steps=2,
+        stage_sizes=None,  # resnet8's three stages, as above
+        **{"optimizer.base_lr": 30.0},
     )
     with pytest.raises(
         loop.NonFiniteLossError, match=r"of the 4 updates of steps 5 … 8 were skipped"

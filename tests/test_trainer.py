@@ -62,14 +62,15 @@ def test_resume_from_a_checkpoint_ends_with_the_same_params(finished_run, data_d
 
 def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):
     text = describe.describe(tiny.make_config(data_dir), tmp_path)
+    assert "resnet8 with stages (1,) (width 4, dtype float32" in text
     assert "0.1 × 1000 / 32 = 3.125 (linear scaling rule)" in text
     assert "gradual, 4 updates (1 epochs) from 0.1 to 3.125" in text
     assert "step ×0.1 at epochs 2 (as configured; updates 8)" in text
     assert "per device, over 250 examples" in text
     assert "4 updates of 1000 examples" in text
     decayed, not_decayed = text.split("\nweight decay on")[1].split("\nno weight decay on")
-    assert "9 conv kernels, 1 dense kernel, 1 bias" in decayed
-    assert "γ and β of 9 BatchNorm layers" in not_decayed
+    assert "3 conv kernels, 1 dense kernel, 1 bias" in decayed  # one stage of one block
+    assert "γ and β of 3 BatchNorm layers" in not_decayed
     assert (tmp_path / "lr_schedule.png").exists()
 
 

@@ -46,9 +46,9 @@ def recipe_text(setup: Setup) -> str:
     lines = [
         ("dataset", f"{spec.name}: {spec.num_train} train / {spec.num_test} test, "
          f"{spec.num_classes} classes, images {setup.image_shape}"),
-        ("model", f"{config.model} (width {config.num_filters}, dtype {config.dtype}, zero-γ "
-         f"last BN {config.zero_init_last_bn}): {_count(shapes.values())} parameters in "
-         f"{len(shapes)} tensors"),
+        ("model", f"{config.model}{_stages(config)} (width {config.num_filters}, dtype "
+         f"{config.dtype}, zero-γ last BN {config.zero_init_last_bn}): "
+         f"{_count(shapes.values())} parameters in {len(shapes)} tensors"),
         ("global batch", f"{layout.batch_size} = {devices} × {layout.per_device_batch} per "
          f"device{accumulated}"),
         ("epoch", f"{layout.updates_per_epoch} updates of {layout.update_batch} examples"
@@ -258,3 +258,8 @@ def _group(paths: list[str], shapes: dict[str, tuple[int, ...]], bn_layers: set[
     return f"{len(paths)} tensors, {_count(shapes[p] for p in paths)} parameters: " + ", ".join(
         parts
     )
+
+
+def _stages(config: ml_collections.ConfigDict) -> str:
+    """' with stages (…)' where `stage_sizes` replaces the model's own; '' otherwise."""
+    return f" with stages {tuple(config.stage_sizes)}" if config.stage_sizes else ""

@@ -203,6 +203,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         config.model,
         num_classes=spec.num_classes,
         num_filters=config.num_filters,
+        **({"stage_sizes": tuple(config.stage_sizes)} if config.stage_sizes else {}),
         bn_scope=_bn_scope(config, device_count),
         bn_momentum=config.bn.momentum,
         dtype=jnp.dtype(config.dtype),

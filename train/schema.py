@@ -41,6 +41,12 @@ def _check_seed(name: str, value: Any) -> int:
     return seed
 
 
+def _check_stage_sizes(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str) or not isinstance(value, tuple | list) or not value:
+        raise ValueError(f"{name} must be a non-empty tuple of block counts, got {value!r}")
+    return tuple(checks.check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
 def _check_momentum(name: str, value: Any) -> Any:
     return checks.check_interval(name, value, 0.0, 1.0, high_closed=False)
 
@@ -62,6 +68,7 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "device_prefetch": checks.check_positive_int,
     "model": _choice(models.MODEL_NAMES),
     "num_filters": checks.check_positive_int,
+    "stage_sizes": _optional(_check_stage_sizes),
     "zero_init_last_bn": checks.check_bool,
     "dtype": _choice(DTYPES),
     "bn.scope": _choice(BN_SCOPES),
@@ -153,6 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Model (recipe.models.create_model): the architecture and its BatchNorm.
     config.model = "resnet20"
     config.num_filters = 8  # width of the first stage
+    # Blocks per stage, replacing the model's own (its block type, stem and widths stay): e.g.
+    # (1,) with resnet8 is one stage of one basic block, the smallest ResNet. None: the model's.
+    config.stage_sizes = ml_collections.config_dict.placeholder(tuple)
     config.zero_init_last_bn = True  # Goyal §5.1: γ = 0 in the last BN of each residual block
     config.dtype = "float32"  # or "bfloat16"
     config.bn = ml_collections.ConfigDict()
