@@ -99,7 +99,19 @@ def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
 
 
 def _save_png(fig: "Figure", path: epath.PathLike) -> None:
-    """Writes `fig` through epath: matplotlib itself would treat `gs://b/x.png` as a local name."""
-    fig.tight_layout()
+    """Writes `fig` through epath: matplotlib itself would treat `gs://b/x.png` as a local name.
+
+    Margins are fixed, in inches, for what every panel has (tick labels and a label on the
+    left, a right-hand axis on the sharpness panel, the x label below, the title and the epoch
+    axis above): matplotlib's tight_layout, which measures every text first, took 40% of a
+    plot's time, and the trainer draws one per run."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=0.75 / width,
+        right=1 - 0.7 / width,
+        bottom=0.55 / height,
+        top=1 - 0.85 / height,
+        wspace=0.3,  # of a panel's width (about 4 inches): room for the next one's labels
+    )
     with epath.Path(path).open("wb") as file:
         fig.savefig(file, format="png", dpi=100)
