@@ -85,6 +85,20 @@ def test_a_resumed_run_shows_only_the_continued_trajectory(tmp_path):
     assert tensorboard_scalars(tmp_path / metrics.TENSORBOARD_DIR) == expected_scalars(records)
 
 
+def test_a_failed_write_is_one_line_naming_what_and_why(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    writer.write(2, "train", {"loss": 2.0})
+    # The next rewrite of metrics.jsonl meets a directory where its temporary file goes.
+    (tmp_path / (metrics.METRICS_FILE + ".partial")).mkdir()
+    with pytest.raises(metrics.WorkdirWriteError) as failed:
+        writer.write(4, "train", {"loss": 1.0})
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"writing the metrics to {tmp_path} failed (IsADirectoryError: ")
+    assert message.endswith("run the same command again to resume")
+    assert [r["step"] for r in read_metrics(tmp_path)] == [2]  # the file as it was
+
+
 def test_artefacts_round_trip_through_cloud_storage(gcs_workdir, data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a gs:// URL mistaken for a local path would land here
     workdir = epath.Path(gcs_workdir)

@@ -8,10 +8,11 @@ overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
 Exit status: 0 done; 2 bad input (a config field, the config file, the work dir, a dataset that
 is not prepared, or a work dir holding another run), one line on stderr, before anything is
 compiled or written; 3 non-finite loss, or with `on_nonfinite=skip` more than half of an
-epoch's updates skipped (the last good checkpoint is kept); 74 a checkpoint could not be written
-(disk full, ...; the previous one is intact); 75 stopped by SIGTERM and 130 by SIGINT, each after
-writing a checkpoint (run the same command again to resume). With `on_nonfinite=skip` the final
-line says how many updates were skipped in all.
+epoch's updates skipped (the last good checkpoint is kept); 74 a checkpoint, the metrics or the
+plot could not be written (disk full, ...; the checkpoints written before are intact); 75
+stopped by SIGTERM and 130 by SIGINT, each after writing a checkpoint (run the same command
+again to resume). With `on_nonfinite=skip` the final line says how many updates were skipped in
+all.
 
 `--describe` prints the resolved recipe (scaled lr, warmup and decay boundaries in updates,
 per-device batch, BN scope, which parameters get weight decay) and saves the learning-rate
@@ -28,7 +29,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from train import checkpoints, describe, evaluation, loop, preemption, resolve, schema
+from train import checkpoints, describe, evaluation, loop, metrics, preemption, resolve, schema
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -66,7 +67,7 @@ def main(argv: list[str]) -> None:
         _fail(str(error))
     except loop.NonFiniteLossError as error:
         _fail(str(error), EXIT_NONFINITE)
-    except checkpoints.CheckpointWriteError as error:
+    except metrics.WorkdirWriteError as error:  # a checkpoint's, the metrics' or the plot's
         _fail(str(error), EXIT_WRITE_FAILED)
     except preemption.Stopped as stopped:
         print(stopped, file=sys.stderr)

@@ -11,8 +11,9 @@ identity (the 'meta' item) and the structure and shapes of its state with the cu
 mismatch is `IncompatibleCheckpointError` and nothing is touched. Only a checkpoint that cannot
 be read (truncated or corrupt files) is reported and moved aside to `<step>.unreadable` (nothing
 is deleted), and the previous one is used. A failed write (disk full, permissions, a lost
-bucket) is `CheckpointWriteError`: the previous checkpoints stay intact and the failed step's
-temporary files are removed.
+bucket) is `CheckpointWriteError` (a `train.metrics.WorkdirWriteError`, as a failed write of the
+metrics or the plot is): the previous checkpoints stay intact and the failed step's temporary
+files are removed.
 
 A work dir is one run's: `claim_workdir` writes the run's config as `config.json` on its first
 start and refuses a work dir whose `config.json` differs in a field of `run_identity`;
@@ -32,6 +33,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from train import steps
+from train.metrics import WorkdirWriteError, error_summary
 from train.resolve import ConfigError, Setup
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -136,7 +138,7 @@ class IncompatibleCheckpointError(ValueError):
     """The work dir holds checkpoints of a run whose config or state differs where it matters."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(WorkdirWriteError):
     """A checkpoint could not be written; the previous ones are intact."""
 
 
@@ -258,11 +260,10 @@ class Checkpointer:
                 if previous is not None and previous != step
                 else "no earlier checkpoint exists"
             )
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise CheckpointWriteError(
                 f"writing the checkpoint of step {step} to {self.directory} failed "
-                f"({type(error).__name__}: {detail[:300]}); {kept}. Free space or fix the "
-                "directory, then run the same command again to resume"
+                f"({error_summary(error)}); {kept}. Free space or fix the directory, then run "
+                "the same command again to resume"
             ) from error
 
     def _remove_temporary_files(self) -> None:

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from train import checkpoints, inputs, plots, preemption, runners, sharpness, steps
 from train.evaluation import Evaluator
-from train.metrics import MetricsWriter, read_metrics
+from train.metrics import MetricsWriter, read_metrics, reporting_write_failures
 from train.resolve import check_fields, resolve
 from train.skipped_updates import SkippedUpdates
 
@@ -43,8 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ConfigError: bad config, work dir or dataset, before anything is compiled or written.
       checkpoints.IncompatibleCheckpointError: `workdir` holds another run's checkpoints; it is
         left unchanged.
-      checkpoints.CheckpointWriteError: a checkpoint could not be written (disk full, ...); the
-        previous one is intact.
+      metrics.WorkdirWriteError: a checkpoint (`checkpoints.CheckpointWriteError`), the metrics or
+        the plot could not be written (disk full, ...); the checkpoints written before are intact.
       NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`), or more than half of
         an epoch's updates were skipped (with `on_nonfinite='skip'`, `train.skipped_updates`).
       preemption.Stopped: SIGTERM or SIGINT arrived; a checkpoint was written first.
@@ -230,7 +230,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not final_eval:  # resumed from the checkpoint of the last step
             _, final_eval = evaluator(device_state, step)
         if is_writer:
-            plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
+            with reporting_write_failures(f"the plot {workdir / 'curves.png'}"):
+                plots.plot_run(
+                    read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png"
+                )
         writer.close()
         if skipped is not None:
             return {**final_eval, "skipped_updates": skipped.total}

@@ -17,6 +17,7 @@ at the next step, which tells TensorBoard to discard the previous files' events 
 on; so both describe exactly the run that continues from the checkpoint.
 """
 
+import contextlib
 import io
 import itertools
 import json
@@ -36,6 +37,32 @@ TENSORBOARD_DIR = "tensorboard"
 NOT_IN_TENSORBOARD = ("epoch", "finite")
 
 _event_file_ids = itertools.count()  # two writers of one process in one second get two files
+
+
+class WorkdirWriteError(OSError):
+    """A file of the run (a checkpoint, the metrics, the plot) could not be written to its work
+    dir: disk full, permissions, a lost bucket. What was written before it is intact."""
+
+
+def error_summary(error: BaseException) -> str:
+    """`Type: first line of the message` (at most 300 characters), for a one-line report."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+@contextlib.contextmanager
+def reporting_write_failures(what: str):
+    """Raises an `OSError` from inside as a one-line `WorkdirWriteError` about writing `what`."""
+    try:
+        yield
+    except WorkdirWriteError:
+        raise
+    except OSError as error:
+        raise WorkdirWriteError(
+            f"writing {what} failed ({error_summary(error)}); the checkpoints written before it "
+            "are intact. Free space or fix the directory, then run the same command again to "
+            "resume"
+        ) from error
 
 
 class EventFile:
@@ -87,11 +114,12 @@ class MetricsWriter:
         if not self._enabled:
             return
         kept = [(s, line) for s, line in self._lines if s <= step]
-        if len(kept) < len(self._lines):
-            self._lines = kept
-            self._write_records()
-        self._events.restart_at(step + 1)
-        self._events.flush()
+        with reporting_write_failures(f"the metrics to {self._workdir}"):
+            if len(kept) < len(self._lines):
+                self._lines = kept
+                self._write_records()
+            self._events.restart_at(step + 1)
+            self._events.flush()
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         """Writes one record: `kind` is 'train' or 'eval'; values are scalars."""
@@ -99,20 +127,23 @@ class MetricsWriter:
             return
         record = {"step": int(step), "kind": kind, **{k: _plain(v) for k, v in values.items()}}
         self._lines.append((record["step"], json.dumps(record) + "\n"))
-        self._write_records()
-        self._events.add_scalars(
-            record["step"],
-            {
-                f"{kind}/{name}": value
-                for name, value in record.items()
-                if name not in ("step", "kind", *NOT_IN_TENSORBOARD) and not isinstance(value, str)
-            },
-        )
-        self._events.flush()
+        with reporting_write_failures(f"the metrics to {self._workdir}"):
+            self._write_records()
+            self._events.add_scalars(
+                record["step"],
+                {
+                    f"{kind}/{name}": value
+                    for name, value in record.items()
+                    if name not in ("step", "kind", *NOT_IN_TENSORBOARD)
+                    and not isinstance(value, str)
+                },
+            )
+            self._events.flush()
 
     def close(self) -> None:
         if self._events is not None:
-            self._events.flush()
+            with reporting_write_failures(f"the metrics to {self._workdir}"):
+                self._events.flush()
 
     def _write_records(self) -> None:
         path = self._workdir / METRICS_FILE
