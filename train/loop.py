@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from train import checkpoints, inputs, plots, preemption, runners, sharpness, steps
 from train.evaluation import Evaluator
-from train.metrics import MetricsWriter, read_metrics, reporting_write_failures
+from train.metrics import MetricsWriter, read_metrics
 from train.resolve import check_fields, resolve
 from train.skipped_updates import SkippedUpdates
 
@@ -230,10 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not final_eval:  # resumed from the checkpoint of the last step
             _, final_eval = evaluator(device_state, step)
         if is_writer:
-            with reporting_write_failures(f"the plot {workdir / 'curves.png'}"):
-                plots.plot_run(
-                    read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png"
-                )
+            plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
         writer.close()
         if skipped is not None:
             return {**final_eval, "skipped_updates": skipped.total}

@@ -114,12 +114,11 @@ class MetricsWriter:
         if not self._enabled:
             return
         kept = [(s, line) for s, line in self._lines if s <= step]
-        with reporting_write_failures(f"the metrics to {self._workdir}"):
-            if len(kept) < len(self._lines):
-                self._lines = kept
-                self._write_records()
-            self._events.restart_at(step + 1)
-            self._events.flush()
+        if len(kept) < len(self._lines):
+            self._lines = kept
+            self._write_records()
+        self._events.restart_at(step + 1)
+        self._flush_events()
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         """Writes one record: `kind` is 'train' or 'eval'; values are scalars."""
@@ -127,33 +126,35 @@ class MetricsWriter:
             return
         record = {"step": int(step), "kind": kind, **{k: _plain(v) for k, v in values.items()}}
         self._lines.append((record["step"], json.dumps(record) + "\n"))
-        with reporting_write_failures(f"the metrics to {self._workdir}"):
-            self._write_records()
-            self._events.add_scalars(
-                record["step"],
-                {
-                    f"{kind}/{name}": value
-                    for name, value in record.items()
-                    if name not in ("step", "kind", *NOT_IN_TENSORBOARD)
-                    and not isinstance(value, str)
-                },
-            )
-            self._events.flush()
+        self._write_records()
+        self._events.add_scalars(
+            record["step"],
+            {
+                f"{kind}/{name}": value
+                for name, value in record.items()
+                if name not in ("step", "kind", *NOT_IN_TENSORBOARD) and not isinstance(value, str)
+            },
+        )
+        self._flush_events()
 
     def close(self) -> None:
         if self._events is not None:
-            with reporting_write_failures(f"the metrics to {self._workdir}"):
-                self._events.flush()
+            self._flush_events()
 
     def _write_records(self) -> None:
         path = self._workdir / METRICS_FILE
         text = "".join(line for _, line in self._lines)
-        if "://" in os.fspath(path):  # an object store: each object write is atomic
-            path.write_text(text)
-        else:  # a file system: a complete file renamed into place, never a truncated one
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text(text)
-            partial.replace(path)
+        with reporting_write_failures(f"the metrics to {self._workdir}"):
+            if "://" in os.fspath(path):  # an object store: each object write is atomic
+                path.write_text(text)
+            else:  # a file system: a complete file renamed into place, never a truncated one
+                partial = path.with_name(path.name + ".partial")
+                partial.write_text(text)
+                partial.replace(path)
+
+    def _flush_events(self) -> None:
+        with reporting_write_failures(f"the metrics to {self._workdir}"):
+            self._events.flush()
 
 
 def read_metrics(workdir: epath.PathLike) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from etils import epath
 
+from train.metrics import reporting_write_failures
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -100,6 +102,7 @@ def _epoch_axis(ax: Any, steps_per_epoch: int) -> None:
 
 def _save_png(fig: "Figure", path: epath.PathLike) -> None:
     """Writes `fig` through epath: matplotlib itself would treat `gs://b/x.png` as a local name.
+    A failed write is a one-line `train.metrics.WorkdirWriteError`.
 
     Margins are fixed, in inches, for what every panel has (tick labels and a label on the
     left, a right-hand axis on the sharpness panel, the x label below, the title and the epoch
@@ -113,5 +116,5 @@ def _save_png(fig: "Figure", path: epath.PathLike) -> None:
         top=1 - 0.85 / height,
         wspace=0.3,  # of a panel's width (about 4 inches): room for the next one's labels
     )
-    with epath.Path(path).open("wb") as file:
+    with reporting_write_failures(f"the plot {path}"), epath.Path(path).open("wb") as file:
         fig.savefig(file, format="png", dpi=100)

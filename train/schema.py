@@ -42,7 +42,7 @@ def _check_seed(name: str, value: Any) -> int:
 
 
 def _check_stage_sizes(name: str, value: Any) -> tuple[int, ...]:
-    if isinstance(value, str) or not isinstance(value, tuple | list) or not value:
+    if not isinstance(value, tuple | list) or not value:
         raise ValueError(f"{name} must be a non-empty tuple of block counts, got {value!r}")
     return tuple(checks.check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
 
