@@ -50,7 +50,9 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and jax are chatty at INFO
         # Every orbax failure reaches the trainer as an exception that it reports in one line;
-        # orbax's own log of it is a traceback per thread.
+        # orbax's own log of it is a traceback per thread, and asyncio's of the other write
+        # tasks and futures that failed beside it ("... exception was never retrieved") one more
+        # each (orbax is this program's user of asyncio).
         logging.get_absl_handler().addFilter(_not_an_orbax_error)
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
@@ -82,7 +84,11 @@ def main(argv: list[str]) -> None:
 
 
 def _not_an_orbax_error(record: pylogging.LogRecord) -> bool:
-    return record.levelno < pylogging.ERROR or "/orbax/" not in record.pathname
+    if record.levelno < pylogging.ERROR:
+        return True
+    if record.name == "asyncio" and "exception was never retrieved" in record.getMessage():
+        return False
+    return "/orbax/" not in record.pathname
 
 
 def _summary(result: dict[str, float]) -> str:
