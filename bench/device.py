@@ -210,6 +210,8 @@ def measure_steps(
     deadline = time.monotonic() + budget
     batch, failed = sizes.max_batch, {}
     argv = ["--model", sizes.model, "--width", str(sizes.width), "--image", str(sizes.image)]
+    if sizes.stage_sizes is not None:
+        argv += ["--stage-sizes", ",".join(map(str, sizes.stage_sizes))]
     if sizes.default_overrides is not None:
         argv += ["--default-overrides", json.dumps(sizes.default_overrides)]
     while True:

@@ -20,8 +20,9 @@ class Sizes:
     """What each part runs: the GPU run's sizes, or the smoke run's tiny ones.
 
     Attributes:
-      model, width, image: the network of parts 1–2 (a `recipe.models` name, its first stage's
-        width, the square input side).
+      model, width, stage_sizes, image: the network of parts 1–2 (a `recipe.models` name, its
+        first stage's width, its blocks per stage (None: the model's own), the square input
+        side).
       max_batch, min_batch: part 1 starts at max_batch and halves while a side runs out of
         device memory, down to min_batch.
       default_overrides: dotted overrides of configs/default.py for part 2's second pair (None:
@@ -38,6 +39,7 @@ class Sizes:
 
     model: str
     width: int
+    stage_sizes: tuple[int, ...] | None
     image: int
     max_batch: int
     min_batch: int
@@ -57,6 +59,7 @@ class Sizes:
 GPU = Sizes(
     model="resnet50",
     width=64,
+    stage_sizes=None,
     image=224,
     max_batch=256,
     min_batch=16,
@@ -75,6 +78,9 @@ GPU = Sizes(
 SMOKE = Sizes(
     model="resnet8",
     width=4,
+    # One stage of one block, as the tests' tiny runs: its steps compile in about half the time
+    # of resnet8's three stages, and compiling is most of what a smoke run's step server does.
+    stage_sizes=(1,),
     image=16,
     max_batch=8,
     min_batch=8,
@@ -193,7 +199,8 @@ def _render_steps(result: dict, sizes: Sizes) -> list[str]:
             f"{n / step_s:,.0f}" if n else "–",
             f"{facts['first_call_s'][name]:.1f}",
         ])  # fmt: skip
-    model = f"{sizes.model}, width {sizes.width}, {sizes.image}²"
+    stages = "" if sizes.stage_sizes is None else f" with stages {sizes.stage_sizes}"
+    model = f"{sizes.model}{stages}, width {sizes.width}, {sizes.image}²"
     return [
         f"### 1. Train step: {model}, batch {batch}, one device",
         "",

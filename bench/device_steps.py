@@ -43,6 +43,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("framework", choices=["jax", "torch"])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument(
+        "--stage-sizes",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        help="blocks per stage, comma-separated (default: the model's own)",
+    )
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=3)
@@ -105,6 +110,7 @@ def jax_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], 
         config.update_from_flattened_dict({
             "model": args.model,
             "num_filters": args.width,
+            "stage_sizes": args.stage_sizes,
             "image_size": args.image,
             "batch_size": args.batch,
             "dtype": dtype,
@@ -151,7 +157,11 @@ def torch_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]]
         import torchvision
 
         source = "bench/torch_resnet.py"
-        if args.model in ("resnet18", "resnet34", "resnet50") and args.width == 64:
+        if (
+            args.model in ("resnet18", "resnet34", "resnet50")
+            and args.width == 64
+            and args.stage_sizes is None
+        ):
             make = getattr(torchvision.models, args.model)
             source = f"torchvision {torchvision.__version__} `models.{args.model}`"
     except ImportError:
@@ -180,7 +190,12 @@ def torch_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]]
         if make is not None:  # γ = 0 in each block's last BN, as the recipe's init
             model = make(num_classes=1000, zero_init_residual=True)
         else:
-            model = torch_resnet.ResNet(args.model, num_classes=1000, num_filters=args.width)
+            model = torch_resnet.ResNet(
+                args.model,
+                num_classes=1000,
+                num_filters=args.width,
+                stage_sizes=args.stage_sizes,
+            )
         model = model.to(device, memory_format=torch.channels_last).train()
         amp = None if dtype == "float32" else getattr(torch, dtype)
         train_step = torch_resnet.build_training(

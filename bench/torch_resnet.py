@@ -13,6 +13,8 @@ does for norm layers), `LinearLR` warmup chained to `MultiStepLR` with `Sequenti
 Only bench/ imports torch (the `bench` extra).
 """
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -88,11 +90,13 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         num_filters: int | None = None,
+        stage_sizes: Sequence[int] | None = None,
         stem: str | None = None,
         zero_init_last_bn: bool = True,
     ):
         super().__init__()
-        stage_sizes, bottleneck, width, default_stem = CONFIGS[name]
+        default_stages, bottleneck, width, default_stem = CONFIGS[name]
+        stage_sizes = default_stages if stage_sizes is None else stage_sizes
         width = num_filters or width
         stem = stem or default_stem
         block_cls = BottleneckBlock if bottleneck else BasicBlock
