@@ -18,7 +18,7 @@ from recipe import models, sharpness
 def _exact_top_eigenvalue(loss_fn, params) -> float:
     """The largest eigenvalue of the Hessian that `jax.hessian` gives."""
     flat, unravel = ravel_pytree(params)
-    hessian = jax.hessian(lambda x: loss_fn(unravel(x)))(flat)
+    hessian = jax.jit(jax.hessian(lambda x: loss_fn(unravel(x))))(flat)  # one compile, not ~100
     return float(np.linalg.eigvalsh(np.asarray(hessian, np.float64))[-1])
 
 
