@@ -153,7 +153,8 @@ def finished_run(data_dir, tmp_path_factory):
     with open(shared / "uninterrupted.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not result_file.exists():
-            result = loop.train_and_evaluate(tiny_config.make_config(data_dir), str(workdir))
+            config = tiny_config.make_config(data_dir, plot_curves=True)  # test_trainer's plot
+            result = loop.train_and_evaluate(config, str(workdir))
             result_file.write_text(json.dumps({k: float(v) for k, v in result.items()}))
     return workdir, json.loads(result_file.read_text())
 

@@ -212,6 +212,7 @@ BAD_INPUTS = {
     "EMA decay 1": ({"ema.decay": 1.0}, r"ema\.decay must be a number in \[0, 1\), got 1\.0"),
     "negative EMA decay": ({"ema.decay": -0.5}, r"ema\.decay must be a number in \[0, 1\)"),
     "EMA warmup unset": ({"ema.warmup": None}, r"ema\.warmup must be True or False, got None"),
+    "plot_curves unset": ({"plot_curves": None}, r"plot_curves must be True or False, got None"),
     "EMA without precise BN": (
         {"ema.decay": 0.99, "bn.precise_batches": 0},
         r"ema\.decay > 0 needs bn\.precise_batches > 0 .*got ema\.decay=0\.99 and "

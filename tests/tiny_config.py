@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 4
     config.keep_checkpoints = 5
     config.progress_bar = False
+    # No curves.png: most tests never look at it, and drawing it was about a CPU-second of each
+    # trainer subprocess (half a second in a process that drew one before). The runs that check
+    # the plot set it back (conftest.finished_run, the sharpness run).
+    config.plot_curves = False
     # mnist5k's images decoded once per process, not on every read: the same examples, and a
     # test process runs many trainer runs on them (configs/default.py, as bench/device.py's
     # smoke runs it, still reads them through TFDS every time).

@@ -80,7 +80,8 @@ def main(argv: list[str]) -> None:
         skipped = result.pop("skipped_updates", None)
         print(f"final {_summary(result)}" + _skipped_note(skipped))
         workdir_text = workdir.rstrip("/")
-        print(f"metrics: {workdir_text}/metrics.jsonl  plots: {workdir_text}/curves.png")
+        plot = f"  plots: {workdir_text}/curves.png" if config.plot_curves else ""
+        print(f"metrics: {workdir_text}/metrics.jsonl{plot}")
 
 
 def _not_an_orbax_error(record: pylogging.LogRecord) -> bool:

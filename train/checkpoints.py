@@ -49,6 +49,7 @@ RESUMABLE_FIELDS = (
     "checkpoint_every_steps",
     "keep_checkpoints",
     "progress_bar",
+    "plot_curves",
     "eval_batch_size",
     "data_workers",
     "data_in_memory",

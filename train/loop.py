@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # ---- Results.
         if not final_eval:  # resumed from the checkpoint of the last step
             _, final_eval = evaluator(device_state, step)
-        if is_writer:
+        if is_writer and options.plot_curves:
             plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
         writer.close()
         if skipped is not None:

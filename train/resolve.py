@@ -100,6 +100,7 @@ class LoopOptions:
       checkpoint_every_steps: steps between checkpoints.
       keep_checkpoints: checkpoints kept on disk.
       progress_bar: show a progress bar (on the first process).
+      plot_curves: draw curves.png at the end of the run (on the first process).
       sharpness_every_steps: steps between measurements of the loss's sharpness (0: never).
       sharpness_iterations: Hessian-vector products per measurement (power iterations).
       sharpness_threshold: the optimizer's stability threshold on η·λ_max
@@ -116,6 +117,7 @@ class LoopOptions:
     checkpoint_every_steps: int
     keep_checkpoints: int
     progress_bar: bool
+    plot_curves: bool
     sharpness_every_steps: int
     sharpness_iterations: int
     sharpness_threshold: float
@@ -256,6 +258,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_checkpoints=config.keep_checkpoints,
             progress_bar=config.progress_bar,
+            plot_curves=config.plot_curves,
             sharpness_every_steps=config.sharpness.every_steps,
             sharpness_iterations=config.sharpness.iterations,
             sharpness_threshold=sharpness.stability_threshold(
