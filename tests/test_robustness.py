@@ -6,6 +6,7 @@ uninterrupted run of tests/tiny_config.py. Every subprocess runs under a hard ki
 hung CPU collective ignores SIGTERM.
 """
 
+import errno
 import json
 import os
 import re
@@ -14,10 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import chex
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tiny_config as tiny
@@ -25,7 +28,7 @@ from conftest import NUM_TEST_DEVICES, checkpoint_state, xla_flags
 
 from recipe import data
 from train import __main__ as cli
-from train import loop, preemption
+from train import checkpoints, loop, preemption
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds per subprocess; a normal run takes ~20 s
@@ -263,6 +266,40 @@ def test_a_full_file_system_is_one_line_and_keeps_the_previous_checkpoint(data_d
         assert not any("tmp" in p.name for p in (small / "run" / "checkpoints").iterdir())
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_failed_save_removes_its_temporary_files_after_late_writes(tmp_path, monkeypatch):
+    """A failed save reaches the trainer with its first failing write task, while orbax's other
+    tasks of the same save may still be writing into its temporary directory (on the full tmpfs
+    above, removing it raced them in 3 of 16 runs and left it behind). Here a late writer keeps
+    writing there, creating the directory again as tensorstore does, for 0.5 s after the
+    failure: once `save` has raised, the directory is gone."""
+    checkpointer = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=2, asynchronous=False)
+    temporary = checkpointer.directory / "8.orbax-checkpoint-tmp" / "state"
+    writes_until = time.monotonic() + 0.5
+
+    def late_writes():
+        count = 0
+        while time.monotonic() < writes_until:
+            try:
+                temporary.mkdir(parents=True, exist_ok=True)
+                (temporary / f"chunk{count}").write_bytes(b"x")
+            except OSError:  # removed between the two: write again
+                pass
+            count += 1
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=late_writes)
+
+    def failing_save(*args, **kwargs):
+        writer.start()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpointer._manager, "save", failing_save)
+    with pytest.raises(checkpoints.CheckpointWriteError, match="No space left on device"):
+        checkpointer.save(8, {"w": np.zeros(3)}, {"run": 1})
+    writer.join()
+    assert list(checkpointer.directory.iterdir()) == []
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(

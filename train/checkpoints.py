@@ -22,6 +22,7 @@ start and refuses a work dir whose `config.json` differs in a field of `run_iden
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -37,6 +38,9 @@ from train.metrics import WorkdirWriteError, error_summary
 from train.resolve import ConfigError, Setup
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
+# How long a failed save's temporary directory is retried for removal, and how long the loop
+# waits between tries for orbax's write tasks that had not failed yet to settle.
+_TMP_REMOVAL_SECONDS, _TMP_REMOVAL_PAUSE_SECONDS = 10.0, 0.2
 # The run's config in its work dir (`recipe.load_run` reads it).
 CONFIG_FILE = "config.json"
 # Config fields that may change between a run and its resumption: they do not affect the result.
@@ -268,14 +272,35 @@ class Checkpointer:
             ) from error
 
     def _remove_temporary_files(self) -> None:
+        """Removes the failed save's temporary directories.
+
+        The failure reaches here with the first write task that failed; orbax's other write
+        tasks of the same save may still be writing into those directories, creating them again
+        (measured on a full tmpfs: a single removal raced them in 3 of 16 runs, "No such file or
+        directory", and left the directory). So each removal is followed by a pause and a look,
+        until a look finds none left, for at most `_TMP_REMOVAL_SECONDS`.
+        """
         if jax.process_index() != 0 or not self.directory.exists():
             return
-        for path in self.directory.iterdir():
-            if _TMP_MARKER in path.name:
+        deadline = time.monotonic() + _TMP_REMOVAL_SECONDS
+        errors: dict[epath.Path, OSError] = {}
+        while True:
+            for path in self._temporary_directories():
                 try:
                     path.rmtree()
                 except OSError as error:
-                    logging.warning("could not remove %s: %s", path, error)
+                    errors[path] = error
+            time.sleep(_TMP_REMOVAL_PAUSE_SECONDS)
+            left = self._temporary_directories()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                for path in left:
+                    logging.warning("could not remove %s: %s", path, errors.get(path, "rewritten"))
+                return
+
+    def _temporary_directories(self) -> list[epath.Path]:
+        return [path for path in self.directory.iterdir() if _TMP_MARKER in path.name]
 
     def _restore_meta(self, step: int) -> dict[str, Any]:
         meta = ocp.args.Composite(meta=ocp.args.JsonRestore())
