@@ -224,7 +224,9 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
     workdir = tmp_path / "disk_full"
     failed = _run_with_fault(workdir, data_dir, FAULT="ENOSPC", FAULT_STEP="8")
     assert failed.returncode == cli.EXIT_WRITE_FAILED, failed.stderr[-3000:]
-    (line,) = _error_lines(failed.stderr)
+    lines = _error_lines(failed.stderr)
+    assert len(lines) == 1, failed.stderr[-3000:]
+    (line,) = lines
     assert line.startswith("error: writing the checkpoint of step 8 to ") and (
         "No space left on device" in line and "the checkpoint of step 4 is intact" in line
     ), line
