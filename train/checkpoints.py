@@ -296,7 +296,11 @@ class Checkpointer:
                 return
             if time.monotonic() > deadline:
                 for path in left:
-                    logging.warning("could not remove %s: %s", path, errors.get(path, "rewritten"))
+                    logging.warning(
+                        "could not remove %s: %s",
+                        path,
+                        errors.get(path, "written again after its removal"),
+                    )
                 return
 
     def _temporary_directories(self) -> list[epath.Path]:
