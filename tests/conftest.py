@@ -93,6 +93,7 @@ jax.config.update(
 # had finished.) test_robustness comes first: it trains `finished_run`, which later ones read.
 FIRST_HALF = (
     "test_robustness.py",
+    "test_workdir_lock.py",
     "test_bench_device.py",
     "test_imagenet_input.py",
     "test_notebooks.py",
@@ -173,15 +174,16 @@ GCS_BUCKET = "recipe-test"
 
 @pytest.fixture(scope="session")
 def gcs_emulator() -> dict[str, str]:
-    """A Cloud Storage emulator on the loopback, in memory, with one bucket: the environment
-    that points gcsfs (epath's way to gs:// without TensorFlow), orbax's google-cloud-storage
-    client and tensorstore's GCS driver at it. Nothing leaves 127.0.0.1."""
-    from gcp_storage_emulator.server import create_server
+    """A Cloud Storage emulator on the loopback, in memory, with one bucket (and the object
+    generations tensorstore needs: tests/gcs_emulator.py): the environment that points gcsfs
+    (epath's way to gs:// without TensorFlow), orbax's google-cloud-storage client and
+    tensorstore's GCS driver at it. Nothing leaves 127.0.0.1."""
+    from gcs_emulator import create_server
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=GCS_BUCKET)
+    server = create_server("127.0.0.1", port, default_bucket=GCS_BUCKET)
     server.start()
     url = f"http://127.0.0.1:{port}"
     yield {

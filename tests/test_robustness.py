@@ -151,29 +151,26 @@ def test_every_way_a_run_can_stop_then_resume_equals_uninterrupted(
     uninterrupted, _ = finished_run
     workdir = tmp_path / "interrupted"
 
-    # 1. SIGTERM, five times, once training is under way: a checkpoint of the last completed
-    #    step, one line, exit 75.
-    process = _start(workdir, data_dir)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.monotonic() + TIMEOUT
-    while not (metrics.exists() and metrics.read_text().strip()):
-        assert process.poll() is None and time.monotonic() < deadline, "run ended early"
-        time.sleep(0.05)
-    for _ in range(5):
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-    _, stderr = process.communicate(timeout=TIMEOUT)
-    assert process.returncode == preemption.EXIT_PREEMPTED, stderr[-3000:]
+    # 1. SIGTERM, five times, while the step-2 checkpoint is written (training goes on), and
+    #    again every millisecond from the end of training's signal handling until the process
+    #    is gone (the exit status is decided then, and the interpreter shuts down): a
+    #    checkpoint of the last completed step, one line, exit 75.
+    stopped = _run_with_fault(
+        workdir, data_dir, "--config.checkpoint_every_steps=2",
+        FAULT="TERM", FAULT_STEP="2", FAULT_REPEAT="5", SIGNALS_WHILE_EXITING="TERM",
+    )  # fmt: skip
+    assert stopped.returncode == preemption.EXIT_PREEMPTED, stopped.stderr[-3000:]
     stopped_at = _checkpoint_steps(workdir)[-1]
-    assert 2 <= stopped_at < 8, stopped_at
-    assert _error_lines(stderr) == [
+    assert 2 < stopped_at < 8, stopped_at  # before the step-8 save that part 2 interrupts
+    assert _error_lines(stopped.stderr) == [
         f"preempted (SIGTERM): the checkpoint of step {stopped_at} is written in "
         f"{workdir / 'checkpoints'}; run the same command again to resume"
-    ], stderr[-3000:]
+    ], stopped.stderr[-3000:]
 
     # 2. kill -9 while the step-8 checkpoint is in flight (files written, not yet renamed).
     killed = _run_with_fault(workdir, data_dir, FAULT="KILL", FAULT_STEP="8")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    killed_pid = json.loads((workdir / "lock").read_text())["pid"]
     assert 8 not in _checkpoint_steps(workdir), "a half-written checkpoint must not be listed"
     assert any(".orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir())
 
@@ -190,6 +187,14 @@ def test_every_way_a_run_can_stop_then_resume_equals_uninterrupted(
     )  # fmt: skip
     assert interrupted.returncode == preemption.EXIT_INTERRUPTED, interrupted.stderr[-3000:]
     assert f"resumed from the checkpoint of step {latest} in" in interrupted.stdout
+    # The killed run held the work dir's lock: the kernel released it, and this run took it
+    # over, saying from whom (the stopped runs before and after released theirs).
+    assert re.search(
+        rf"^took over {workdir}/lock from process {killed_pid} on host .*, which is no longer "
+        "running$",
+        interrupted.stdout,
+        re.MULTILINE,
+    ), interrupted.stdout
     stopped_at = _checkpoint_steps(workdir)[-1]
     assert 8 in _checkpoint_steps(workdir) and 8 < stopped_at < tiny.TOTAL_STEPS
     assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
@@ -203,6 +208,7 @@ def test_every_way_a_run_can_stop_then_resume_equals_uninterrupted(
     finished = _run_with_fault(workdir, data_dir, FAULT="TERM", FAULT_STEP="12", FAULT_REPEAT="3")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert f"resumed from the checkpoint of step {stopped_at} in" in finished.stdout
+    assert "took over" not in finished.stdout
     assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
     chex.assert_trees_all_equal(
         checkpoint_state(workdir, tiny.TOTAL_STEPS),

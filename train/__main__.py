@@ -8,11 +8,12 @@ overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
 Exit status: 0 done; 2 bad input (a config field, the config file, the work dir, a dataset that
 is not prepared, or a work dir holding another run), one line on stderr, before anything is
 compiled or written; 3 non-finite loss, or with `on_nonfinite=skip` more than half of an
-epoch's updates skipped (the last good checkpoint is kept); 74 a checkpoint, the metrics or the
-plot could not be written (disk full, ...; the checkpoints written before are intact); 75
-stopped by SIGTERM and 130 by SIGINT, each after writing a checkpoint (run the same command
-again to resume). With `on_nonfinite=skip` the final line says how many updates were skipped in
-all.
+epoch's updates skipped (the last good checkpoint is kept); 73 the work dir is in use by another
+run that is still going (`train.workdir_lock`: one line naming its host, process id and start
+time; nothing is written); 74 a checkpoint, the metrics or the plot could not be written (disk
+full, ...; the checkpoints written before are intact); 75 stopped by SIGTERM and 130 by SIGINT,
+each after writing a checkpoint (run the same command again to resume). With
+`on_nonfinite=skip` the final line says how many updates were skipped in all.
 
 `--describe` prints the resolved recipe (scaled lr, warmup and decay boundaries in updates,
 per-device batch, BN scope, which parameters get weight decay) and saves the learning-rate
@@ -29,10 +30,21 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from train import checkpoints, describe, evaluation, loop, metrics, preemption, resolve, schema
+from train import (
+    checkpoints,
+    describe,
+    evaluation,
+    loop,
+    metrics,
+    preemption,
+    resolve,
+    schema,
+    workdir_lock,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+EXIT_WORKDIR_IN_USE = 73  # EX_CANTCREAT: the run's output cannot be written now
 EXIT_WRITE_FAILED = 74  # EX_IOERR
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).")
@@ -69,13 +81,15 @@ def main(argv: list[str]) -> None:
         _fail(str(error))
     except loop.NonFiniteLossError as error:
         _fail(str(error), EXIT_NONFINITE)
+    except workdir_lock.WorkdirInUseError as error:
+        _fail(str(error), EXIT_WORKDIR_IN_USE)
     except metrics.WorkdirWriteError as error:  # a checkpoint's, the metrics' or the plot's
         _fail(str(error), EXIT_WRITE_FAILED)
     except preemption.Stopped as stopped:
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
     finally:
-        _OUTSIDE_TRAINING.finished = True
+        preemption.ignore_stop_signals()  # the exit status is decided
     if jax.process_index() == 0:
         skipped = result.pop("skipped_updates", None)
         print(f"final {_summary(result)}" + _skipped_note(skipped))
@@ -191,27 +205,20 @@ def _one_line(error: Exception | str) -> str:
     return text or type(error).__name__
 
 
-class _OutsideTraining:
+def _outside_training(signum: int, frame: object) -> None:
     """SIGTERM/SIGINT handler while the trainer does not hold its own (`stop_on_signals`).
 
     Before training there is nothing to save: the first signal exits at once with its status
-    (75 or 130). Once the trainer has returned or stopped, further signals are ignored, so a
-    repeated SIGTERM cannot change the exit status or kill the process while it exits.
+    (75 or 130). After it (the handler is back from the moment training has ended or stopped
+    until `main` returns and ignores them), the exit status is decided: signals are ignored, so
+    a repeated SIGTERM cannot change it or kill the process while it exits.
     """
-
-    def __init__(self) -> None:
-        self.finished = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        name = signal.Signals(signum).name
-        print(f"stopped by {name} before training started: nothing to save", file=sys.stderr)
-        sys.exit(preemption.exit_code(signum))
-
-
-_OUTSIDE_TRAINING = _OutsideTraining()
+    if preemption.training_began():
+        return
+    preemption.ignore_stop_signals()  # the first signal decides
+    name = signal.Signals(signum).name
+    print(f"stopped by {name} before training started: nothing to save", file=sys.stderr)
+    sys.exit(preemption.exit_code(signum))
 
 
 def _unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
@@ -227,7 +234,7 @@ def _unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 def run() -> None:
     """`python -m train`: flags parsed, signals handled, `main` run."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _OUTSIDE_TRAINING)
+        signal.signal(signum, _outside_training)
     sys.unraisablehook = _unraisable
     app.run(main, flags_parser=parse_flags)
 

@@ -19,7 +19,16 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from train import checkpoints, inputs, plots, preemption, runners, sharpness, steps
+from train import (
+    checkpoints,
+    inputs,
+    plots,
+    preemption,
+    runners,
+    sharpness,
+    steps,
+    workdir_lock,
+)
 from train.evaluation import Evaluator
 from train.metrics import MetricsWriter, read_metrics
 from train.resolve import check_fields, resolve
@@ -59,9 +68,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoint_dir = workdir / "checkpoints"
     is_writer = jax.process_index() == 0
 
-    # Closing the checkpointer waits for the checkpoint in flight: whatever ends the run (its
-    # end, a signal, an error), the checkpoint it reports is on disk.
+    # One writer: the work dir's lock is taken before anything is written to it and released
+    # after the last write. Closing the checkpointer waits for the checkpoint in flight: whatever
+    # ends the run (its end, a signal, an error), the checkpoint it reports is on disk.
     with (
+        workdir_lock.hold(workdir) as check_lock,
         preemption.stop_on_signals() as stop_request,
         contextlib.closing(
             checkpoints.Checkpointer(checkpoint_dir, keep=options.keep_checkpoints)
@@ -176,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     raise NonFiniteLossError(failure)
                 window.append(fetched)
             pending.clear()
+            check_lock()
             stop = stop_request.agreed()
 
             if log_now and window:

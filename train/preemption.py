@@ -7,6 +7,10 @@ the current step, writes a checkpoint, waits for it and raises `Stopped`; the co
 with 75 for SIGTERM (EX_TEMPFAIL: run the same command again) and 130 for SIGINT (128 + 2, the
 shell's convention). With several processes, the request is shared at the next sync point so that
 every process stops at the same step and writes the checkpoint together.
+
+Once training has ended or stopped, the command line's exit status is decided and repeated
+signals must not change it: `training_began()` tells its handler so, and `ignore_stop_signals()`
+keeps the signals ignored while the interpreter shuts down.
 """
 
 import contextlib
@@ -67,10 +71,32 @@ class StopRequest:
         return min(received, default=0)
 
 
+_TRAINING_BEGAN = threading.Event()
+
+
+def training_began() -> bool:
+    """Whether a `stop_on_signals` block has begun in this process: outside one, a signal then
+    arrives after training ended or stopped."""
+    return _TRAINING_BEGAN.is_set()
+
+
+def ignore_stop_signals() -> None:
+    """Ignores SIGTERM and SIGINT from now on, for a process whose exit status is decided.
+
+    SIG_IGN, not a Python handler: while the interpreter shuts down, CPython gives every signal
+    that has a Python handler its default action back, so a repeated SIGTERM arriving then would
+    kill the process (exit status −15 instead of 75); an ignored signal stays ignored.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in _EXIT_CODES:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """Within the block, SIGTERM and SIGINT set the returned `StopRequest` instead of killing
     the process or raising `KeyboardInterrupt`; the previous handlers are restored after it."""
+    _TRAINING_BEGAN.set()
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request  # signal handlers can only be installed from the main thread
