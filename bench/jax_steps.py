@@ -39,7 +39,7 @@ VARIANTS = ("bare", "+smoothing", "+decay_mask", "+schedule", "full")
 
 @dataclasses.dataclass
 class Setup:
-    model: models.ResNet
+    model: Any  # linen's recipe.models.ResNet, or recipe.nnx.FunctionalModel
     variables: Any
     optimizer: optim.Optimizer
     image_shape: tuple[int, int, int]
@@ -91,9 +91,12 @@ def build(
     )
 
 
-def _initial_variables(model: models.ResNet, image_shape: tuple[int, ...], seed: int) -> Any:
-    """`steps.init_variables`, once per architecture: the BN statistics' scope does not change
-    the variables, and compiling an init costs tens of CPU seconds here."""
+def _initial_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> Any:
+    """`steps.init_variables`, once per linen architecture: the BN statistics' scope does not
+    change the variables, and compiling an init costs tens of CPU seconds here. An NNX model
+    (`recipe.nnx.FunctionalModel`) draws its own."""
+    if not isinstance(model, models.ResNet):
+        return steps.init_variables(model, image_shape, seed)
     return _init_once(model.clone(bn_scope=models.BNScope.per_device()), image_shape, seed)
 
 
@@ -214,10 +217,14 @@ class Stepper:
 EMA = "full + weight EMA"
 MIXING = "full + Mixup/CutMix"
 PRECISE_BN = "precise BN, one batch"
+# Not an extra of the recipe but the same step on the model written in Flax NNX (recipe.nnx,
+# through nnx.split/nnx.merge): timed against ``full`` like the extras.
+NNX = "full, Flax NNX"
 EXTRAS = {
     EMA: {"ema.decay": 0.9998},
     MIXING: {"mixing.mixup_alpha": 0.2, "mixing.cutmix_alpha": 1.0},
     PRECISE_BN: {},
+    NNX: {"flax_api": "nnx"},
 }
 
 

@@ -44,6 +44,8 @@ LABELS = {
     jax_steps.EMA: "+ weight EMA (`recipe.weight_ema`, timm's decay warmup)",
     jax_steps.MIXING: "+ Mixup α 0.2 / CutMix α 1.0 per batch (`recipe.mixup_cutmix`)",
     jax_steps.PRECISE_BN: "one batch of precise-BN statistics (`recipe.precise_bn_estimator`)",
+    jax_steps.NNX: "full, the model in Flax NNX (`flax_api='nnx'`: `recipe.nnx` through "
+    "`nnx.split`/`nnx.merge`)",
     "lars": "full, LARS (`build_optimizer(name='lars')`: trust ratio per tensor, BN/bias masked)",
     "lamb": "full, LAMB (`build_optimizer(name='lamb')`, decoupled decay in the optimizer)",
     "noise scale": "full + gradient noise scale on one device (`train_step(noise_scale_ema=...)`: "
@@ -285,12 +287,28 @@ def render(result: dict) -> str:
                 ),
                 "",
                 precise_text.strip(),
+                *_nnx_summary(result),
             ]
             if extras
             else []
         ),
         *_render_large_batch(result),
     ])  # fmt: skip
+
+
+def _nnx_summary(result: dict) -> list[str]:
+    """The NNX row's verdict: the same step on the Flax NNX model over the linen one."""
+    nnx = result["variants"].get(jax_steps.NNX)
+    if nnx is None:
+        return []
+    wall, cpu = nnx["wall_ratio_vs_full"], nnx["cpu_ratio_vs_full"]
+    return [
+        "",
+        f"**Flax NNX / linen, the full step: {wall[0]:.3f}× wall [{wall[1]:.3f}, {wall[2]:.3f}], "
+        f"{cpu[0]:.3f}× CPU [{cpu[1]:.3f}, {cpu[2]:.3f}]** (target ≤ 1.02×): the step drives "
+        "the NNX model through `nnx.split`/`nnx.merge` inside the jitted step, which lowers to "
+        "the linen step's program (tests/test_nnx.py compares their results bit for bit).",
+    ]
 
 
 def _render_large_batch(result: dict) -> list[str]:

@@ -7,7 +7,8 @@ builder, BatchNorm over groups of devices, the gradient noise scale (`recipe.noi
 the loss's sharpness against the optimizer's stability threshold (`recipe.sharpness`);
 and what modern ResNet recipes add: precise BatchNorm statistics, a weight EMA, Mixup/CutMix.
 Datasets and the input pipeline live in `recipe.data` (imported on demand: it pulls in
-TensorFlow Datasets and grain).
+TensorFlow Datasets and grain); the ResNets, their BatchNorm and the extras in Flax NNX in
+`recipe.nnx` (imported on demand: `import recipe` does not load `flax.nnx`).
 """
 
 from recipe.ema import ema_decay, ema_params, weight_ema

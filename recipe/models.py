@@ -215,7 +215,6 @@ class BatchNorm(nn.Module):
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        scope = self.bn_scope
         features = x.shape[-1]
         running_mean = self.variable(
             "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)
@@ -225,47 +224,78 @@ class BatchNorm(nn.Module):
         )
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
-        out_dtype = x.dtype if self.dtype is None else self.dtype
+        y, mean, var = batch_norm(
+            x,
+            scale=scale,
+            bias=bias,
+            running_mean=running_mean.value,
+            running_var=running_var.value,
+            use_running_average=use_running_average,
+            bn_scope=self.bn_scope,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+        )
+        if not use_running_average and not self.is_initializing():
+            running_mean.value, running_var.value = mean, var
+        return y
 
-        if use_running_average:
-            y = _normalize(
-                x.astype(jnp.float32),
-                running_mean.value,
-                running_var.value,
-                scale,
-                bias,
-                self.epsilon,
-            )
-            return y.astype(out_dtype)
 
-        batch_size = x.shape[0]
-        group_size = batch_size if scope.ghost_batch_size is None else scope.ghost_batch_size
-        if batch_size % group_size:
-            raise ValueError(
-                f"BatchNorm: ghost_batch_size={group_size} does not divide the per-device batch "
-                f"size {batch_size}."
-            )
-        # (groups, group_size, ..., features); without ghost batches there is one group.
-        groups = x.astype(jnp.float32).reshape((batch_size // group_size, group_size, *x.shape[1:]))
-        reduction_axes = tuple(range(1, groups.ndim - 1))
-        mean = groups.mean(reduction_axes, keepdims=True)
-        mean_of_squares = jnp.square(groups).mean(reduction_axes, keepdims=True)
-        if scope.axis_name is not None:
-            mean, mean_of_squares = jax.lax.pmean(
-                (mean, mean_of_squares), scope.axis_name, axis_index_groups=scope.groups
-            )
-        # E[x²] − E[x]² can round below zero.
-        var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
-        y = _normalize(groups, mean, var, scale, bias, self.epsilon).reshape(x.shape)
+def batch_norm(
+    x: jax.Array,
+    *,
+    scale: jax.Array,
+    bias: jax.Array,
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    use_running_average: bool,
+    bn_scope: BNScope,
+    momentum: float,
+    epsilon: float,
+    dtype: Dtype | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The one rule of :class:`BatchNorm` and its Flax NNX twin (:class:`recipe.nnx.BatchNorm`):
+    ``(y, new running mean, new running variance)`` for ``x`` of shape
+    ``(batch, ..., features)``.
 
-        if not self.is_initializing():
-            # Average over the ghost batches (a no-op for a single group).
-            batch_mean = mean.reshape(-1, features).mean(axis=0)
-            batch_var = var.reshape(-1, features).mean(axis=0)
-            m = self.momentum
-            running_mean.value = m * running_mean.value + (1.0 - m) * batch_mean
-            running_var.value = m * running_var.value + (1.0 - m) * batch_var
-        return y.astype(out_dtype)
+    With ``use_running_average`` the running averages normalise and come back unchanged;
+    otherwise the statistics of the scope's batch do (module doc of :class:`BatchNorm`) and the
+    running averages move towards them: ``m · running + (1 − m) · batch statistic``.
+
+    Raises:
+        ValueError: If the scope's ``ghost_batch_size`` does not divide the batch.
+    """
+    out_dtype = x.dtype if dtype is None else dtype
+    if use_running_average:
+        y = _normalize(x.astype(jnp.float32), running_mean, running_var, scale, bias, epsilon)
+        return y.astype(out_dtype), running_mean, running_var
+
+    features = x.shape[-1]
+    batch_size = x.shape[0]
+    group_size = batch_size if bn_scope.ghost_batch_size is None else bn_scope.ghost_batch_size
+    if batch_size % group_size:
+        raise ValueError(
+            f"BatchNorm: ghost_batch_size={group_size} does not divide the per-device batch "
+            f"size {batch_size}."
+        )
+    # (groups, group_size, ..., features); without ghost batches there is one group.
+    groups = x.astype(jnp.float32).reshape((batch_size // group_size, group_size, *x.shape[1:]))
+    reduction_axes = tuple(range(1, groups.ndim - 1))
+    mean = groups.mean(reduction_axes, keepdims=True)
+    mean_of_squares = jnp.square(groups).mean(reduction_axes, keepdims=True)
+    if bn_scope.axis_name is not None:
+        mean, mean_of_squares = jax.lax.pmean(
+            (mean, mean_of_squares), bn_scope.axis_name, axis_index_groups=bn_scope.groups
+        )
+    # E[x²] − E[x]² can round below zero.
+    var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+    y = _normalize(groups, mean, var, scale, bias, epsilon).reshape(x.shape)
+    # Average over the ghost batches (a no-op for a single group).
+    batch_mean = mean.reshape(-1, features).mean(axis=0)
+    batch_var = var.reshape(-1, features).mean(axis=0)
+    new_mean = momentum * running_mean + (1.0 - momentum) * batch_mean
+    new_var = momentum * running_var + (1.0 - momentum) * batch_var
+    return y.astype(out_dtype), new_mean, new_var
 
 
 def _normalize(
@@ -281,11 +311,35 @@ def _normalize(
     return (x - mean) * multiplier + bias.astype(jnp.float32)
 
 
+def needs_projection(in_features: int, out_features: int, strides: int) -> bool:
+    """Whether a block's shortcut is a 1×1 strided conv + BN ("option B", He 2016) rather than
+    the identity: when the block changes the width or the resolution."""
+    return strides != 1 or in_features != out_features
+
+
+def block_plan(stage_sizes: Sequence[int], num_filters: int) -> list[tuple[str, int, int]]:
+    """``(name, filters, strides)`` of every residual block in order: stage s (from 0) has
+    width ``num_filters · 2^s``, and the first block of every stage but the first has stride 2.
+
+    >>> block_plan((2, 1), 16)
+    [('stage1_block1', 16, 1), ('stage1_block2', 16, 1), ('stage2_block1', 32, 2)]
+    """
+    return [
+        (
+            f"stage{stage + 1}_block{block + 1}",
+            num_filters * 2**stage,
+            2 if stage and not block else 1,
+        )
+        for stage, num_blocks in enumerate(stage_sizes)
+        for block in range(num_blocks)
+    ]
+
+
 def _projection_shortcut(
     x: jax.Array, features: int, strides: int, conv: ModuleFactory, norm: ModuleFactory
 ) -> jax.Array:
     """Returns ``x`` if its shape is kept, else a 1×1 strided conv + BN ("option B", He 2016)."""
-    if strides == 1 and x.shape[-1] == features:
+    if not needs_projection(x.shape[-1], features, strides):
         return x
     x = conv(features, (1, 1), strides=strides, padding=0, name="proj_conv")(x)
     return norm(name="proj_bn")(x)
@@ -443,16 +497,15 @@ class ResNet(nn.Module):
         else:
             raise ValueError(f"Unknown stem {self.stem!r}; expected 'imagenet' or 'cifar'.")
 
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            for block in range(num_blocks):
-                x = self.block_cls(
-                    filters=self.num_filters * 2**stage,
-                    strides=2 if stage > 0 and block == 0 else 1,
-                    conv=conv,
-                    norm=norm,
-                    zero_init_last_bn=self.zero_init_last_bn,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                )(x)
+        for name, filters, strides in block_plan(self.stage_sizes, self.num_filters):
+            x = self.block_cls(
+                filters=filters,
+                strides=strides,
+                conv=conv,
+                norm=norm,
+                zero_init_last_bn=self.zero_init_last_bn,
+                name=name,
+            )(x)
 
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         x = nn.Dense(
@@ -505,8 +558,21 @@ MODEL_NAMES: tuple[str, ...] = tuple(_CONFIGS)
 ``resnet18``–``resnet152``."""
 
 
+def architecture(name: str) -> dict[str, Any]:
+    """The :class:`ResNet` fields of a registered model (its ``stage_sizes``, ``block_cls``,
+    ``num_classes``, ``num_filters`` and ``stem``): the one table of both Flax APIs.
+
+    Raises:
+        ValueError: If ``name`` is not registered.
+    """
+    if name not in _CONFIGS:
+        raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
+    return dict(_CONFIGS[name])
+
+
 def create_model(name: str, **kwargs: Any) -> ResNet:
-    """Builds a registered ResNet.
+    """Builds a registered ResNet in Flax linen (:func:`recipe.nnx.create_model` builds its
+    Flax NNX twin: the same architecture, initialisation, BatchNorm scopes and names).
 
     CIFAR models (``resnet20/32/44/56/110``): basic blocks, 3 stages of (depth − 2) / 6 blocks,
     widths 16/32/64, 3×3 stem, 10 classes. ImageNet models (``resnet18/34`` basic,
@@ -528,6 +594,4 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
     >>> create_model("resnet50", num_classes=10).num_classes
     10
     """
-    if name not in _CONFIGS:
-        raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
-    return ResNet(**{**_CONFIGS[name], **kwargs})
+    return ResNet(**{**architecture(name), **kwargs})

@@ -8,6 +8,7 @@ own code: no trainer, no config files, no accelerator needed.
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -25,14 +26,16 @@ __all__ = ["SavedRun", "load_run"]
 class SavedRun:
     """A trained model from a work dir.
 
-    `model.apply(variables, images, train=False)` gives the logits of a float32 batch of
-    images normalised as the training input was: `(x / 255 − mean) / std` with the dataset's
-    per-channel `spec.mean` and `spec.std`, at `image_shape`.
+    For a linen run, `model.apply(variables, images, train=False)` gives the logits of a
+    float32 batch of images normalised as the training input was: `(x / 255 − mean) / std`
+    with the dataset's per-channel `spec.mean` and `spec.std`, at `image_shape`. For an NNX
+    run (`flax_api='nnx'`), `model` holds the weights: `model.eval()`, then `model(images)`.
 
     Attributes:
-      model: the linen model the checkpoint belongs to (per-device BN scope: in eval mode BN
-        uses only the running statistics, so every scope the run trained with evaluates the
-        same).
+      model: the model the checkpoint belongs to, with per-device BN (in eval mode BN uses only
+        the running statistics, so every scope the run trained with evaluates the same): the
+        linen `recipe.models.ResNet`, or for an NNX run the `recipe.nnx.ResNet` holding the
+        checkpoint's weights and statistics.
       variables: {'params': ..., 'batch_stats': ...}.
       config: the run's config (from `<workdir>/config.json`).
       spec: its dataset's spec (classes, image statistics), `recipe.data.datasets.DatasetSpec`.
@@ -40,7 +43,7 @@ class SavedRun:
       step: the checkpoint's step.
     """
 
-    model: models.ResNet
+    model: Any
     variables: dict[str, Any]
     config: ml_collections.ConfigDict
     spec: Any
@@ -54,6 +57,9 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
 
     >>> run = load_run("runs/default")  # doctest: +SKIP
     >>> logits = run.model.apply(run.variables, images, train=False)  # doctest: +SKIP
+    >>> run = load_run("runs/nnx")  # a run with flax_api='nnx'  # doctest: +SKIP
+    >>> run.model.eval()  # doctest: +SKIP
+    >>> logits = run.model(images)  # doctest: +SKIP
 
     Args:
       workdir: a work dir of `python -m train` (local, or any URL `etils.epath` reaches).
@@ -82,23 +88,48 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
     spec = datasets.get_dataset_spec(config.dataset)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    model = models.create_model(
-        config.model,
-        num_classes=spec.num_classes,
-        num_filters=config.num_filters,
-        # Absent from the config.json of runs saved before the field existed.
-        **({"stage_sizes": tuple(config.stage_sizes)} if config.get("stage_sizes") else {}),
-        bn_momentum=config.bn.momentum,
-        dtype=jnp.dtype(config.dtype),
-        zero_init_last_bn=config.zero_init_last_bn,
-    )
+    model = model_of_config(config, num_classes=spec.num_classes, in_features=image_shape[2])
+    variables = _variables(checkpoint_dir / str(step) / "state")
     return SavedRun(
-        model=model,
-        variables=_variables(checkpoint_dir / str(step) / "state"),
+        model=model if isinstance(model, models.ResNet) else model.module(variables),
+        variables=variables,
         config=config,
         spec=spec,
         image_shape=image_shape,
         step=step,
+    )
+
+
+def model_of_config(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    in_features: int,
+    bn_scope: models.BNScope | None = None,
+) -> Any:
+    """The model a trainer config names: the linen `recipe.models.ResNet`, or for
+    `flax_api='nnx'` the `recipe.nnx.ResNet` as a `recipe.nnx.FunctionalModel` (linen's `init`
+    and `apply` over the same variables), with the run's width, stages, BN momentum, dtype and
+    γ init, `num_classes` logits, `in_features` input channels and `bn_scope` (None: per
+    device)."""
+    fields = dict(
+        num_classes=num_classes,
+        num_filters=config.num_filters,
+        # Absent from the config.json of runs saved before the field existed.
+        **({"stage_sizes": tuple(config.stage_sizes)} if config.get("stage_sizes") else {}),
+        bn_scope=bn_scope or models.BNScope.per_device(),
+        bn_momentum=config.bn.momentum,
+        dtype=jnp.dtype(config.dtype),
+        zero_init_last_bn=config.zero_init_last_bn,
+    )
+    if config.get("flax_api", "linen") == "linen":
+        return models.create_model(config.model, **fields)
+    from recipe import nnx as recipe_nnx  # on demand: linen runs never import flax.nnx
+
+    return recipe_nnx.FunctionalModel(
+        functools.partial(
+            recipe_nnx.create_model, config.model, in_features=in_features, **fields
+        )
     )
 
 

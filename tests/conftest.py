@@ -137,9 +137,9 @@ def data_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
 
 
-@pytest.fixture(scope="session")
-def finished_run(data_dir, tmp_path_factory):
-    """One uninterrupted run of tests/tiny_config.py: (workdir, final eval metrics).
+def _finished(flax_api: str, data_dir: str, tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    """One uninterrupted run of tests/tiny_config.py with its model in `flax_api`: (workdir,
+    final eval metrics).
 
     Run once per session, not once per pytest-xdist worker: the first worker to ask trains it
     in the workers' common temporary directory, under a lock the others wait on. Tests only read
@@ -150,14 +150,28 @@ def finished_run(data_dir, tmp_path_factory):
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    workdir, result_file = shared / "uninterrupted", shared / "uninterrupted.json"
-    with open(shared / "uninterrupted.lock", "w") as lock:
+    name = "uninterrupted" if flax_api == "linen" else f"uninterrupted_{flax_api}"
+    workdir, result_file = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not result_file.exists():
-            config = tiny_config.make_config(data_dir, plot_curves=True)  # test_trainer's plot
+            # plot_curves: test_trainer's plot.
+            config = tiny_config.make_config(data_dir, plot_curves=True, flax_api=flax_api)
             result = loop.train_and_evaluate(config, str(workdir))
             result_file.write_text(json.dumps({k: float(v) for k, v in result.items()}))
     return workdir, json.loads(result_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def finished_run(data_dir, tmp_path_factory):
+    """The uninterrupted linen run of tests/tiny_config.py: (workdir, final eval metrics)."""
+    return _finished("linen", data_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def finished_nnx_run(data_dir, tmp_path_factory):
+    """The same with `flax_api='nnx'` (the NNX model's own initial weights)."""
+    return _finished("nnx", data_dir, tmp_path_factory)
 
 
 def checkpoint_state(workdir: pathlib.Path, step: int) -> dict:

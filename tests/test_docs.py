@@ -16,6 +16,7 @@ import pytest
 
 import recipe
 import recipe.data
+import recipe.nnx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -50,6 +51,7 @@ def test_autosummary_entries_reads_only_lists_with_pages():
 def test_every_public_name_and_data_module_has_an_api_page():
     documented = set(autosummary_entries(API_INDEX.read_text()))
     public = {f"recipe.{name}" for name in recipe.__all__}
+    public |= {f"recipe.nnx.{name}" for name in recipe.nnx.__all__}
     data_modules = {
         f"recipe.data.{module.name}"
         for module in pkgutil.iter_modules(recipe.data.__path__)

@@ -1,4 +1,4 @@
-"""Initial weights of the models against Goyal et al. 2017, §5.1.
+"""Initial weights of the models, linen's and NNX's, against Goyal et al. 2017, §5.1.
 
 Sampling-error bounds: for N i.i.d. draws from N(0, σ²) the sample mean has standard deviation
 σ/√N and the sample standard deviation has relative standard deviation ≈ 1/√(2N). Checks allow
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from recipe import nnx as recipe_nnx
 from recipe.inits import bn_scale_init, conv_kernel_init, fc_kernel_init
 from recipe.models import LAST_BN_NAME, create_model
 
@@ -50,15 +51,24 @@ SMALL_MODELS = {
 }
 
 
-def init_variables(name: str, key: jax.Array, **kwargs) -> dict:
-    """Initialises a registered model (jitted: one XLA compile instead of one per op)."""
-    model = create_model(name, **kwargs)
+FLAX_APIS = ("linen", "nnx")
+
+
+def init_variables(name: str, key: jax.Array, flax_api: str = "linen", **kwargs) -> dict:
+    """Initialises a registered model, linen's or NNX's (jitted: one XLA compile instead of one
+    per op); an NNX model's state as linen variables (`recipe.nnx.to_linen_variables`)."""
+    if flax_api == "nnx":
+        model = recipe_nnx.FunctionalModel(
+            functools.partial(recipe_nnx.create_model, name, **kwargs)
+        )
+    else:
+        model = create_model(name, **kwargs)
     images = jnp.zeros((1, 32, 32, 3))
     return jax.jit(lambda k: model.init(k, images, train=False))(key)
 
 
 @functools.cache
-def small_model_variables(name: str, zero_init_last_bn: bool) -> dict:
+def small_model_variables(name: str, zero_init_last_bn: bool, flax_api: str = "linen") -> dict:
     """Variables of a ``SMALL_MODELS`` entry, initialised once per test session.
 
     γ, β and the running statistics do not depend on the key; an ``unsafe_rbg`` key compiles
@@ -66,7 +76,7 @@ def small_model_variables(name: str, zero_init_last_bn: bool) -> dict:
     """
     overrides, _ = SMALL_MODELS[name]
     key = jax.random.key(0, impl="unsafe_rbg")
-    return init_variables(name, key, zero_init_last_bn=zero_init_last_bn, **overrides)
+    return init_variables(name, key, flax_api, zero_init_last_bn=zero_init_last_bn, **overrides)
 
 
 def bn_module_paths(variables: dict) -> set[tuple[str, ...]]:
@@ -74,10 +84,11 @@ def bn_module_paths(variables: dict) -> set[tuple[str, ...]]:
     return {path[:-1] for path in traverse_util.flatten_dict(variables["batch_stats"])}
 
 
-@pytest.fixture(scope="module")
-def resnet50_params() -> dict:
-    """Full-width ResNet-50 params from the default (threefry) key, as users get them."""
-    return init_variables("resnet50", jax.random.key(0))["params"]
+@pytest.fixture(scope="module", params=FLAX_APIS)
+def resnet50_params(request) -> dict:
+    """Full-width ResNet-50 params from the default (threefry) key, as users get them: linen's
+    `init`, and the NNX model's own draw."""
+    return init_variables("resnet50", jax.random.key(0), request.param)["params"]
 
 
 @pytest.mark.parametrize("shape", [(7, 7, 3, 64), (3, 3, 64, 64), (1, 1, 256, 512)])
@@ -137,10 +148,11 @@ def test_resnet50_gamma_is_zero_in_the_16_last_bns_and_one_elsewhere(resnet50_pa
         chex.assert_trees_all_equal(scale, jnp.full_like(scale, expected_gamma))
 
 
+@pytest.mark.parametrize("flax_api", FLAX_APIS)
 @pytest.mark.parametrize("zero_init_last_bn", [True, False])
 @pytest.mark.parametrize("name", SMALL_MODELS)
-def test_bn_gamma_is_zero_exactly_in_the_last_bn_of_each_block(name, zero_init_last_bn):
-    variables = small_model_variables(name, zero_init_last_bn)
+def test_bn_gamma_is_zero_exactly_in_the_last_bn_of_each_block(name, zero_init_last_bn, flax_api):
+    variables = small_model_variables(name, zero_init_last_bn, flax_api)
     _, num_blocks = SMALL_MODELS[name]
     bn_paths = bn_module_paths(variables)
     last_bn_paths = {path for path in bn_paths if path[-1] == LAST_BN_NAME}

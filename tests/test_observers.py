@@ -40,6 +40,7 @@ NOISE_SCALE = {"noise_scale.enabled": True}
 # The EMA is evaluated with statistics of its own weights: it needs precise BN.
 PRECISE_BN_AND_EMA = {"bn.precise_batches": 1, "ema.decay": 0.9}
 ALL = {**NOISE_SCALE, **PRECISE_BN_AND_EMA}
+SHARPNESS = {"sharpness.every_steps": 1, "sharpness.iterations": 2}
 
 # (devices, base overrides, the observer's overrides)
 OBSERVERS = [
@@ -62,6 +63,14 @@ OBSERVERS = [
         ALL,
         id="all-ghost_bn-mixing_per_device",
     ),
+    # The NNX model (recipe.nnx) through the same observers, the sharpness's too.
+    pytest.param(
+        4,
+        {"flax_api": "nnx", "bn.scope": "global", **MIXING},
+        {**ALL, **SHARPNESS},
+        id="nnx-all-sharpness-global_bn-mixing",
+    ),  # fmt: skip
+    pytest.param(1, {"flax_api": "nnx"}, NOISE_SCALE, id="nnx-noise_scale-one_device"),
 ]
 
 

@@ -75,8 +75,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_four_devices(finished_run, data_dir, tmp_path):
-    uninterrupted, _ = finished_run
+@pytest.mark.parametrize("flax_api", ["linen", "nnx"])
+def test_two_processes_equal_one_process_with_four_devices(flax_api, data_dir, tmp_path, request):
+    uninterrupted, _ = request.getfixturevalue(
+        "finished_run" if flax_api == "linen" else "finished_nnx_run"
+    )
     workdir = tmp_path / "two_hosts"
     port = _free_port()
     processes = [
@@ -84,6 +87,7 @@ def test_two_processes_equal_one_process_with_four_devices(finished_run, data_di
             _command(
                 workdir,
                 data_dir,
+                f"--config.flax_api={flax_api}",
                 "--config.distributed.enabled=true",
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                 "--config.distributed.num_processes=2",

@@ -46,13 +46,16 @@ def test_learning_rate_follows_the_schedule(finished_run):
     np.testing.assert_allclose(lrs[10], 0.3125, rtol=1e-6)
 
 
-def test_resume_from_a_checkpoint_ends_with_the_same_params(finished_run, data_dir, tmp_path):
-    workdir, _ = finished_run
+@pytest.mark.parametrize("flax_api", ["linen", "nnx"])
+def test_resume_from_a_checkpoint_ends_with_the_same_params(flax_api, data_dir, tmp_path, request):
+    workdir, _ = request.getfixturevalue(
+        "finished_run" if flax_api == "linen" else "finished_nnx_run"
+    )
     resumed = tmp_path / "resumed"
     shutil.copytree(workdir, resumed)
     for step in (8, 12):  # as if the run had died after writing the step-4 checkpoint
         shutil.rmtree(resumed / "checkpoints" / str(step))
-    loop.train_and_evaluate(tiny.make_config(data_dir), str(resumed))
+    loop.train_and_evaluate(tiny.make_config(data_dir, flax_api=flax_api), str(resumed))
     chex.assert_trees_all_equal(
         checkpoint_state(resumed, tiny.TOTAL_STEPS), checkpoint_state(workdir, tiny.TOTAL_STEPS)
     )

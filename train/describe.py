@@ -17,6 +17,12 @@ _BN_SCOPES = {
 }
 
 
+_FLAX_APIS = {
+    "linen": "Flax linen (recipe.models.ResNet)",
+    "nnx": "Flax NNX (recipe.nnx.ResNet, stepped through nnx.split/nnx.merge)",
+}
+
+
 def describe(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
     """The resolved recipe as text (`--describe`); with `workdir`, also saves the learning-rate
     schedule there as `lr_schedule.png`. Rejects exactly the inputs training rejects that do
@@ -48,7 +54,8 @@ def recipe_text(setup: Setup) -> str:
          f"{spec.num_classes} classes, images {setup.image_shape}"),
         ("model", f"{config.model}{_stages(config)} (width {config.num_filters}, dtype "
          f"{config.dtype}, zero-γ last BN {config.zero_init_last_bn}): "
-         f"{_count(shapes.values())} parameters in {len(shapes)} tensors"),
+         f"{_count(shapes.values())} parameters in {len(shapes)} tensors; "
+         f"{_FLAX_APIS[config.flax_api]}"),
         ("global batch", f"{layout.batch_size} = {devices} × {layout.per_device_batch} per "
          f"device{accumulated}"),
         ("epoch", f"{layout.updates_per_epoch} updates of {layout.update_batch} examples"

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from recipe import masks, models, noise_scale, optim, schedules, sharpness
+from recipe import masks, models, noise_scale, optim, saved_run, schedules, sharpness
 from recipe.data import datasets, pipeline
 from train import runners, schema, steps
 from train.schema import FIELD_RULES
@@ -131,7 +131,9 @@ class Setup:
       config: the config it was resolved from (validated).
       spec: the dataset.
       image_shape: (height, width, channels) of the model's input.
-      model: the linen model (its BatchNorm scope included).
+      model: the model (its BatchNorm scope included): a linen `recipe.models.ResNet`, or with
+        `flax_api='nnx'` a `recipe.nnx.FunctionalModel` of the NNX one (linen's `init` and
+        `apply` over the same variables).
       abstract_variables: the model's variables as `jax.ShapeDtypeStruct`s.
       optimizer: the optax transformation, its schedule and the loss's L2 penalty (and the
         weight EMA, in its state, when `ema.decay` > 0).
@@ -149,7 +151,7 @@ class Setup:
     config: ml_collections.ConfigDict
     spec: datasets.DatasetSpec
     image_shape: tuple[int, int, int]
-    model: models.ResNet
+    model: Any
     abstract_variables: Any
     optimizer: optim.Optimizer
     layout: BatchLayout
@@ -201,15 +203,11 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    model = models.create_model(
-        config.model,
+    model = saved_run.model_of_config(
+        config,
         num_classes=spec.num_classes,
-        num_filters=config.num_filters,
-        **({"stage_sizes": tuple(config.stage_sizes)} if config.stage_sizes else {}),
+        in_features=image_shape[2],
         bn_scope=_bn_scope(config, device_count),
-        bn_momentum=config.bn.momentum,
-        dtype=jnp.dtype(config.dtype),
-        zero_init_last_bn=config.zero_init_last_bn,
     )
     # Traced, not run: the key is made inside too, so resolving compiles nothing at all.
     abstract_variables = jax.eval_shape(

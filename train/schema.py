@@ -18,6 +18,7 @@ from train import runners
 
 BN_SCOPES = ("device", "global", "group", "ghost")
 DTYPES = ("float32", "bfloat16")
+FLAX_APIS = ("linen", "nnx")
 ON_NONFINITE = ("stop", "skip")
 MAX_SEED = 2**32 - 1
 
@@ -67,6 +68,7 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "data_workers": _optional(checks.check_non_negative_int),
     "device_prefetch": checks.check_positive_int,
     "model": _choice(models.MODEL_NAMES),
+    "flax_api": _choice(FLAX_APIS),
     "num_filters": checks.check_positive_int,
     "stage_sizes": _optional(_check_stage_sizes),
     "zero_init_last_bn": checks.check_bool,
@@ -160,6 +162,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Model (recipe.models.create_model): the architecture and its BatchNorm.
     config.model = "resnet20"
+    # The Flax API the model is written in: "linen" (recipe.models) or "nnx" (recipe.nnx, the
+    # same architecture, init, BN scopes and parameter names as NNX modules, stepped through
+    # nnx.split/nnx.merge). They lower to the same programs; the weights are drawn by each
+    # API's own init, so the two start from different weights for the same seed.
+    config.flax_api = "linen"
     config.num_filters = 8  # width of the first stage
     # Blocks per stage, replacing the model's own (its block type, stem and widths stay): e.g.
     # (1,) with resnet8 is one stage of one basic block, the smallest ResNet. None: the model's.
