@@ -127,9 +127,7 @@ def model_of_config(
     from recipe import nnx as recipe_nnx  # on demand: linen runs never import flax.nnx
 
     return recipe_nnx.FunctionalModel(
-        functools.partial(
-            recipe_nnx.create_model, config.model, in_features=in_features, **fields
-        )
+        functools.partial(recipe_nnx.create_model, config.model, in_features=in_features, **fields)
     )
 
 
