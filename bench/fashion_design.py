@@ -208,7 +208,7 @@ def vmap_worker(overrides: dict, seeds: int, steps: int) -> dict:
             for key in ("image", "label")
         }
     )
-    state = runner.replicate(stacked)
+    state = runner.place(stacked)
     cpu = time.process_time()
     state, metrics = mapped(state, batch)
     jax.block_until_ready(state)

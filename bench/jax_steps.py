@@ -202,7 +202,7 @@ class Stepper:
 
     def __init__(self, runner: runners.Runner, fn, state, batch):
         self.step = runner.map(fn, donate_argnums=(0,))
-        self.state = runner.replicate(state)
+        self.state = runner.place(state)
         self.batch = runner.put(batch)
 
     def __call__(self) -> None:

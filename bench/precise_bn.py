@@ -56,7 +56,7 @@ def measure(workdir: pathlib.Path) -> dict:
     rows = []
     for step in sorted(running):
         _, state = restore_checkpoint(setup, str(workdir), step)
-        device_state = runner.replicate(state)
+        device_state = runner.place(state)
         row = {
             "epoch": step / steps_per_epoch,
             "running": running[step]["accuracy"],

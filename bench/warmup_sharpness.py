@@ -138,7 +138,7 @@ def time_measurement(overrides: dict) -> dict:
     train_source, _ = inputs.open_data(setup)
     runner = setup.runner()
     variables = steps.init_variables(setup.model, setup.image_shape, setup.seed)
-    state = runner.replicate(steps.TrainState.create(variables, setup.optimizer.tx))
+    state = runner.place(steps.TrainState.create(variables, setup.optimizer.tx))
     train_step = runner.map(
         functools.partial(
             steps.train_step,

@@ -19,6 +19,8 @@ resumed step exactly as the uninterrupted run did. One key for the whole global 
 timm's per-batch λ; folding in the device index gives each device its own λ and box.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -108,16 +110,116 @@ def mixup_cutmix(
     >>> bool(jnp.allclose(targets[0], jnp.array([1 - area, area])))
     True
     """
+    checks.check_positive_int("num_classes", num_classes)
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape [B, H, W, C], got {images.shape}")
+    draw = draw_mixing(
+        key,
+        images.shape[1],
+        images.shape[2],
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        switch_prob=switch_prob,
+        prob=prob,
+        enabled=enabled,
+    )
+    return apply_mixing(
+        draw, images, labels, num_classes=num_classes, label_smoothing=label_smoothing
+    )
+
+
+class MixingDraw(NamedTuple):
+    """The random choices of one batch's mixing (`draw_mixing`), for `apply_mixing`.
+
+    Attributes:
+      apply: whether the batch is mixed at all (bool).
+      use_cutmix: CutMix rather than Mixup (bool).
+      mixup_lam: Mixup's λ.
+      box: CutMix's box, a [H, W] bool mask of the pixels taken from the partner.
+      cutmix_lam: CutMix's λ, 1 − the box's area / (H W).
+    """
+
+    apply: jax.Array
+    use_cutmix: jax.Array
+    mixup_lam: jax.Array
+    box: jax.Array
+    cutmix_lam: jax.Array
+
+
+def draw_mixing(
+    key: jax.Array,
+    height: int,
+    width: int,
+    *,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    switch_prob: float = 0.5,
+    prob: float = 1.0,
+    enabled: bool | jax.Array = True,
+) -> MixingDraw:
+    """The random part of `mixup_cutmix` for images of `height` × `width`: whether to mix, which
+    of the two, λ and CutMix's box (arguments as `mixup_cutmix`'s). Jit- and vmap-safe: a map of
+    it over keys draws many batches' mixings at once (e.g. each device's slice of a global
+    batch, before `apply_mixing` maps over the slices).
+
+    Raises:
+      ValueError: if both alphas are 0, or an argument is out of range.
+
+    >>> draw = draw_mixing(jax.random.key(0), 4, 4, cutmix_alpha=1.0)
+    >>> draw.box.shape, bool(draw.use_cutmix)
+    ((4, 4), True)
+    """
     checks.check_non_negative("mixup_alpha", mixup_alpha)
     checks.check_non_negative("cutmix_alpha", cutmix_alpha)
     if mixup_alpha == 0 and cutmix_alpha == 0:
         raise ValueError("mixup_alpha or cutmix_alpha must be > 0 to mix, got both 0")
     checks.check_in_unit_interval("switch_prob", switch_prob)
     checks.check_in_unit_interval("prob", prob)
-    checks.check_positive_int("num_classes", num_classes)
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape [B, H, W, C], got {images.shape}")
-    batch, height, width = images.shape[:3]
+    apply_key, switch_key, lam_key, box_key = jax.random.split(key, 4)
+    apply = jnp.logical_and(enabled, jax.random.uniform(apply_key) < prob)
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = jax.random.uniform(switch_key) < switch_prob
+    else:
+        use_cutmix = jnp.asarray(cutmix_alpha > 0)
+    # λ of Mixup and of CutMix from one Beta sampler (each compiles a rejection loop).
+    alphas = jnp.array([mixup_alpha or 1.0, cutmix_alpha or 1.0], jnp.float32)
+    mixup_drawn, cutmix_drawn = jax.random.beta(lam_key, alphas, alphas)
+    mixup_lam = mixup_drawn if mixup_alpha > 0 else jnp.float32(1.0)
+
+    # CutMix's box, and λ corrected to its area after clipping.
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    if cutmix_alpha > 0:
+        ratio = jnp.sqrt(1.0 - cutmix_drawn)
+        half_h = jnp.floor(height * ratio).astype(jnp.int32) // 2
+        half_w = jnp.floor(width * ratio).astype(jnp.int32) // 2
+        y_key, x_key = jax.random.split(box_key)
+        cy = jax.random.randint(y_key, (), 0, height)
+        cx = jax.random.randint(x_key, (), 0, width)
+        y0, y1 = jnp.clip(cy - half_h, 0, height), jnp.clip(cy + half_h, 0, height)
+        x0, x1 = jnp.clip(cx - half_w, 0, width), jnp.clip(cx + half_w, 0, width)
+        box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+        cutmix_lam = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
+    else:
+        box, cutmix_lam = jnp.zeros((height, width), bool), jnp.float32(1.0)
+    return MixingDraw(apply, use_cutmix, mixup_lam, box, cutmix_lam)
+
+
+def apply_mixing(
+    draw: MixingDraw,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """The deterministic part of `mixup_cutmix`: a batch mixed as `draw` says, each image with
+    its partner (example B − 1 − i), and its smoothed, mixed targets (arguments and result as
+    `mixup_cutmix`'s).
+
+    Raises:
+      ValueError: if the labels' shape matches neither form.
+    """
+    batch = images.shape[0]
     if labels.shape == (batch,):
         one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     elif labels.shape == (batch, num_classes):
@@ -128,40 +230,10 @@ def mixup_cutmix(
             f"{labels.shape}"
         )
     smoothed = losses.smooth_labels(one_hot, label_smoothing)
-
-    apply_key, switch_key, lam_key, box_key = jax.random.split(key, 4)
-    apply = jnp.logical_and(enabled, jax.random.uniform(apply_key) < prob)
-    if mixup_alpha > 0 and cutmix_alpha > 0:
-        use_cutmix = jax.random.uniform(switch_key) < switch_prob
-    else:
-        use_cutmix = jnp.asarray(cutmix_alpha > 0)
     partner = jnp.flip(images, axis=0)
-    # λ of Mixup and of CutMix from one Beta sampler (each compiles a rejection loop).
-    alphas = jnp.array([mixup_alpha or 1.0, cutmix_alpha or 1.0], jnp.float32)
-    mixup_drawn, cutmix_drawn = jax.random.beta(lam_key, alphas, alphas)
-
-    # Mixup's λ and images.
-    mixup_lam = mixup_drawn if mixup_alpha > 0 else 1.0
-    mixup_images = mixup_lam * images + (1.0 - mixup_lam) * partner
-
-    # CutMix's box, and λ corrected to its area after clipping.
-    if cutmix_alpha > 0:
-        ratio = jnp.sqrt(1.0 - cutmix_drawn)
-        half_h = jnp.floor(height * ratio).astype(jnp.int32) // 2
-        half_w = jnp.floor(width * ratio).astype(jnp.int32) // 2
-        y_key, x_key = jax.random.split(box_key)
-        cy = jax.random.randint(y_key, (), 0, height)
-        cx = jax.random.randint(x_key, (), 0, width)
-        y0, y1 = jnp.clip(cy - half_h, 0, height), jnp.clip(cy + half_h, 0, height)
-        x0, x1 = jnp.clip(cx - half_w, 0, width), jnp.clip(cx + half_w, 0, width)
-        rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
-        box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-        cutmix_images = jnp.where(box[None, :, :, None], partner, images)
-        cutmix_lam = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
-    else:
-        cutmix_images, cutmix_lam = images, 1.0
-
-    lam = jnp.where(apply, jnp.where(use_cutmix, cutmix_lam, mixup_lam), 1.0)
-    mixed = jnp.where(apply, jnp.where(use_cutmix, cutmix_images, mixup_images), images)
+    mixup_images = draw.mixup_lam * images + (1.0 - draw.mixup_lam) * partner
+    cutmix_images = jnp.where(draw.box[None, :, :, None], partner, images)
+    lam = jnp.where(draw.apply, jnp.where(draw.use_cutmix, draw.cutmix_lam, draw.mixup_lam), 1.0)
+    mixed = jnp.where(draw.apply, jnp.where(draw.use_cutmix, cutmix_images, mixup_images), images)
     targets = lam * smoothed + (1.0 - lam) * jnp.flip(smoothed, axis=0)
     return mixed.astype(images.dtype), targets.astype(jnp.float32)

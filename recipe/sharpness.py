@@ -132,8 +132,22 @@ def fixed_batch_loss(
 
 
 def _dot(a: Any, b: Any) -> jax.Array:
-    leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.vdot(x, y).real, a, b))
+    # A sum of products, not jnp.vdot: vdot flattens, which an array split over an explicitly
+    # sharded mesh's axis cannot be without a layout of the result.
+    leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum(jnp.conj(x) * y).real, a, b))
     return sum(leaves, jnp.zeros((), jnp.float32)).astype(jnp.float32)
+
+
+def _laid_out_like(tree: Any, like: Any) -> Any:
+    """`tree` split over an explicitly sharded mesh as `like` is (parameters held split, as
+    FSDP holds them, give Hessian-vector products split alike), so that the power iteration's
+    vector keeps one layout; elsewhere `tree` itself."""
+
+    def one(x: jax.Array, reference: Any) -> jax.Array:
+        spec = jax.typeof(reference).sharding.spec
+        return jax.sharding.reshard(x, spec) if any(a is not None for a in spec) else x
+
+    return jax.tree.map(one, tree, like)
 
 
 def _scaled(tree: Any, factor: jax.Array) -> Any:
@@ -205,7 +219,7 @@ def top_hessian_eigenvalue(
         raise ValueError(f"iterations must be >= 1, got {iterations!r}")
     product = hessian_vector_product(loss_fn, params, axis_name)
     start = random_unit_vector(key, params) if init_vector is None else init_vector
-    start = _scaled(start, lax.rsqrt(_dot(start, start)))
+    start = _laid_out_like(_scaled(start, lax.rsqrt(_dot(start, start))), params)
 
     def power_iteration(shift: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
         """Power iteration on H − shift·I; the estimates and residuals are of H."""

@@ -5,6 +5,7 @@ here, at import, before any test runs (importing jax alone starts no backend). S
 tests pick `jax.devices()[:1]`.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -172,6 +173,22 @@ def finished_run(data_dir, tmp_path_factory):
 def finished_nnx_run(data_dir, tmp_path_factory):
     """The same with `flax_api='nnx'` (the NNX model's own initial weights)."""
     return _finished("nnx", data_dir, tmp_path_factory)
+
+
+@contextlib.contextmanager
+def visible_devices(count: int):
+    """Within the block, jax shows the first `count` of the test's devices (the trainer maps
+    over all it sees)."""
+    if count == NUM_TEST_DEVICES:
+        yield
+        return
+    devices = jax.devices()[:count]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("devices", "local_devices"):
+            patch.setattr(jax, name, lambda *args, **kwargs: devices)
+        for name in ("device_count", "local_device_count"):
+            patch.setattr(jax, name, lambda *args, **kwargs: count)
+        yield
 
 
 def checkpoint_state(workdir: pathlib.Path, step: int) -> dict:

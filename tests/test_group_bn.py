@@ -44,7 +44,7 @@ def _grouped(runner_name: str, group_size: int, x: np.ndarray):
         y, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
         return y, updates["batch_stats"]
 
-    y, stats = runner.map(apply)(runner.replicate(variables), runner.put(x))
+    y, stats = runner.map(apply)(runner.place(variables), runner.put(x))
     return np.asarray(y), jax.device_get(stats)
 
 
@@ -85,7 +85,7 @@ def test_group_of_all_devices_is_the_global_scope_and_of_one_the_per_device_scop
         def apply(variables, x, bn=bn):
             return bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])[0]
 
-        scopes[scope] = np.asarray(runner.map(apply)(runner.replicate(variables), runner.put(x)))
+        scopes[scope] = np.asarray(runner.map(apply)(runner.place(variables), runner.put(x)))
     np.testing.assert_allclose(
         _grouped(runner_name, NUM_DEVICES, x)[0], scopes["global"], atol=1e-5
     )
@@ -133,7 +133,7 @@ def test_grouped_train_step_is_the_same_under_pmap_and_shard_map():
                 axis_name=runner.axis_name,
             )
         )
-        state = runner.replicate(steps.TrainState.create(variables, tx))
+        state = runner.place(steps.TrainState.create(variables, tx))
         for _ in range(2):
             state, metrics = step(state, runner.put(batch))
         results[runner_name] = jax.device_get((state, metrics))

@@ -316,7 +316,7 @@ def test_linen_and_nnx_train_steps_agree_bitwise_over_24_steps(runner_name, bn_s
                 mix=mix,
             )
         )  # fmt: skip
-        state = runner.replicate(steps.TrainState.create(variables, optimizer.tx))
+        state = runner.place(steps.TrainState.create(variables, optimizer.tx))
         losses = []
         for batch in _step_batches(24):
             split = jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch)

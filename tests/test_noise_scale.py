@@ -148,7 +148,7 @@ def _step(runner_name: str, device_count: int, measure: bool = True):
         )
     )
     device_batch = jax.tree.map(lambda x: x.reshape(device_count, -1, *x.shape[1:]), batch)
-    state = runner.replicate(steps.TrainState.create(variables, tx, ema))
+    state = runner.place(steps.TrainState.create(variables, tx, ema))
     new_state, metrics = step(state, runner.put(device_batch))
     return runners.fetch_first(metrics), runners.fetch_first(new_state)
 
@@ -227,7 +227,7 @@ def test_one_device_needs_an_even_batch():
     )
     odd = jax.tree.map(lambda x: x[None, :5], batch)
     with pytest.raises(ValueError, match="the batch must be even, got 5"):
-        step(runner.replicate(steps.TrainState.create(variables, tx, ema)), runner.put(odd))
+        step(runner.place(steps.TrainState.create(variables, tx, ema)), runner.put(odd))
 
 
 def _mixup_losses(measure: bool, num_steps: int = 3) -> list[float]:
@@ -258,7 +258,7 @@ def _mixup_losses(measure: bool, num_steps: int = 3) -> list[float]:
             mix=mix,
         )
     )
-    state = runner.replicate(steps.TrainState.create(variables, tx, ema))
+    state = runner.place(steps.TrainState.create(variables, tx, ema))
     device_batch = runner.put(jax.tree.map(lambda x: x[None], batch))
     logged = []
     for _ in range(num_steps):

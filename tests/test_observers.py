@@ -11,14 +11,12 @@ with gradient accumulation), an evaluation after each (where precise BN and the 
 logged at every step; a run without observers is shared by the entries on its base config.
 """
 
-import contextlib
 import json
 
 import chex
-import jax
 import pytest
 import tiny_config as tiny
-from conftest import NUM_TEST_DEVICES, checkpoint_state
+from conftest import checkpoint_state, visible_devices
 
 from train.loop import train_and_evaluate
 
@@ -71,22 +69,22 @@ OBSERVERS = [
         id="nnx-all-sharpness-global_bn-mixing",
     ),  # fmt: skip
     pytest.param(1, {"flax_api": "nnx"}, NOISE_SCALE, id="nnx-noise_scale-one_device"),
+    # The jit runner (the step on the global batch), its parameters split over the devices.
+    pytest.param(
+        4,
+        {
+            "runner": "jit",
+            "shard_params": True,
+            "bn.scope": "group",
+            "batch_size": 500,
+            "accumulation_steps": 2,
+            "on_nonfinite": "skip",
+            **MIXING,
+        },
+        {**ALL, **SHARPNESS},
+        id="jit-all-sharpness-group_bn-accumulation-mixing",
+    ),  # fmt: skip
 ]
-
-
-@contextlib.contextmanager
-def _devices(count: int):
-    """The trainer sees the first `count` of the test's devices (it maps over all it sees)."""
-    if count == NUM_TEST_DEVICES:
-        yield
-        return
-    devices = jax.devices()[:count]
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("devices", "local_devices"):
-            patch.setattr(jax, name, lambda *args, **kwargs: devices)
-        for name in ("device_count", "local_device_count"):
-            patch.setattr(jax, name, lambda *args, **kwargs: count)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +97,7 @@ def trained(data_dir, tmp_path_factory):
         if key not in runs:
             workdir = tmp_path_factory.mktemp("observers")
             config = tiny.make_config(data_dir, **{**BASE, **overrides})
-            with _devices(devices):
+            with visible_devices(devices):
                 train_and_evaluate(config, str(workdir))
             records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
             losses = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}

@@ -75,8 +75,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("flax_api", ["linen", "nnx"])
-def test_two_processes_equal_one_process_with_four_devices(flax_api, data_dir, tmp_path, request):
+@pytest.mark.parametrize("flax_api, runner", [("linen", "pmap"), ("nnx", "pmap"), ("linen", "jit")])
+def test_two_processes_equal_one_process_with_four_devices(
+    flax_api, runner, data_dir, tmp_path, request
+):
     uninterrupted, _ = request.getfixturevalue(
         "finished_run" if flax_api == "linen" else "finished_nnx_run"
     )
@@ -88,6 +90,7 @@ def test_two_processes_equal_one_process_with_four_devices(flax_api, data_dir, t
                 workdir,
                 data_dir,
                 f"--config.flax_api={flax_api}",
+                f"--config.runner={runner}",
                 "--config.distributed.enabled=true",
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                 "--config.distributed.num_processes=2",

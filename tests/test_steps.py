@@ -59,7 +59,7 @@ def _setup(bn_scope: str, weight_decay_in_loss: bool = True, model=None):
 def _run(runner: runners.Runner, state, step_fn, num_steps: int = 2):
     """Runs `num_steps` steps with the batch split over the runner's devices."""
     train_step = runner.map(step_fn)
-    device_state = runner.replicate(state)
+    device_state = runner.place(state)
     losses = []
     for i in range(num_steps):
         batch = jax.tree_util.tree_map(
@@ -127,7 +127,7 @@ def test_skip_nonfinite_keeps_the_old_state():
     skip_step = runner.map(functools.partial(step_fn, skip_nonfinite=True))
     batch = _batch()
     batch["image"][0, 0, 0, 0] = np.nan
-    device_state = runner.replicate(state)
+    device_state = runner.place(state)
     new_state, metrics = skip_step(
         device_state, runner.put(jax.tree_util.tree_map(lambda x: x[None], batch))
     )
@@ -167,7 +167,7 @@ def test_mixing_in_the_train_step_is_the_library_on_each_devices_slice_until_it_
         runner.put(jax.tree_util.tree_map(lambda x: x.reshape(NUM_DEVICES, -1, *x.shape[1:]), b))
         for b in (_batch(0), _batch(1))
     ]
-    start = runner.replicate(state)
+    start = runner.place(state)
     after_mixed, mixed_metrics = mixed_step(start, batches[0])
     _, plain_metrics = plain_step(start, batches[0])
 
@@ -214,7 +214,7 @@ def test_uint8_batches_normalised_in_the_step_train_as_host_normalised_floats():
     normalize = functools.partial(data.normalize_images, spec=spec)
     on_device = runner.map(functools.partial(step_fn, normalize=normalize))
     on_host = runner.map(step_fn)
-    device_state = runner.replicate(state)
+    device_state = runner.place(state)
     state_a, metrics_a = on_device(device_state, runner.put(uint8_batch))
     state_b, metrics_b = on_host(device_state, runner.put(float_batch))
     chex.assert_trees_all_close(

@@ -82,7 +82,7 @@ def recipe_text(setup: Setup) -> str:
         ("weight EMA", _ema_text(setup)),
         ("noise scale", _noise_scale_text(setup)),
         ("sharpness", sharpness.describe(setup)),
-        ("runner", config.runner),
+        ("runner", _runner_text(setup)),
         ("input", _input_text(setup)),
     ]  # fmt: skip
     report = setup.decay_report
@@ -92,6 +92,22 @@ def recipe_text(setup: Setup) -> str:
         ("no weight decay on", _group(report.not_decayed, shapes, bn_layers)),
     ]
     return "\n".join(f"{name:<18} {text}" for name, text in lines)
+
+
+def _runner_text(setup: Setup) -> str:
+    config, layout = setup.config, setup.layout
+    if config.runner != "jit":
+        return config.runner
+    devices = f"{layout.device_count} device{'s' if layout.device_count > 1 else ''}"
+    sharded = (
+        "parameters and optimizer state split over them (shard_params)"
+        if config.shard_params
+        else "state replicated"
+    )
+    return (
+        f"jit: the step on the global batch of {layout.batch_size}, split over a mesh of "
+        f"{devices} (explicit sharding), {sharded}; BN's statistics over groups of the batch"
+    )
 
 
 def _optimizer_text(setup: Setup) -> str:
@@ -120,9 +136,10 @@ def _noise_scale_text(setup: Setup) -> str:
     if setup.noise_scale_ema is None:
         return "not measured (--config.noise_scale.enabled=true logs B_simple ≈ B_crit)"
     layout = setup.layout
+    halves = layout.device_count == 1 or setup.config.runner == "jit"  # a second backward pass
     small = (
         f"the two halves ({layout.batch_size // 2} each) of the batch"
-        if layout.device_count == 1
+        if halves
         else f"each device's {layout.per_device_batch} examples"
     )
     return (

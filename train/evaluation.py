@@ -49,32 +49,24 @@ class Evaluator:
         )
         self.ema = setup.loop.evaluate_ema
         if self.precise_batches:
-            estimator = steps.model_precise_bn(setup.model, axis_name=runner.axis_name)
-            self.init = runner.map(functools.partial(steps.precise_bn_init, estimator=estimator))
-            weights = (False, True) if self.ema else (False,)
+            groups = setup.bn_groups  # the jit runner's: statistics per group of its batch
+            steps_of = {
+                ema: steps.precise_bn_steps(
+                    setup.model if groups is None else groups.model,
+                    axis_name=runner.axis_name,
+                    ema=ema,
+                    normalize=inputs.normalizer(setup),
+                    skip_nonfinite=setup.loop.skip_nonfinite,
+                    groups=None if groups is None else groups.count,
+                )
+                for ema in ((False, True) if self.ema else (False,))
+            }
+            self.init = runner.map(steps_of[False].init)
             self.update = {
-                ema: runner.map(
-                    functools.partial(
-                        steps.precise_bn_update,
-                        estimator=estimator,
-                        ema=ema,
-                        normalize=inputs.normalizer(setup),
-                    ),
-                    donate_argnums=(0,),
-                )
-                for ema in weights
+                ema: runner.map(functions.update, donate_argnums=(0,))
+                for ema, functions in steps_of.items()
             }
-            self.finish = {
-                ema: runner.map(
-                    functools.partial(
-                        steps.with_precise_bn,
-                        estimator=estimator,
-                        ema=ema,
-                        keep_if_nonfinite=(runner.axis_name if setup.loop.skip_nonfinite else None),
-                    )
-                )
-                for ema in weights
-            }
+            self.finish = {ema: runner.map(functions.finish) for ema, functions in steps_of.items()}
 
     def __call__(self, device_state: Any, step: int) -> tuple[Any, dict[str, float]]:
         """(the state with precise BN statistics when on, its evaluation record)."""
@@ -104,7 +96,7 @@ class Evaluator:
             **inputs.loader_options(setup),
         ):
             device_batch = self.runner.put(inputs.model_inputs(batch))
-            out = runners.fetch_first(self.eval_step(device_state, device_batch))
+            out = self.runner.fetch(self.eval_step(device_state, device_batch))
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         count = sums.pop("count")
@@ -152,5 +144,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     step, state = checkpoints.restore_checkpoint(setup, workdir)
     runner = setup.runner()
     evaluator = Evaluator(setup, runner, train_source, test_source)
-    _, result = evaluator(runner.replicate(state), step)
+    _, result = evaluator(runner.place(state), step)
     return {"step": step, **result}

@@ -125,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             donate_argnums=(0,),
         )
         evaluator = Evaluator(setup, runner, train_source, test_source)
-        device_state = runner.replicate(state)
+        device_state = runner.place(state)
         # The loss's sharpness every `sharpness.every_steps` steps (None when off: nothing built).
         probe = sharpness.make_probe(setup, runner, train_source)
 
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # Sync: fetching the metrics waits for the devices, which bounds the queue of steps
             # with collectives (CPU collectives deadlock when too many are queued).
             for pending_step, device_metrics in pending:
-                fetched = {k: float(v) for k, v in runners.fetch_first(device_metrics).items()}
+                fetched = {k: float(v) for k, v in runner.fetch(device_metrics).items()}
                 kept = _kept(last_checkpoint, checkpoint_dir)
                 failure = _nonfinite_failure(pending_step, fetched, skipped, kept)
                 if failure:
@@ -225,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 progress.write(_eval_message(epoch, final_eval) + note)
             wrote = False
             if (checkpoint_now or stop) and step != last_checkpoint:
-                host_state = runners.fetch_first(device_state)
+                host_state = runner.fetch(device_state)
                 _check_finite_state(host_state, step, _kept(last_checkpoint, checkpoint_dir))
                 _check_same_on_all_processes(host_state.params)
                 checkpointer.save(step, host_state, identity)

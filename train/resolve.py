@@ -124,6 +124,24 @@ class LoopOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class GlobalBNGroups:
+    """Under the jit runner, whose model sees the global batch: the groups of that batch whose
+    examples share BatchNorm statistics, as the per-device runners' devices (or groups of
+    devices) hold them. Precise BN takes each group's statistics and combines them over the
+    groups, as the per-device runners combine their devices'.
+
+    Attributes:
+      count: the number of groups (the devices; the groups of devices for `bn.scope='group'`;
+        1 for 'global').
+      model: the model as one group runs it (BN over the group's examples, or its ghost
+        batches).
+    """
+
+    count: int
+    model: Any
+
+
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """A config resolved against the devices: everything a run needs but data and compiled code.
 
@@ -142,8 +160,11 @@ class Setup:
       seed: the run's seed (initial weights, shuffle, augmentation, Mixup draws).
       data: where and how the splits are read (`DataOptions`).
       loop: the training loop's cadence and options (`LoopOptions`).
-      runner_name: 'pmap' or 'shard_map' (`runner()` builds it).
+      runner_name: 'pmap', 'shard_map' or 'jit' (`runner()` builds it).
       bn_group_size: g of BN over groups of devices (`bn.scope='group'`), else None.
+      shard_params: the jit runner splits the parameters and optimizer state over the devices.
+      bn_groups: under the jit runner, the groups of the global batch that share BN statistics
+        (`GlobalBNGroups`), else None.
       mix: the train step's Mixup / CutMix (`steps.mixing_fn`), or None when both α are 0.
       noise_scale_ema: the gradient noise scale's averages, when `noise_scale.enabled`.
     """
@@ -161,13 +182,17 @@ class Setup:
     loop: LoopOptions
     runner_name: str
     bn_group_size: int | None
+    shard_params: bool = False
+    bn_groups: "GlobalBNGroups | None" = None
     mix: Callable[..., Any] | None = None
     noise_scale_ema: noise_scale.NoiseScaleEMA | None = None
 
     def runner(self) -> runners.Runner:
         """The config's runner over all devices (for BN over device groups under shard_map,
         its two-axis mesh)."""
-        return runners.make_runner(self.runner_name, bn_group_size=self.bn_group_size)
+        return runners.make_runner(
+            self.runner_name, bn_group_size=self.bn_group_size, shard_params=self.shard_params
+        )
 
     @property
     def decay_report(self) -> masks.DecayReport:
@@ -203,12 +228,8 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     layout = _batch_layout(config, spec, device_count)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
-    model = saved_run.model_of_config(
-        config,
-        num_classes=spec.num_classes,
-        in_features=image_shape[2],
-        bn_scope=_bn_scope(config, device_count),
-    )
+    _check_runner(config)
+    model = _model(config, spec, image_shape, _bn_scope(config, layout))
     # Traced, not run: the key is made inside too, so resolving compiles nothing at all.
     abstract_variables = jax.eval_shape(
         lambda: model.init(
@@ -265,6 +286,8 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
         ),
         runner_name=config.runner,
         bn_group_size=config.bn.group_size if config.bn.scope == "group" else None,
+        shard_params=config.shard_params,
+        bn_groups=_global_bn_groups(config, spec, image_shape, layout),
         mix=_mixing(config, spec, layout),
         noise_scale_ema=(
             noise_scale.noise_scale_ema(config.noise_scale.decay)
@@ -395,6 +418,7 @@ def _mixing(
         num_classes=spec.num_classes,
         label_smoothing=config.label_smoothing,
         per_device=mixing.per_device,
+        workers=layout.device_count if config.runner == "jit" else None,
         stop_step=None if mixing.stop_epoch is None else mixing.stop_epoch * layout.steps_per_epoch,
         mixup_alpha=mixing.mixup_alpha,
         cutmix_alpha=mixing.cutmix_alpha,
@@ -403,16 +427,63 @@ def _mixing(
     )
 
 
-def _bn_scope(config: ml_collections.ConfigDict, device_count: int) -> models.BNScope:
-    """The model's `BNScope` for `bn.scope` ('device', 'ghost', 'global' or 'group')."""
+def _bn_scope(config: ml_collections.ConfigDict, layout: BatchLayout) -> models.BNScope:
+    """The model's `BNScope` for `bn.scope` ('device', 'ghost', 'global' or 'group') under the
+    config's runner."""
     bn = config.bn
+    if config.runner == "jit":
+        return runners.global_bn_scope(
+            bn.scope,
+            layout.per_device_batch,
+            ghost_batch_size=bn.ghost_batch_size,
+            group_size=bn.group_size,
+        )
     if bn.scope == "ghost":
         return models.BNScope.ghost(bn.ghost_batch_size)
     if bn.scope == "global":
         return models.BNScope.across(steps.AXIS)
     if bn.scope == "group":
-        return runners.group_bn_scope(config.runner, device_count, bn.group_size)
+        return runners.group_bn_scope(config.runner, layout.device_count, bn.group_size)
     return models.BNScope.per_device()
+
+
+def _model(
+    config: ml_collections.ConfigDict,
+    spec: datasets.DatasetSpec,
+    image_shape: tuple[int, int, int],
+    bn_scope: models.BNScope,
+) -> Any:
+    """The config's model with `bn_scope`; with `shard_params` it takes split parameters."""
+    model = saved_run.model_of_config(
+        config, num_classes=spec.num_classes, in_features=image_shape[2], bn_scope=bn_scope
+    )
+    return runners.ShardedParamsModel(model) if config.shard_params else model
+
+
+def _global_bn_groups(
+    config: ml_collections.ConfigDict,
+    spec: datasets.DatasetSpec,
+    image_shape: tuple[int, int, int],
+    layout: BatchLayout,
+) -> GlobalBNGroups | None:
+    """The jit runner's `GlobalBNGroups` (None for the per-device runners)."""
+    if config.runner != "jit":
+        return None
+    bn = config.bn
+    count = {"device": layout.device_count, "ghost": layout.device_count, "global": 1}
+    count["group"] = layout.device_count // bn.group_size
+    scope = models.BNScope.ghost(bn.ghost_batch_size) if bn.scope == "ghost" else None
+    model = _model(config, spec, image_shape, scope or models.BNScope.per_device())
+    return GlobalBNGroups(count=count[bn.scope], model=model)
+
+
+def _check_runner(config: ml_collections.ConfigDict) -> None:
+    if config.shard_params and config.runner != "jit":
+        raise ConfigError(
+            f"shard_params=true splits the parameters and optimizer state over the devices "
+            f"under runner='jit' only, got runner={config.runner!r}; fix: --config.runner=jit "
+            "(or --config.shard_params=false)"
+        )
 
 
 def _data_workers(configured: int | None, spec: datasets.DatasetSpec) -> int:
@@ -538,11 +609,12 @@ def _batch_layout(
             f"bn.group_size must divide the device count {device_count}, got "
             f"{config.bn.group_size}; fix: --config.bn.group_size={nearest}"
         )
-    if config.noise_scale.enabled and device_count == 1 and per_device % 2:
+    halves = device_count == 1 or config.runner == "jit"
+    if config.noise_scale.enabled and halves and config.batch_size % 2:
         raise ConfigError(
-            "batch_size must be even for noise_scale.enabled on one device (its gradient is "
-            f"measured on the two halves of the batch), got {config.batch_size}; fix: "
-            f"--config.batch_size={config.batch_size + 1}"
+            "batch_size must be even for noise_scale.enabled on one device or under "
+            "runner='jit' (its gradient is measured on the two halves of the batch), got "
+            f"{config.batch_size}; fix: --config.batch_size={config.batch_size + device_count}"
         )
     update_batch = config.batch_size * config.accumulation_steps
     if update_batch > spec.num_train:

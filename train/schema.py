@@ -112,6 +112,7 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "sharpness.every_steps": checks.check_non_negative_int,
     "sharpness.iterations": checks.check_positive_int,
     "runner": _choice(tuple(runners.RUNNERS)),
+    "shard_params": checks.check_bool,
     "distributed.enabled": checks.check_bool,
     "distributed.coordinator_address": _optional(checks.check_string),
     "distributed.num_processes": _optional(checks.check_positive_int),
@@ -249,9 +250,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.sharpness.every_steps = 0
     config.sharpness.iterations = 20
 
-    # Parallelism: "pmap" (what the notebooks use) or "shard_map" (jit over a 1-D mesh; a 2-D
-    # one, groups × devices in a group, for bn.scope="group").
+    # Parallelism: "pmap" (what the notebooks use), "shard_map" (the same per-device step in jit
+    # over a 1-D mesh; a 2-D one, groups × devices in a group, for bn.scope="group") or "jit"
+    # (the step on the global batch, explicitly sharded over the mesh; BN's per-worker
+    # statistics over groups of that batch).
     config.runner = "pmap"
+    # With runner="jit": split the parameters and the optimizer state over the devices
+    # (FSDP/ZeRO), for a model or a LARS/LAMB state too large for one device's memory.
+    config.shard_params = False
     # Multi-host (jax.distributed); all None = a single process, unless the environment
     # (Cloud TPU, SLURM) describes the cluster and `distributed.enabled` is True.
     config.distributed = ml_collections.ConfigDict()

@@ -87,7 +87,8 @@ class SharpnessProbe:
             )
         )
         self.batch = runner.put({k: first[k] for k in ("image", "label")})
-        self._key = runner.replicate(jax.random.key_data(jax.random.key(setup.seed)))
+        self._key = runner.place(jax.random.key_data(jax.random.key(setup.seed)))
+        self._fetch = runner.fetch
         self._measure = runner.map(
             lambda state, batch, key_data: measure_step(
                 state,
@@ -104,9 +105,7 @@ class SharpnessProbe:
 
     def __call__(self, device_state: Any, step: int) -> dict[str, float]:
         """The record (the module doc's four values) for the state after `step` micro-steps."""
-        eigenvalue, residual = runners.fetch_first(
-            self._measure(device_state, self.batch, self._key)
-        )
+        eigenvalue, residual = self._fetch(self._measure(device_state, self.batch, self._key))
         learning_rate = float(self._schedule(step // self._accumulation))
         return {
             "sharpness": float(eigenvalue),
