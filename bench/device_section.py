@@ -181,6 +181,7 @@ def _render_steps(result: dict, sizes: Sizes) -> list[str]:
         "jax full/bfloat16": "JAX, the recipe's full step, bfloat16 compute",
         "torch full/bfloat16": "PyTorch, bfloat16 autocast",
         "jax bare/float32": "JAX, bare step, float32",
+        "jax jit/float32": "JAX, the full step on the global batch (jit runner), float32",
         "jax default full": "JAX, configs/default.py's full step",
         "jax default bare": "JAX, configs/default.py's bare step",
     }
@@ -226,7 +227,9 @@ def _render_steps(result: dict, sizes: Sizes) -> list[str]:
         "### 2. The recipe's overhead on the device",
         "",
         f"Full step / bare step (as §1 on the CPU), same rounds: {sizes.model} float32 "
-        f"**{_ratio(times, 'jax full/float32', 'jax bare/float32')}**; configs/default.py's "
+        f"**{_ratio(times, 'jax full/float32', 'jax bare/float32')}**; the same step under "
+        f"the jit runner / under pmap **{_ratio(times, 'jax jit/float32', 'jax full/float32')}"
+        "**; configs/default.py's "
         f"model ({jax_facts.get('default_model', '–')}) "
         f"**{_ratio(times, 'jax default full', 'jax default bare')}**.",
         "",

@@ -94,7 +94,6 @@ def jax_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], 
     from bench import jax_steps as steps
     from bench import trainer_api
 
-    runner = trainer_api.runners.pmap_runner(jax.devices()[:1])
     fns: dict[str, Callable[[], None]] = {}
 
     def add(name: str, config, variant: str) -> None:
@@ -102,8 +101,10 @@ def jax_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], 
         # block, where §1's bare step has γ = 1): the values do not change what a step costs,
         # and it spares compiling an initialisation.
         setup = steps.build(config, device_count=1)
+        runner = trainer_api.runners.RUNNERS[config.runner](jax.devices()[:1])
         batch = steps.synthetic_batch(1, config.batch_size, setup.image_shape, setup.num_classes)
-        fns[name] = steps.Stepper(runner, *steps.step_fn(variant, setup, setup), batch)
+        step = steps.step_fn(variant, setup, setup, axis_name=runner.axis_name)
+        fns[name] = steps.Stepper(runner, *step, batch)
 
     for dtype in DTYPES:
         config = trainer_api.imagenet_resnet50_goyal.get_config()
@@ -119,6 +120,9 @@ def jax_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], 
         add(f"full/{dtype}", config, "full")
         if dtype == "float32":
             add("bare/float32", config, "bare")
+            # The same step on the global batch, as one jit program (the jit runner).
+            config.runner = "jit"
+            add("jit/float32", config, "full")
     device = jax.devices()[0]
     facts = {
         "device": f"{device.platform}: {device.device_kind}",

@@ -33,6 +33,15 @@ jax.monitoring.register_event_duration_secs_listener(
 # (overrides, message): the message must match at the start of the error, which must also
 # end with a `fix: --config.<field>=<value>` that passes the field's rules.
 BAD_INPUTS = {
+    "flax api unknown": (
+        {"flax_api": "haiku"},
+        r"flax_api must be one of 'linen', 'nnx'; got 'haiku'; fix: --config\.flax_api=linen",
+    ),
+    "sharded parameters without the jit runner": (
+        {"shard_params": True},
+        r"shard_params=true splits .* under runner='jit' only, got runner='pmap'; fix: "
+        r"--config\.runner=jit",
+    ),
     "label smoothing below 0": ({"label_smoothing": -0.1}, r"label_smoothing .*\[0, 1\].*-0\.1"),
     "label smoothing above 1": ({"label_smoothing": 1.5}, r"label_smoothing .*\[0, 1\].*1\.5"),
     "label smoothing NaN": ({"label_smoothing": math.nan}, r"label_smoothing .*\[0, 1\].*nan"),

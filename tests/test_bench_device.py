@@ -38,7 +38,7 @@ def test_smoke_run_measures_every_part_and_writes_only_its_output(tmp_path, data
     assert steps["failed"] == {}
     assert steps["rounds"] == device.SMOKE.rounds
     assert steps["batch"] == device.SMOKE.max_batch
-    expected = {"jax full/float32", "jax bare/float32", "jax full/bfloat16"}
+    expected = {"jax full/float32", "jax bare/float32", "jax full/bfloat16", "jax jit/float32"}
     if device.SMOKE.default_overrides is not None:
         expected |= {"jax default full", "jax default bare"}
     if "torch_skipped" not in result:

@@ -47,6 +47,7 @@ CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = (
     "data_dir",
     "runner",
+    "shard_params",
     "distributed",
     "log_every_steps",
     "sync_every_steps",

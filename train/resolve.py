@@ -481,8 +481,7 @@ def _check_runner(config: ml_collections.ConfigDict) -> None:
     if config.shard_params and config.runner != "jit":
         raise ConfigError(
             f"shard_params=true splits the parameters and optimizer state over the devices "
-            f"under runner='jit' only, got runner={config.runner!r}; fix: --config.runner=jit "
-            "(or --config.shard_params=false)"
+            f"under runner='jit' only, got runner={config.runner!r}; fix: --config.runner=jit"
         )
 
 

@@ -241,13 +241,7 @@ def jit_runner(
         )
 
     def map_(fn, donate_argnums=()):
-        compiled = jax.jit(fn, donate_argnums=donate_argnums)
-
-        def call(*args):
-            with jax.set_mesh(mesh):  # the explicit axes' mesh, for what the function creates
-                return compiled(*args)
-
-        return call
+        return _OnMesh(jax.jit(fn, donate_argnums=donate_argnums), mesh)
 
     return Runner(
         name="jit",
@@ -258,6 +252,22 @@ def jit_runner(
         fetch=_fetch_global,
         axis_name=None,
     )
+
+
+class _OnMesh:
+    """A jitted function called (and lowered, for ahead-of-time compilation) with its mesh set
+    (`jax.set_mesh`): the explicit axes' mesh, for the arrays the function creates."""
+
+    def __init__(self, jitted: Any, mesh: jax.sharding.Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args)
 
 
 def sharded_spec(shape: tuple[int, ...], device_count: int, axes: AxisName) -> P:
