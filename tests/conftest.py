@@ -103,6 +103,7 @@ FIRST_HALF = (
 )
 SECOND_HALF = (
     "test_observers.py",
+    "test_field_boundaries.py",
     "test_sharpness.py",
     "test_steps.py",
     "test_models.py",

@@ -157,7 +157,11 @@ BAD_INPUTS = {
         {"sharpness.every_steps": 5, "optimizer.name": "lars", "optimizer.nesterov": False},
         r"sharpness\.every_steps > 0 needs optimizer\.name='sgd'",
     ),
-    "bn momentum above 1": ({"bn.momentum": 1.5}, r"bn\.momentum must be a number in \[0, 1\]"),
+    "bn momentum above 1": ({"bn.momentum": 1.5}, r"bn\.momentum must be a number in \[0, 1\)"),
+    "bn momentum 1 (precise BN divides by 1 − m)": (
+        {"bn.momentum": 1.0},
+        r"bn\.momentum must be a number in \[0, 1\), got 1\.0; fix: --config\.bn\.momentum=0\.9",
+    ),
     "unknown bn scope": ({"bn.scope": "sync"}, r"bn\.scope must be one of 'device', 'global'"),
     "unknown dataset": ({"dataset": "mnist"}, r"dataset must be one of 'mnist5k', 'cifar10'"),
     "unknown model": ({"model": "resnet51"}, r"model must be one of 'resnet8', 'resnet20'"),

@@ -81,7 +81,9 @@ def test_the_jit_step_equals_the_per_device_step_over_16_steps(scope, devices, p
     results = {}
     for name in ("pmap", "jit"):
         if name == "jit":
-            runner = runners.jit_runner(jax.devices()[:devices], bn_group_size=group_size)
+            runner = runners.jit_runner(
+                jax.devices()[:devices], groups=devices // group_size if group_size else None
+            )
             model = _model(
                 runners.global_bn_scope(scope, PER_DEVICE, ghost_batch_size=4, group_size=2)
             )
@@ -125,7 +127,7 @@ def test_the_jit_runner_is_explicitly_sharded():
     assert batch["image"].shape == (DEVICES * PER_DEVICE, *IMAGE_SHAPE)
     assert batch["image"].sharding.spec == jax.P("data")
     assert batch["image"].sharding.mesh.axis_types == (jax.sharding.AxisType.Explicit,)
-    grouped = runners.jit_runner(jax.devices()[:DEVICES], bn_group_size=2)
+    grouped = runners.jit_runner(jax.devices()[:DEVICES], groups=2)
     assert grouped.put(next(_batches(1, DEVICES)))["label"].sharding.spec == jax.P(
         ("bn_groups", "bn_group")
     )

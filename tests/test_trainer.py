@@ -12,7 +12,7 @@ from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
 
 import recipe
 from recipe.data import datasets, pipeline
-from train import describe, evaluation, inputs, loop, resolve
+from train import checkpoints, describe, evaluation, inputs, loop, resolve
 from train.metrics import read_metrics
 
 
@@ -61,6 +61,52 @@ def test_resume_from_a_checkpoint_ends_with_the_same_params(flax_api, data_dir, 
     )
     steps = [(r["kind"], r["step"]) for r in read_metrics(resumed)]
     assert len(steps) == len(set(steps)), "records of redone steps must not be duplicated"
+
+
+def test_a_resume_takes_changes_to_settings_that_do_not_apply(finished_run, data_dir, tmp_path):
+    """A ghost-batch size without ghost BN, LARS's trust coefficient under SGD, Mixup's switch
+    probability with Mixup off: changed on a resume, the run goes on as if they had not."""
+    workdir, _ = finished_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed)
+    for step in (8, 12):
+        shutil.rmtree(resumed / "checkpoints" / str(step))
+    unused = {
+        "bn.ghost_batch_size": 7,
+        "optimizer.trust_coefficient": 0.5,
+        "mixing.switch_prob": 0.1,
+        "sharpness.iterations": 3,
+    }
+    loop.train_and_evaluate(tiny.make_config(data_dir, **unused), str(resumed))
+    chex.assert_trees_all_equal(
+        checkpoint_state(resumed, tiny.TOTAL_STEPS), checkpoint_state(workdir, tiny.TOTAL_STEPS)
+    )
+    # One that applies is refused.
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match="bn.momentum"):
+        loop.train_and_evaluate(tiny.make_config(data_dir, **{"bn.momentum": 0.8}), str(resumed))
+
+
+def test_surprising_settings_are_said(data_dir):
+    text = describe.describe(
+        tiny.make_config(
+            data_dir, **{"optimizer.warmup_epochs": 0.1, "optimizer.name": "lars",
+                         "optimizer.nesterov": False}
+        )
+    )  # fmt: skip
+    notes = [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("note ")]
+    assert notes == [
+        "optimizer.warmup_epochs=0.1 rounds to 0 of the 4 updates per epoch: this run has no "
+        "warmup (one update of warmup is 0.25 epochs; optimizer.warmup='none' says so)",
+        "optimizer.name='lars' keeps the SGD recipe's optimizer.base_lr=0.1 (peak 3.125); the "
+        "LARS configs peak at 10 to 29 (configs/imagenet_resnet50_lars.py): set "
+        "optimizer.base_lr",
+    ]
+    resized = describe.describe(tiny.make_config(data_dir, image_size=32, augment=False))
+    (line,) = [line for line in resized.splitlines() if line.startswith("augmentation")]
+    assert line.split(None, 1)[1] == (
+        "none (augment=false): the training images as evaluation sees them; 28×28 images "
+        "resized to 32×32 (image_size; box filter), for training and evaluation"
+    )
 
 
 def test_describe_prints_the_resolved_recipe(data_dir, tmp_path):

@@ -43,7 +43,9 @@ _TMP_MARKER = ".orbax-checkpoint-tmp"
 _TMP_REMOVAL_SECONDS, _TMP_REMOVAL_PAUSE_SECONDS = 10.0, 0.2
 # The run's config in its work dir (`recipe.load_run` reads it).
 CONFIG_FILE = "config.json"
-# Config fields that may change between a run and its resumption: they do not affect the result.
+# Config fields that may change between a run and its resumption: they do not affect the result,
+# but for `runner`, whose steps differ in float32 rounding where a sum is taken in another order
+# (docs/trainer.md, "The runners' rounding").
 RESUMABLE_FIELDS = (
     "data_dir",
     "runner",
@@ -63,10 +65,51 @@ RESUMABLE_FIELDS = (
 
 
 def run_identity(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
-    """The config fields a checkpoint must agree with to be resumed (JSON-normalised)."""
+    """The config fields a checkpoint must agree with to be resumed (JSON-normalised): all but
+    `RESUMABLE_FIELDS` and the settings that do not apply to the run (`inapplicable_fields`),
+    which may change without changing it."""
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-    fields = {k: v for k, v in values.items() if k not in RESUMABLE_FIELDS}
-    return json.loads(json.dumps(fields))
+    fields = json.loads(json.dumps({k: v for k, v in values.items() if k not in RESUMABLE_FIELDS}))
+    for dotted in inapplicable_fields(values):
+        section, _, name = dotted.rpartition(".")
+        fields.get(section, {}).pop(name, None)
+    return fields
+
+
+def inapplicable_fields(values: dict[str, Any]) -> list[str]:
+    """The dotted fields of a config (as a nested dict) that its other settings leave unused:
+    a ghost batch without ghost BN, milestones without a step decay, LARS's trust coefficient
+    under SGD, Mixup's options with both α at 0, and so on.
+
+    >>> config = {"bn": {"scope": "device"}, "optimizer": {"name": "sgd", "decay": "step",
+    ...     "warmup": "gradual"}, "mixing": {"mixup_alpha": 0.2, "cutmix_alpha": 0.0},
+    ...     "ema": {"decay": 0.0}, "noise_scale": {"enabled": False},
+    ...     "sharpness": {"every_steps": 0}}
+    >>> inapplicable_fields(config)  # doctest: +NORMALIZE_WHITESPACE
+    ['bn.ghost_batch_size', 'bn.group_size', 'optimizer.trust_coefficient', 'optimizer.beta2',
+     'optimizer.poly_power', 'optimizer.poly_end_lr', 'mixing.switch_prob', 'ema.warmup',
+     'noise_scale.decay', 'sharpness.iterations']
+    """
+    bn, o, mixing = values["bn"], values["optimizer"], values["mixing"]
+    unused = {
+        "bn.ghost_batch_size": bn["scope"] != "ghost",
+        "bn.group_size": bn["scope"] != "group",
+        "optimizer.trust_coefficient": o["name"] != "lars",
+        "optimizer.beta2": o["name"] != "lamb",
+        "optimizer.warmup_epochs": o["warmup"] == "none",
+        "optimizer.decay_epochs": o["decay"] != "step",
+        "optimizer.decay_factor": o["decay"] != "step",
+        "optimizer.poly_power": o["decay"] != "poly",
+        "optimizer.poly_end_lr": o["decay"] != "poly",
+        "mixing.switch_prob": not (mixing["mixup_alpha"] > 0 and mixing["cutmix_alpha"] > 0),
+        "ema.warmup": values["ema"]["decay"] == 0,
+        "noise_scale.decay": not values["noise_scale"]["enabled"],
+        "sharpness.iterations": values["sharpness"]["every_steps"] == 0,
+    }
+    no_mixing = mixing["mixup_alpha"] == 0 and mixing["cutmix_alpha"] == 0
+    for name in ("prob", "per_device", "stop_epoch"):
+        unused[f"mixing.{name}"] = no_mixing
+    return [field for field, is_unused in unused.items() if is_unused]
 
 
 def create_workdir(workdir: str) -> epath.Path:
@@ -185,7 +228,7 @@ class Checkpointer:
                 saved_shapes = _shapes(self._manager.item_metadata(step)["state"].tree)
             except Exception:  # unreadable: `restore` sets it aside and looks further
                 continue
-            check_same_run(self.directory, saved_meta, meta)
+            check_same_run(self.directory, run_identity(saved_meta), meta)
             _check_same_shapes(self.directory, step, saved_shapes, _shapes(abstract_state))
             return
 

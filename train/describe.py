@@ -84,6 +84,8 @@ def recipe_text(setup: Setup) -> str:
         ("sharpness", sharpness.describe(setup)),
         ("runner", _runner_text(setup)),
         ("input", _input_text(setup)),
+        ("augmentation", _augmentation_text(setup)),
+        *(("note", note) for note in setup.notes),
     ]  # fmt: skip
     report = setup.decay_report
     bn_layers = _bn_layers(setup.abstract_variables)
@@ -172,6 +174,26 @@ def _input_text(setup: Setup) -> str:
         f"({per_image:,} bytes per image, a quarter of float32), normalised in the step; "
         f"{setup.config.device_prefetch} batches placed ahead"
     )
+
+
+def _augmentation_text(setup: Setup) -> str:
+    """What the training images go through (recipe.data.pipeline.augment_image), and whether
+    `image_size` resizes the dataset's images."""
+    spec, size = setup.spec, setup.image_shape[0]
+    stored = spec.image_shape[0]
+    flip = ", horizontal flips" if spec.horizontal_flip else ""
+    if not setup.config.augment:
+        augmentation = "none (augment=false): the training images as evaluation sees them"
+    elif spec.family == "small":
+        augmentation = f"random crops of the image zero-padded by {spec.crop_padding}{flip}"
+    else:
+        augmentation = f"Inception random-resized crops (8–100% of the area){flip}"
+    if spec.family == "small" and size != stored:
+        augmentation += (
+            f"; {stored}×{stored} images resized to {size}×{size} (image_size; box filter), "
+            "for training and evaluation"
+        )
+    return augmentation
 
 
 def _decay_text(setup: Setup) -> str:

@@ -11,9 +11,10 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
 from recipe.data import pipeline
-from train import checkpoints, inputs, runners, steps
+from train import checkpoints, inputs, run_layout, runners, steps
 from train.resolve import Setup, check_fields, resolve
 
 
@@ -140,6 +141,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     check_fields(config)
     runners.initialize_distributed(config.distributed)
     setup = resolve(config, jax.device_count())
+    setup, _ = run_layout.keep(setup, epath.Path(workdir), config)  # the run's own workers
     train_source, test_source = inputs.open_data(setup)
     step, state = checkpoints.restore_checkpoint(setup, workdir)
     runner = setup.runner()

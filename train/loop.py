@@ -24,6 +24,7 @@ from train import (
     inputs,
     plots,
     preemption,
+    run_layout,
     runners,
     sharpness,
     steps,
@@ -82,7 +83,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         identity = checkpoints.run_identity(setup.config)
         abstract_state = checkpoints.abstract_train_state(setup)
         checkpointer.check_compatible(abstract_state, identity)
+        # The device layout is part of the run: kept, or refused before anything is written.
+        setup, kept_layout = run_layout.keep(setup, workdir, config)
+        layout = setup.layout
         checkpoints.claim_workdir(workdir, setup.config)
+        run_layout.store(workdir, setup)
+        if is_writer:
+            for note in setup.notes:
+                print(f"note: {note}")
+            if kept_layout:
+                print(kept_layout)
         restored = checkpointer.restore(abstract_state, identity)
         if restored is None:
             start_step, last_checkpoint = 0, None

@@ -41,6 +41,10 @@ class BatchLayout:
       batch_size: the global batch of one step (one micro-batch), over all devices and hosts.
       device_count: all devices of all processes.
       per_device_batch: examples per device per step.
+      workers: Goyal's k, the workers whose n examples each share BatchNorm statistics (and
+        Mixup pairs): the devices, or under the jit runner the groups of the global batch that
+        a resumed run keeps from its first start (`train.run_layout`), whatever the devices.
+      per_worker_batch: n, examples per worker per step.
       accumulation_steps: steps (micro-batches) per optimizer update.
       steps_per_epoch: steps per epoch: whole updates, `updates_per_epoch · accumulation_steps`.
       updates_per_epoch: optimizer updates per epoch.
@@ -52,6 +56,8 @@ class BatchLayout:
     batch_size: int
     device_count: int
     per_device_batch: int
+    workers: int
+    per_worker_batch: int
     accumulation_steps: int
     steps_per_epoch: int
     updates_per_epoch: int
@@ -167,6 +173,8 @@ class Setup:
         (`GlobalBNGroups`), else None.
       mix: the train step's Mixup / CutMix (`steps.mixing_fn`), or None when both α are 0.
       noise_scale_ema: the gradient noise scale's averages, when `noise_scale.enabled`.
+      notes: what a setting does where that may surprise (a warmup of 0 updates, another
+        optimizer's learning rate): one line each, which `--describe` and training print.
     """
 
     config: ml_collections.ConfigDict
@@ -186,12 +194,16 @@ class Setup:
     bn_groups: "GlobalBNGroups | None" = None
     mix: Callable[..., Any] | None = None
     noise_scale_ema: noise_scale.NoiseScaleEMA | None = None
+    notes: tuple[str, ...] = ()
 
     def runner(self) -> runners.Runner:
         """The config's runner over all devices (for BN over device groups under shard_map,
         its two-axis mesh)."""
         return runners.make_runner(
-            self.runner_name, bn_group_size=self.bn_group_size, shard_params=self.shard_params
+            self.runner_name,
+            bn_group_size=self.bn_group_size,
+            shard_params=self.shard_params,
+            bn_groups=None if self.bn_groups is None else self.bn_groups.count,
         )
 
     @property
@@ -214,8 +226,12 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
         _apply(config, name, rule)
 
 
-def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
-    """Validates `config` and resolves it for `device_count` devices (all processes).
+def resolve(
+    config: ml_collections.ConfigDict, device_count: int, workers: int | None = None
+) -> Setup:
+    """Validates `config` and resolves it for `device_count` devices (all processes), as
+    `workers` workers (Goyal's k; None: one per device; another count, under the jit runner
+    only, keeps a resumed run's, `train.run_layout`).
 
     Raises:
       ConfigError: the first bad field, as one line naming it, its value, what is allowed and a
@@ -225,7 +241,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
     _check_ema(config)
     _check_sharpness(config)
     spec = _training_examples(config, datasets.get_dataset_spec(config.dataset))
-    layout = _batch_layout(config, spec, device_count)
+    layout = _batch_layout(config, spec, device_count, workers)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
     _check_runner(config)
@@ -294,6 +310,7 @@ def resolve(config: ml_collections.ConfigDict, device_count: int) -> Setup:
             if config.noise_scale.enabled
             else None
         ),
+        notes=_notes(config, optimizer.schedule),
     )
 
 
@@ -316,6 +333,33 @@ def _training_examples(
             f"got {count}; fix: --config.train_examples={spec.num_train}"
         )
     return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
+
+
+def _notes(config: ml_collections.ConfigDict, schedule: schedules.GoyalSchedule) -> tuple[str, ...]:
+    """The config's surprising settings, one line each (see `Setup.notes`)."""
+    o, notes = config.optimizer, []
+    per_epoch = schedule.steps_per_epoch
+    if o.warmup != "none" and o.warmup_epochs > 0 and schedule.warmup_steps == 0:
+        notes.append(
+            f"optimizer.warmup_epochs={o.warmup_epochs:g} rounds to 0 of the {per_epoch} "
+            f"updates per epoch: this run has no warmup (one update of warmup is "
+            f"{1 / per_epoch:.3g} epochs; optimizer.warmup='none' says so)"
+        )
+    if o.decay != "constant" and schedule.warmup_steps >= schedule.total_steps:
+        notes.append(
+            f"optimizer.decay={o.decay!r} has 0 updates left after the warmup's "
+            f"{schedule.warmup_steps}: the learning rate never decays"
+        )
+    if o.name != "sgd" and o.base_lr == schema.base_config().optimizer.base_lr:
+        rates = {
+            "lars": "the LARS configs peak at 10 to 29 (configs/imagenet_resnet50_lars.py)",
+            "lamb": "LAMB's rates are Adam's, far below SGD's",
+        }[o.name]
+        notes.append(
+            f"optimizer.name={o.name!r} keeps the SGD recipe's optimizer.base_lr="
+            f"{o.base_lr:g} (peak {schedule.peak_lr:g}); {rates}: set optimizer.base_lr"
+        )
+    return tuple(notes)
 
 
 def _check_sharpness(config: ml_collections.ConfigDict) -> None:
@@ -376,6 +420,10 @@ def _check_optimizer(config: ml_collections.ConfigDict, layout: BatchLayout) -> 
                 ),
             ),
         ]
+    if o.decay == "step" and o.decay_epochs is None:
+        field_checks.append(
+            ("optimizer.decay_epochs", lambda: _check_paper_milestones(config, layout))
+        )
     if o.decay == "poly":
         peak_lr = schedules.scaled_learning_rate(o.base_lr, layout.update_batch, o.base_batch_size)
         field_checks.append(
@@ -391,6 +439,31 @@ def _check_optimizer(config: ml_collections.ConfigDict, layout: BatchLayout) -> 
             check()
         except ValueError as error:
             raise _error(str(error), field, config) from None
+
+
+def _check_paper_milestones(config: ml_collections.ConfigDict, layout: BatchLayout) -> None:
+    """`optimizer.decay_epochs=None` places Goyal's milestones on the run
+    (`schedules.paper_decay_epochs`); on a run of few updates they can fall on one update,
+    which the library's schedule refuses (`schedules.check_decay_updates`)."""
+    o = config.optimizer
+    warmup_epochs = 0.0 if o.warmup == "none" else o.warmup_epochs
+    milestones = schedules.paper_decay_epochs(config.num_epochs, warmup_epochs)
+    try:
+        schedules.check_decay_updates(
+            milestones,
+            warmup_epochs,
+            config.num_epochs,
+            layout.updates_per_epoch,
+            names=("optimizer.decay_epochs", "optimizer.warmup_epochs"),
+        )
+    except ValueError as error:
+        placed = ", ".join(f"{e:.3g}" for e in milestones)
+        raise ValueError(
+            f"optimizer.decay_epochs=None places Goyal's {len(milestones)} decays at epochs "
+            f"{placed} of this {config.num_epochs}-epoch run, "
+            f"{str(error).split(' fall ', 1)[1]}: give the run more epochs or examples, or fewer "
+            "decays"
+        ) from None
 
 
 def _check_lamb_nesterov(name: str, nesterov: bool) -> None:
@@ -418,7 +491,7 @@ def _mixing(
         num_classes=spec.num_classes,
         label_smoothing=config.label_smoothing,
         per_device=mixing.per_device,
-        workers=layout.device_count if config.runner == "jit" else None,
+        workers=layout.workers if config.runner == "jit" else None,
         stop_step=None if mixing.stop_epoch is None else mixing.stop_epoch * layout.steps_per_epoch,
         mixup_alpha=mixing.mixup_alpha,
         cutmix_alpha=mixing.cutmix_alpha,
@@ -434,7 +507,7 @@ def _bn_scope(config: ml_collections.ConfigDict, layout: BatchLayout) -> models.
     if config.runner == "jit":
         return runners.global_bn_scope(
             bn.scope,
-            layout.per_device_batch,
+            layout.per_worker_batch,
             ghost_batch_size=bn.ghost_batch_size,
             group_size=bn.group_size,
         )
@@ -470,8 +543,8 @@ def _global_bn_groups(
     if config.runner != "jit":
         return None
     bn = config.bn
-    count = {"device": layout.device_count, "ghost": layout.device_count, "global": 1}
-    count["group"] = layout.device_count // bn.group_size
+    count = {"device": layout.workers, "ghost": layout.workers, "global": 1}
+    count["group"] = layout.workers // bn.group_size
     scope = models.BNScope.ghost(bn.ghost_batch_size) if bn.scope == "ghost" else None
     model = _model(config, spec, image_shape, scope or models.BNScope.per_device())
     return GlobalBNGroups(count=count[bn.scope], model=model)
@@ -572,8 +645,7 @@ def _suggested_value(field: str, config: ml_collections.ConfigDict) -> Any:
     """A value of `field` that passes its rules given the rest of `config` (the default if it
     does)."""
     if field == "optimizer.decay_epochs":
-        warmup = 0.0 if config.optimizer.warmup == "none" else config.optimizer.warmup_epochs
-        return tuple(round(e, 2) for e in schedules.paper_decay_epochs(config.num_epochs, warmup))
+        return _suggested_milestones(config)
     if field == "optimizer.warmup_epochs":
         return min(_get(schema.base_config(), field), config.num_epochs / 2)
     if field == "optimizer.nesterov" and config.optimizer.name == "lamb":
@@ -581,9 +653,45 @@ def _suggested_value(field: str, config: ml_collections.ConfigDict) -> Any:
     return _get(schema.base_config(), field)
 
 
+def _suggested_milestones(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """Step-decay milestones for the run: Goyal's, placed on its length and rounded, or where
+    those fall on one update (a run of few updates), one decay halfway between the warmup's end
+    and the run's."""
+    warmup = 0.0 if config.optimizer.warmup == "none" else config.optimizer.warmup_epochs
+    paper = tuple(round(e, 2) for e in schedules.paper_decay_epochs(config.num_epochs, warmup))
+    steps = pipeline.steps_per_epoch(
+        _training_examples(config, datasets.get_dataset_spec(config.dataset)).num_train,
+        config.batch_size * config.accumulation_steps,
+        1,
+    )
+    try:
+        schedules.check_decay_updates(paper, warmup, config.num_epochs, steps)
+    except ValueError:
+        return (round((warmup + config.num_epochs) / 2, 2),)
+    return paper
+
+
 def _batch_layout(
-    config: ml_collections.ConfigDict, spec: datasets.DatasetSpec, device_count: int
+    config: ml_collections.ConfigDict,
+    spec: datasets.DatasetSpec,
+    device_count: int,
+    workers: int | None = None,
 ) -> BatchLayout:
+    workers = device_count if workers is None else workers
+    if workers != device_count and (config.runner != "jit" or workers % device_count):
+        raise ConfigError(
+            f"{workers} workers on {device_count} devices need runner='jit' and a worker count "
+            f"that the device count divides; fix: --config.runner=jit"
+        )
+    if config.runner == "jit" and config.bn.scope == "group":
+        groups = workers // config.bn.group_size if workers % config.bn.group_size == 0 else 0
+        if groups > 1 and groups % device_count and device_count % groups:
+            raise ConfigError(
+                f"bn.group_size {config.bn.group_size} makes {groups} groups of the "
+                f"{workers} workers, which cannot be laid out on {device_count} devices (the "
+                "groups must be a multiple or a divisor of the device count); fix: "
+                f"--config.bn.group_size={workers // device_count or 1}"
+            )
     for field in ("batch_size", "eval_batch_size"):
         batch = config[field]
         if batch < device_count or batch % device_count:
@@ -593,19 +701,21 @@ def _batch_layout(
                 f"example per device), got {batch}; fix: --config.{field}={fixed}"
             )
     per_device = config.batch_size // device_count
-    if config.bn.scope == "ghost" and per_device % config.bn.ghost_batch_size:
-        divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    per_worker = config.batch_size // workers  # divides: workers are a multiple of the devices
+    unit = "device" if workers == device_count else "worker"
+    if config.bn.scope == "ghost" and per_worker % config.bn.ghost_batch_size:
+        divisors = [d for d in range(1, per_worker + 1) if per_worker % d == 0]
         nearest = min(divisors, key=lambda d: abs(d - config.bn.ghost_batch_size))
         raise ConfigError(
-            f"bn.ghost_batch_size must divide the per-device batch {per_device} (batch_size "
-            f"{config.batch_size} / {device_count} devices), got {config.bn.ghost_batch_size}; "
+            f"bn.ghost_batch_size must divide the per-{unit} batch {per_worker} (batch_size "
+            f"{config.batch_size} / {workers} {unit}s), got {config.bn.ghost_batch_size}; "
             f"fix: --config.bn.ghost_batch_size={nearest}"
         )
-    if config.bn.scope == "group" and device_count % config.bn.group_size:
-        divisors = [d for d in range(1, device_count + 1) if device_count % d == 0]
+    if config.bn.scope == "group" and workers % config.bn.group_size:
+        divisors = [d for d in range(1, workers + 1) if workers % d == 0]
         nearest = max(d for d in divisors if d <= config.bn.group_size)
         raise ConfigError(
-            f"bn.group_size must divide the device count {device_count}, got "
+            f"bn.group_size must divide the {unit} count {workers}, got "
             f"{config.bn.group_size}; fix: --config.bn.group_size={nearest}"
         )
     halves = device_count == 1 or config.runner == "jit"
@@ -648,6 +758,8 @@ def _batch_layout(
         batch_size=config.batch_size,
         device_count=device_count,
         per_device_batch=per_device,
+        workers=workers,
+        per_worker_batch=per_worker,
         accumulation_steps=config.accumulation_steps,
         steps_per_epoch=steps_per_epoch,
         updates_per_epoch=steps_per_epoch // config.accumulation_steps,

@@ -90,6 +90,7 @@ def initialize_distributed(distributed: Any) -> None:
         coordinator_address=distributed.coordinator_address,
         num_processes=distributed.num_processes,
         process_id=distributed.process_id,
+        heartbeat_timeout_seconds=distributed.heartbeat_timeout_seconds,
     )
 
 
@@ -184,24 +185,26 @@ def shard_map_runner(
 
 def jit_runner(
     devices: list[jax.Device] | None = None,
-    bn_group_size: int | None = None,
+    groups: int | None = None,
     shard_params: bool = False,
 ) -> Runner:
     """`jax.jit` of functions of the global batch over an explicitly sharded mesh of all
     (global) devices, or `devices` (see the module doc).
 
-    The mesh has one axis, `DATA_AXIS`, or with `bn_group_size` = g two (`GROUPS_AXIS` ×
-    `IN_GROUP_AXIS`, devices / g × g), over which the batch's first axis is split in either
-    case. The state is replicated; with `shard_params`, each array of its parameters and
+    `groups`: the groups of the global batch whose examples share BN statistics. The mesh has
+    one axis, `DATA_AXIS`, or when there are fewer groups than devices (BN over groups of
+    devices) two (`GROUPS_AXIS` × `IN_GROUP_AXIS`, groups × devices / groups), so that a
+    group's examples lie on its own devices; the batch's first axis is split over all of them.
+    The state is replicated; with `shard_params`, each array of its parameters and
     optimizer state with an axis that the device count divides is split along its largest such
     axis (`sharded_spec`).
     """
     devices = tuple(devices or jax.devices())
-    if bn_group_size is None:
+    if groups is None or groups <= 1 or groups >= len(devices):
         axes, shape = (DATA_AXIS,), (len(devices),)
     else:
-        groups = models.device_groups(len(devices), bn_group_size)
-        axes, shape = (GROUPS_AXIS, IN_GROUP_AXIS), (len(groups), bn_group_size)
+        in_group = len(models.device_groups(len(devices), len(devices) // groups)[0])
+        axes, shape = (GROUPS_AXIS, IN_GROUP_AXIS), (groups, in_group)
     mesh = jax.sharding.Mesh(
         np.array(devices).reshape(shape),
         axes,
@@ -326,12 +329,18 @@ class ShardedParamsModel:
 RUNNERS = {"pmap": pmap_runner, "shard_map": shard_map_runner, "jit": jit_runner}
 
 
-def make_runner(name: str, bn_group_size: int | None = None, shard_params: bool = False) -> Runner:
+def make_runner(
+    name: str,
+    bn_group_size: int | None = None,
+    shard_params: bool = False,
+    bn_groups: int | None = None,
+) -> Runner:
     """The runner `name` ('pmap', 'shard_map' or 'jit') over all devices. With `bn_group_size`
-    (BN over groups of that many devices), shard_map's and jit's meshes are two-axis; pmap's
-    groups live in the model's BN (`group_bn_scope`). `shard_params`: the jit runner's."""
+    (BN over groups of that many devices), shard_map's mesh is two-axis; pmap's groups live in
+    the model's BN (`group_bn_scope`). `shard_params` and `bn_groups` (the groups of the global
+    batch that share BN statistics) are the jit runner's."""
     if name == "jit":
-        return jit_runner(bn_group_size=bn_group_size, shard_params=shard_params)
+        return jit_runner(groups=bn_groups, shard_params=shard_params)
     if name == "shard_map":
         return shard_map_runner(bn_group_size=bn_group_size)
     return RUNNERS[name]()

@@ -6,7 +6,9 @@ field's own range as a `recipe.checks` rule, told the field's dotted name; the r
 fields live in `train.resolve`, which checks a config against both before anything is built.
 """
 
+import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +25,85 @@ ON_NONFINITE = ("stop", "skip")
 MAX_SEED = 2**32 - 1
 
 
-def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    return lambda name, value: None if value is None else rule(name, value)
+# Just inside and just outside an end of a range, for the boundary values.
+_EPSILON = 1e-6
 
 
-def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], Any]:
-    return functools.partial(_check_choice, allowed=allowed)
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A config field's own range: `check(name, value)`, the library's rule (`recipe.checks`)
+    told the field's dotted name, and the values at the range's edges with whether each is in
+    it (each end, just inside, just outside; tests/test_field_boundaries.py runs them all)."""
+
+    check: Callable[[str, Any], Any]
+    boundaries: tuple[tuple[Any, bool], ...] = ()
+
+    def __call__(self, name: str, value: Any) -> Any:
+        return self.check(name, value)
+
+
+def _optional(rule: Rule) -> Rule:
+    return Rule(
+        lambda name, value: None if value is None else rule(name, value),
+        ((None, True), *rule.boundaries),
+    )
+
+
+def _choice(allowed: tuple[Any, ...]) -> Rule:
+    return Rule(
+        functools.partial(_check_choice, allowed=allowed),
+        (*((value, True) for value in allowed), ("none-of-these", False)),
+    )
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return checks.check_choice(name, value, allowed)
+
+
+_BOOL = Rule(checks.check_bool, ((False, True), (True, True), ("yes", False)))
+_STRING = Rule(checks.check_string)
+# Integers > 0 or >= 0: the lower end, just inside it (the next integer) and just outside; no
+# upper end.
+_POSITIVE_INT = Rule(checks.check_positive_int, ((1, True), (2, True), (0, False)))
+_NON_NEGATIVE_INT = Rule(checks.check_non_negative_int, ((0, True), (1, True), (-1, False)))
+# Finite numbers > 0 or >= 0: the lower end, just inside and outside it, and infinity.
+_POSITIVE = Rule(
+    checks.check_positive,
+    ((0.0, False), (_EPSILON, True), (-_EPSILON, False), (math.inf, False)),
+)
+_NON_NEGATIVE = Rule(
+    checks.check_non_negative,
+    ((0.0, True), (_EPSILON, True), (-_EPSILON, False), (math.inf, False)),
+)
+
+
+def _interval(
+    low: float, high: float, *, low_closed: bool = True, high_closed: bool = True
+) -> Rule:
+    """A number in the interval, by `recipe.checks.check_interval`."""
+    return Rule(
+        functools.partial(
+            checks.check_interval,
+            low=low,
+            high=high,
+            low_closed=low_closed,
+            high_closed=high_closed,
+        ),
+        (
+            (low, low_closed),
+            (low + _EPSILON, True),
+            (low - _EPSILON, False),
+            (high, high_closed),
+            (high - _EPSILON, True),
+            (high + _EPSILON, False),
+            (math.nan, False),
+        ),
+    )
+
+
+_UNIT = _interval(0.0, 1.0)
+# A momentum or decay: in [0, 1).
+_MOMENTUM = _interval(0.0, 1.0, high_closed=False)
 
 
 def _check_seed(name: str, value: Any) -> int:
@@ -48,84 +119,83 @@ def _check_stage_sizes(name: str, value: Any) -> tuple[int, ...]:
     return tuple(checks.check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
-def _check_momentum(name: str, value: Any) -> Any:
-    return checks.check_interval(name, value, 0.0, 1.0, high_closed=False)
-
-
-def _check_decay_factor(name: str, value: Any) -> Any:
-    return checks.check_interval(name, value, 0.0, 1.0, low_closed=False)
-
-
 # The range of every config field on its own (the rules between fields: `train.resolve`).
 # tests/test_bad_input.py checks that every field of the configs has a rule here.
-FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
+FIELD_RULES: dict[str, Rule] = {
     "dataset": _choice(datasets.DATASET_NAMES),
-    "data_dir": _optional(checks.check_string),
-    "augment": checks.check_bool,
-    "image_size": _optional(checks.check_positive_int),
-    "train_examples": _optional(checks.check_positive_int),
-    "data_in_memory": checks.check_bool,
-    "data_workers": _optional(checks.check_non_negative_int),
-    "device_prefetch": checks.check_positive_int,
+    "data_dir": _optional(_STRING),
+    "augment": _BOOL,
+    "image_size": _optional(_POSITIVE_INT),
+    "train_examples": _optional(_POSITIVE_INT),
+    "data_in_memory": _BOOL,
+    "data_workers": _optional(_NON_NEGATIVE_INT),
+    "device_prefetch": _POSITIVE_INT,
     "model": _choice(models.MODEL_NAMES),
     "flax_api": _choice(FLAX_APIS),
-    "num_filters": checks.check_positive_int,
-    "stage_sizes": _optional(_check_stage_sizes),
-    "zero_init_last_bn": checks.check_bool,
+    "num_filters": _POSITIVE_INT,
+    "stage_sizes": _optional(
+        Rule(_check_stage_sizes, (((1,), True), ((1, 2), True), ((0,), False), ((), False)))
+    ),
+    "zero_init_last_bn": _BOOL,
     "dtype": _choice(DTYPES),
     "bn.scope": _choice(BN_SCOPES),
-    "bn.ghost_batch_size": checks.check_positive_int,
-    "bn.group_size": checks.check_positive_int,
-    "bn.momentum": checks.check_in_unit_interval,
-    "bn.precise_batches": checks.check_non_negative_int,
-    "batch_size": checks.check_positive_int,
-    "accumulation_steps": checks.check_positive_int,
-    "eval_batch_size": checks.check_positive_int,
-    "num_epochs": checks.check_positive_int,
-    "label_smoothing": checks.check_in_unit_interval,
-    "mixing.mixup_alpha": checks.check_non_negative,
-    "mixing.cutmix_alpha": checks.check_non_negative,
-    "mixing.switch_prob": checks.check_in_unit_interval,
-    "mixing.prob": checks.check_in_unit_interval,
-    "mixing.per_device": checks.check_bool,
-    "mixing.stop_epoch": _optional(checks.check_non_negative_int),
-    "ema.decay": _check_momentum,
-    "ema.warmup": checks.check_bool,
+    "bn.ghost_batch_size": _POSITIVE_INT,
+    "bn.group_size": _POSITIVE_INT,
+    # [0, 1): precise BN recovers the batch statistic from the running average's (1 − m) share
+    # (recipe.precise_bn), and with m = 1 the running averages would never move.
+    "bn.momentum": _MOMENTUM,
+    "bn.precise_batches": _NON_NEGATIVE_INT,
+    "batch_size": _POSITIVE_INT,
+    "accumulation_steps": _POSITIVE_INT,
+    "eval_batch_size": _POSITIVE_INT,
+    "num_epochs": _POSITIVE_INT,
+    "label_smoothing": _UNIT,
+    "mixing.mixup_alpha": _NON_NEGATIVE,
+    "mixing.cutmix_alpha": _NON_NEGATIVE,
+    "mixing.switch_prob": _UNIT,
+    "mixing.prob": _UNIT,
+    "mixing.per_device": _BOOL,
+    "mixing.stop_epoch": _optional(_NON_NEGATIVE_INT),
+    "ema.decay": _MOMENTUM,
+    "ema.warmup": _BOOL,
     "optimizer.name": _choice(optim.OPTIMIZER_NAMES),
-    "optimizer.trust_coefficient": checks.check_positive,
-    "optimizer.beta2": _check_momentum,
-    "optimizer.base_lr": checks.check_positive,
-    "optimizer.base_batch_size": checks.check_positive_int,
+    "optimizer.trust_coefficient": _POSITIVE,
+    "optimizer.beta2": _MOMENTUM,
+    "optimizer.base_lr": _POSITIVE,
+    "optimizer.base_batch_size": _POSITIVE_INT,
     "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
-    "optimizer.warmup_epochs": checks.check_non_negative,
+    "optimizer.warmup_epochs": _NON_NEGATIVE,
     "optimizer.decay": _choice(schedules.DECAY_KINDS),
-    "optimizer.decay_epochs": _optional(checks.check_increasing),
-    "optimizer.decay_factor": _check_decay_factor,
-    "optimizer.poly_power": checks.check_positive,
-    "optimizer.poly_end_lr": checks.check_non_negative,
-    "optimizer.weight_decay": checks.check_non_negative,
-    "optimizer.decay_bias": checks.check_bool,
-    "optimizer.momentum": _check_momentum,
-    "optimizer.nesterov": checks.check_bool,
-    "noise_scale.enabled": checks.check_bool,
-    "noise_scale.decay": _check_momentum,
-    "sharpness.every_steps": checks.check_non_negative_int,
-    "sharpness.iterations": checks.check_positive_int,
+    "optimizer.decay_epochs": _optional(Rule(checks.check_increasing)),
+    "optimizer.decay_factor": _interval(0.0, 1.0, low_closed=False),
+    "optimizer.poly_power": _POSITIVE,
+    "optimizer.poly_end_lr": _NON_NEGATIVE,
+    "optimizer.weight_decay": _NON_NEGATIVE,
+    "optimizer.decay_bias": _BOOL,
+    "optimizer.momentum": _MOMENTUM,
+    "optimizer.nesterov": _BOOL,
+    "noise_scale.enabled": _BOOL,
+    "noise_scale.decay": _MOMENTUM,
+    "sharpness.every_steps": _NON_NEGATIVE_INT,
+    "sharpness.iterations": _POSITIVE_INT,
     "runner": _choice(tuple(runners.RUNNERS)),
-    "shard_params": checks.check_bool,
-    "distributed.enabled": checks.check_bool,
-    "distributed.coordinator_address": _optional(checks.check_string),
-    "distributed.num_processes": _optional(checks.check_positive_int),
-    "distributed.process_id": _optional(checks.check_non_negative_int),
-    "seed": _check_seed,
-    "log_every_steps": checks.check_positive_int,
-    "sync_every_steps": checks.check_positive_int,
-    "eval_every_epochs": checks.check_positive_int,
-    "checkpoint_every_steps": checks.check_positive_int,
-    "keep_checkpoints": checks.check_positive_int,
+    "shard_params": _BOOL,
+    "distributed.enabled": _BOOL,
+    "distributed.coordinator_address": _optional(_STRING),
+    "distributed.num_processes": _optional(_POSITIVE_INT),
+    "distributed.process_id": _optional(_NON_NEGATIVE_INT),
+    "distributed.heartbeat_timeout_seconds": _POSITIVE_INT,
+    "seed": Rule(
+        _check_seed, ((0, True), (1, True), (-1, False), (MAX_SEED, True), (MAX_SEED + 1, False))
+    ),
+    "log_every_steps": _POSITIVE_INT,
+    "sync_every_steps": _POSITIVE_INT,
+    "eval_every_epochs": _POSITIVE_INT,
+    "checkpoint_every_steps": _POSITIVE_INT,
+    "keep_checkpoints": _POSITIVE_INT,
     "on_nonfinite": _choice(ON_NONFINITE),
-    "progress_bar": checks.check_bool,
-    "plot_curves": checks.check_bool,
+    "progress_bar": _BOOL,
+    "plot_curves": _BOOL,
 }
 
 
@@ -265,6 +335,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
     config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
     config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+    # A process whose heartbeat stops for this long counts as dead, and JAX's coordination
+    # service then ends the others (exit status 134; docs/trainer.md, "Several hosts"). JAX's
+    # default; larger rides out longer network stalls, smaller frees a pod sooner.
+    config.distributed.heartbeat_timeout_seconds = 100
 
     # Bookkeeping.
     config.seed = 0
