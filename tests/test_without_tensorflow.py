@@ -13,6 +13,7 @@ import os
 import site
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from unittest import mock
 
@@ -24,6 +25,7 @@ from conftest import xla_flags
 from recipe.data import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+(DISTRIBUTION,) = set(metadata.packages_distributions()["recipe"])  # large-batch-recipe
 TIMEOUT = 240  # seconds per subprocess
 TRAIN_PER_FILE, NUM_TEST = 2, 4
 TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -146,5 +148,6 @@ except ImportError as error:
     assert result.returncode == 0, result.stderr[-3000:]
     message = result.stdout.split("REFUSED ", 1)[1]
     assert message.startswith("preparing cifar10 needs TensorFlow")
-    assert "pip install 'recipe[prepare]'" in message
+    # The distribution's name: `recipe` on the package index is another project.
+    assert f"pip install '{DISTRIBUTION}[prepare]'" in message
     assert not (tmp_path / "data" / "downloads").exists()  # refused before downloading

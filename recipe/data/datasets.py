@@ -265,8 +265,8 @@ def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
         raise ImportError(
             f"preparing {spec.name} needs TensorFlow: TFDS encodes its images with it (training "
             "on the prepared files does not need it). Install it with "
-            "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
-            "then train with or without it."
+            "`pip install 'large-batch-recipe[prepare]'` (or `pip install tensorflow-cpu`), "
+            "prepare once, then train with or without it."
         ) from error
 
 
@@ -322,8 +322,8 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
             f"or let TFDS download and prepare it (needs network access) with:\n  {command}"
         )
     instructions = (
-        "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
-        f" with:\n  {command}"
+        "Prepare it once (needs network access and TensorFlow: "
+        f"`pip install 'large-batch-recipe[prepare]'`) with:\n  {command}"
     )
     if spec.name == "imagenet2012":
         instructions += (
