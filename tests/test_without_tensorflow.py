@@ -22,7 +22,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import xla_flags
 
-from recipe.data import prepare_dataset
+from recipe.data import datasets, prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 (DISTRIBUTION,) = set(metadata.packages_distributions()["recipe"])  # large-batch-recipe
@@ -60,8 +60,12 @@ def prepared_cifar10(tmp_path_factory) -> tuple[str, dict[str, list]]:
     root = tmp_path_factory.mktemp("cifar10_download")
     images = _write_cifar10_binary(root, np.random.default_rng(0))
     data_dir = str(tmp_path_factory.mktemp("tensorflow_datasets"))
-    with mock.patch.object(
-        tfds.download.DownloadManager, "download_and_extract", return_value=str(root)
+    # The download is made up, so is the network it needs (offline, its host would not resolve).
+    with (
+        mock.patch.object(
+            tfds.download.DownloadManager, "download_and_extract", return_value=str(root)
+        ),
+        mock.patch.object(datasets, "_check_download_hosts"),
     ):
         prepare_dataset("cifar10", data_dir)
     return data_dir, images
