@@ -20,7 +20,7 @@ from conftest import xla_flags
 
 from configs import default
 from recipe.data import datasets
-from train import checkpoints, describe, loop, resolve
+from train import checkpoints, describe, evaluation, loop, resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_COMPILES: list[str] = []
@@ -254,12 +254,34 @@ def existing_workdir(finished_run, tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
+NOT_LOADED = "bad input must be rejected before the data is opened"
+
+
 @pytest.fixture
 def nothing_is_loaded(monkeypatch):
-    def load_source(*args, **kwargs):
-        raise AssertionError("bad input must be rejected before the data is opened")
+    """Opening the data fails the test, whichever way the trainer opens it: `load_source`, or
+    `load_in_memory` (tests/tiny_config.py's `data_in_memory`), whose cache `finished_run`
+    has filled in this process already."""
 
-    monkeypatch.setattr(datasets, "load_source", load_source)
+    def load(*args, **kwargs):
+        raise AssertionError(NOT_LOADED)
+
+    for name in ("load_source", "load_in_memory"):
+        monkeypatch.setattr(datasets, name, load)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_the_nothing_is_loaded_guard_fires_on_a_good_config(
+    in_memory, data_dir, finished_run, tmp_path, nothing_is_loaded
+):
+    """The guard itself: a config that passes every check reaches the data, and fails there,
+    though `finished_run` (trained in this process) left the same splits in memory."""
+    config = tiny.make_config(data_dir, data_in_memory=in_memory)
+    with pytest.raises(AssertionError, match=NOT_LOADED):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(AssertionError, match=NOT_LOADED):
+        evaluation.evaluate_checkpoint(config, str(finished_run[0]))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("overrides, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
