@@ -1,6 +1,8 @@
-"""Every bad input of the README's table: one line naming the dotted field, the value, what is
-allowed and the flag that fixes it, raised before anything is compiled, loaded or written, the
-same from training and from `--describe`; an existing work dir is left byte for byte as it was.
+"""Every bad input of the trainer guide's table: one line naming the dotted field, the value,
+what is allowed and the flag that fixes it, raised before anything is compiled, loaded or
+written; a config field's the same from training, `--describe` and `--eval_only`, a dataset that
+is not prepared from training and `--eval_only` (`--describe` reads no data); an existing work
+dir is left byte for byte as it was.
 """
 
 import ast
@@ -292,9 +294,12 @@ def test_bad_config_field(overrides, message, data_dir, existing_workdir, nothin
         loop.train_and_evaluate(config, str(existing_workdir))
     with pytest.raises(resolve.ConfigError) as from_describe:
         describe.describe(config)
+    with pytest.raises(resolve.ConfigError) as from_evaluation:
+        evaluation.evaluate_checkpoint(config, str(existing_workdir))
     text = str(from_training.value)
     assert re.match(message, text), text
     assert str(from_describe.value) == text, "describe and training must say the same"
+    assert str(from_evaluation.value) == text, "--eval_only and training must say the same"
     assert "\n" not in text
     assert len(BACKEND_COMPILES) == compiles, "bad input must be rejected before compiling"
     assert _checksums(existing_workdir) == before, "the work dir must be left as it was"
@@ -370,11 +375,19 @@ def test_another_dataset_leaves_the_work_dir_intact(tmp_path, existing_workdir):
     assert _checksums(existing_workdir) == before
 
 
-def test_dataset_not_prepared_offline(tmp_path):
+def test_dataset_not_prepared_offline(tmp_path, finished_run):
     config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
-    with pytest.raises(resolve.ConfigError, match=r"cifar10 is not prepared.*prepare_dataset"):
+    with pytest.raises(resolve.ConfigError) as from_training:
         loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert re.match(r"cifar10 is not prepared.*prepare_dataset", str(from_training.value))
     assert not (tmp_path / "run").exists(), "nothing is created for a dataset that is missing"
+    # How to prepare it, with the distribution's name (`recipe` on the index is another project).
+    assert "`pip install 'large-batch-recipe[prepare]'`" in str(from_training.value)
+    with pytest.raises(resolve.ConfigError) as from_evaluation:
+        evaluation.evaluate_checkpoint(config, str(finished_run[0]))
+    assert str(from_evaluation.value) == str(from_training.value)
+    # --describe reads no data: it describes a run whose dataset is still to be prepared.
+    assert describe.describe(config).startswith("dataset            cifar10: 50000 train")
 
 
 def test_workdir_that_cannot_be_written(data_dir, tmp_path):
