@@ -132,16 +132,48 @@ def _start(workdir: Path, data_dir: str, fault: dict[str, str] | None = None) ->
     )
 
 
+# absl's log lines, Python's and C++'s (XLA, tensorstore): the severity letter, the month and day
+# (0000 from C++ before absl::InitializeLog), the time, the thread id, the source line.
+ABSL_LINE = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
+
+
 def _error_lines(stderr: str) -> list[str]:
-    """stderr without absl's and Python's warnings (orbax and jax log some at WARNING), and
-    without XLA's "Very slow compile?" banner, which a loaded machine gets."""
-    return [
-        line
-        for line in stderr.splitlines()
-        if line.strip()
-        and not line.startswith(("WARNING", "W1", "I1", "E1", "[Compiling module"))
-        and line.strip("*")
-        and "Warning" not in line
+    """stderr without absl's INFO and WARNING lines, Python's warnings (orbax and jax log some
+    at WARNING) and XLA's "Very slow compile?" banner, which a loaded machine gets. absl's
+    ERROR and FATAL lines stay: a user would read them."""
+    lines = []
+    for line in stderr.splitlines():
+        absl = ABSL_LINE.match(line)
+        if absl and absl["severity"] in "IW":
+            continue
+        if (
+            line.strip()
+            and not line.startswith(("WARNING", "[Compiling module"))
+            and line.strip("*")
+            and "Warning" not in line
+        ):
+            lines.append(line)
+    return lines
+
+
+def test_error_lines_drop_absl_warnings_of_every_date_and_keep_its_errors():
+    stderr = "\n".join(
+        [
+            "W0115 09:30:12.123456 140245 checkpoint_manager.py:1521] January's warning",
+            "I1203 23:59:59.000001   12 port.cc:153] December's info",
+            "W0000 00:00:1796552206.207949   14545 port.cc:153] before absl::InitializeLog",
+            "E1105 10:00:00.000000 99 tensorstore.cc:7] November's error",
+            "F0102 10:00:00.000000 99 check.cc:1] January's fatal",
+            "WARNING: All log messages before absl::InitializeLog() is called are written to "
+            "STDERR",
+            "Warning: a Python warning",
+            "error: the trainer's one line",
+        ]
+    )
+    assert _error_lines(stderr) == [
+        "E1105 10:00:00.000000 99 tensorstore.cc:7] November's error",
+        "F0102 10:00:00.000000 99 check.cc:1] January's fatal",
+        "error: the trainer's one line",
     ]
 
 
