@@ -3,7 +3,9 @@
 Both read the sources in docs/ (and README.md), not a built site: `make docs` builds it, and that
 takes a minute. A Python block in a guide runs here, in order with the page's other blocks, and
 what its comments say a `print` shows is compared with what it printed. A block that cannot run
-in the tests opens with a `# not run: <why>` line.
+in the tests opens with a `# not run: <why>` line. A block that opens with `AFTER_MAKE_TRAIN`
+runs as written from a working directory whose `runs/default` is a finished run (a copy of the
+tests' tiny run), with its data where the library looks by default (`$TFDS_DATA_DIR`).
 """
 
 import contextlib
@@ -11,6 +13,7 @@ import io
 import pathlib
 import pkgutil
 import re
+import shutil
 
 import pytest
 
@@ -22,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 API_INDEX = DOCS / "api" / "index.rst"
 NOT_RUN = "# not run:"
+AFTER_MAKE_TRAIN = "# after make train: runs/default holds a finished run"
 
 
 def autosummary_entries(text: str) -> list[str]:
@@ -113,11 +117,16 @@ def test_every_guide_example_runs_or_says_why_not():
 
 
 @pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
-def test_guide_examples_run_and_print_what_they_say(path):
+def test_guide_examples_run_and_print_what_they_say(path, request, tmp_path, monkeypatch):
     namespace = {"__name__": f"docs_{path.stem}"}
     for number, code in python_blocks(path):
         if code.startswith(NOT_RUN):
             continue
+        if code.startswith(AFTER_MAKE_TRAIN) and not (tmp_path / "runs").exists():
+            workdir, _ = request.getfixturevalue("finished_run")
+            shutil.copytree(workdir, tmp_path / "runs" / "default")
+            monkeypatch.chdir(tmp_path)
+            monkeypatch.setenv("TFDS_DATA_DIR", request.getfixturevalue("data_dir"))
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             exec(compile(code, f"{path.name}:{number}", "exec"), namespace)
