@@ -9,12 +9,14 @@ tests' tiny run), with its data where the library looks by default (`$TFDS_DATA_
 """
 
 import contextlib
+import importlib.util
 import io
 import pathlib
 import pkgutil
 import re
 import shutil
 
+import jax
 import pytest
 
 import recipe
@@ -137,3 +139,31 @@ def test_guide_examples_run_and_print_what_they_say(path, request, tmp_path, mon
 
 def _words(text: str) -> list[str]:
     return re.sub(r"\s+", " ", text).strip().split(" ")
+
+
+def test_the_describe_example_prints_what_the_trainer_guide_shows(tmp_path, monkeypatch):
+    """docs/trainer.md's `--describe` command, run as written on one device (its output is a
+    one-device machine's) from a checkout's root (here: a working directory of its own), prints
+    the recipe the guide shows, the schedule plot's path included."""
+    from train import describe
+
+    guide = (DOCS / "trainer.md").read_text()
+    (command,) = [line for line in guide.splitlines() if line.endswith(" --describe")]
+    shown = guide.split("For `configs/default.py`:\n\n```text\n", 1)[1].split("```", 1)[0]
+    # python -m train --config <file> --workdir <dir> --describe
+    program, arguments = command.split()[:3], command.split()[3:]
+    assert program == ["python", "-m", "train"], command
+    assert arguments[0::2] == ["--config", "--workdir", "--describe"], command
+    config_file, workdir = arguments[1::2]
+    spec = importlib.util.spec_from_file_location("guide_config", ROOT / config_file)
+    config_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config_module)
+    monkeypatch.chdir(tmp_path)
+    one = jax.devices()[:1]
+    for name in ("devices", "local_devices"):
+        monkeypatch.setattr(jax, name, lambda *args, **kwargs: one)
+    for name in ("device_count", "local_device_count"):
+        monkeypatch.setattr(jax, name, lambda *args, **kwargs: 1)
+    printed = describe.describe(config_module.get_config(), workdir)
+    assert printed.splitlines() == shown.splitlines()
+    assert (tmp_path / workdir / "lr_schedule.png").is_file()
