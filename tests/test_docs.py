@@ -167,3 +167,32 @@ def test_the_describe_example_prints_what_the_trainer_guide_shows(tmp_path, monk
     printed = describe.describe(config_module.get_config(), workdir)
     assert printed.splitlines() == shown.splitlines()
     assert (tmp_path / workdir / "lr_schedule.png").is_file()
+
+
+# MyST's roles ({doc}`x`, {func}`x`) and directives (```{include}): GitHub, where the README
+# links the guides, shows them as raw text. The site's structure (toctree) is the exception.
+MYST_ROLE = re.compile(r"\{[a-z:-]+\}`")
+MYST_DIRECTIVE = re.compile(r"^(```|:::)\{(?!toctree\})", re.MULTILINE)
+
+
+# BENCHMARKS.md's page of the site, which docs/conf.py writes at build time (git-ignored).
+GENERATED = {"benchmarks_results.md"}
+
+
+def test_the_guides_are_plain_markdown_that_github_shows_as_the_site_does():
+    for path in sorted(p for p in DOCS.glob("*.md") if p.name not in GENERATED):
+        text = path.read_text()
+        assert not MYST_ROLE.search(text), f"{path.name}: {MYST_ROLE.search(text)[0]}"
+        assert not MYST_DIRECTIVE.search(text), f"{path.name}: {MYST_DIRECTIVE.search(text)[0]}"
+
+
+def _marked_sections(text: str) -> dict[str, str]:
+    """{name: text} of the `<!-- BEGIN name -->` … `<!-- END name -->` sections."""
+    return dict(re.findall(r"<!-- BEGIN ([\w-]+) -->\n(.*?)<!-- END \1 -->", text, re.DOTALL))
+
+
+def test_getting_started_holds_the_readmes_install_table_and_commands_as_they_are():
+    readme = _marked_sections((ROOT / "README.md").read_text())
+    guide = _marked_sections((DOCS / "getting_started.md").read_text())
+    assert set(guide) == {"install", "commands"}
+    assert {name: readme[name] for name in guide} == guide
