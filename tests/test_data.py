@@ -1,6 +1,7 @@
 """Tests of recipe.data: the offline mnist5k builder, dataset specs and the input pipeline."""
 
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -276,6 +277,16 @@ def test_normalisation_zero_mean_unit_std(train_source):
     (batch,) = _train(train_source, global_batch=4000, num_steps=1)
     assert abs(batch["image"].mean()) < 1e-3
     assert abs(batch["image"].std() - 1) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "cores, processes, workers", [(8, 1, 8), (8, 2, 4), (8, 3, 2), (8, 16, 1), (1, 1, 1)]
+)
+def test_default_worker_count_shares_the_cores_among_a_hosts_processes(
+    cores, processes, workers, monkeypatch
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert data.default_worker_count(processes_on_host=processes) == workers
 
 
 def test_augmentation_changes_images_keeps_shape(train_source):
