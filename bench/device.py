@@ -212,8 +212,7 @@ def measure_steps(
     argv = ["--model", sizes.model, "--width", str(sizes.width), "--image", str(sizes.image)]
     if sizes.stage_sizes is not None:
         argv += ["--stage-sizes", ",".join(map(str, sizes.stage_sizes))]
-    if sizes.default_overrides is not None:
-        argv += ["--default-overrides", json.dumps(sizes.default_overrides)]
+    argv += ["--default-overrides", json.dumps(sizes.default_overrides)]
     while True:
         servers, ready, failed, oom = {}, {}, {}, False
         for fw in frameworks:

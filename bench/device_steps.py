@@ -273,7 +273,7 @@ def serve(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         if not line.strip():
             break
-        name, steps = line.split()
+        name, steps = line.rsplit(maxsplit=1)  # names have spaces: "default full 40"
         seconds = []
         for _ in range(int(steps)):
             t0 = time.perf_counter()

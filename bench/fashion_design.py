@@ -11,9 +11,8 @@ Three measurements, each in worker subprocesses under `timeout -s KILL`:
   the wall time at each training record; after ``--seconds`` of steady state (past the first
   record, which holds the compile) the worker sends itself SIGTERM and the trainer stops
   cleanly. Seconds per epoch = steady seconds per step × steps per epoch. Each candidate runs
-  with the training split held decoded (`recipe.data.InMemorySource` wrapped around what
-  `load_source` returns); two also as the trainer reads today (the TFDS source, PNG decoded
-  every epoch).
+  with the splits held decoded (the trainer's `data_in_memory`: `recipe.data.InMemorySource`
+  around what `load_source` returns); two also from the TFDS source (PNG decoded every epoch).
 * ``loader``: `recipe.data.train_batches` alone (augmentation on, no prefetch thread), one core,
   over the TFDS source and over `InMemorySource`: its CPU seconds per 60,000 images, the part
   of an epoch a model cannot make faster, and the one-off decode into memory.
@@ -77,15 +76,12 @@ def _config(overrides: dict):
 
 def epoch_worker(overrides: dict, seconds: float, source: str) -> dict:
     from bench import trainer_api
-    from recipe.data import datasets
 
-    config = _config(overrides)
+    # The splits held decoded (the trainer's data_in_memory, recipe.data.InMemorySource), or the
+    # TFDS source that decodes every PNG at every read.
+    config = _config({**overrides, "data_in_memory": source == "memory"})
     steps_per_epoch = NUM_TRAIN // config.batch_size
     config.log_every_steps = max(1, min(20, steps_per_epoch // 8))
-    if source == "memory":
-        # What the trainer would do with the source held decoded (datasets.InMemorySource).
-        load_source = datasets.load_source
-        datasets.load_source = lambda *args: datasets.InMemorySource(load_source(*args))
     marks: list[tuple[int, float, float]] = []  # (step, process CPU s, wall s) per train record
 
     class TimedWriter(trainer_api.MetricsWriter):

@@ -4,9 +4,16 @@ The guides are MyST Markdown, the three notebooks in colab/ are rendered as they
 executes them in the tests, so the build does not), and the API reference is generated from the
 docstrings (autodoc, autosummary; napoleon reads their Google-style sections). Nothing is
 fetched at build time: the site builds offline.
+
+The guides are written to read on GitHub too, where the README links them: plain Markdown links
+(`[The trainer](trainer.md)`, `` [`recipe.goyal_sgd`](#recipe.goyal_sgd) ``, which MyST resolves
+to the API page) and no directives. Where they link a file of the repository that the site
+holds under another name (BENCHMARKS.md, the notebooks in colab/), `_site_links` rewrites the
+link for the site; the site's copy of BENCHMARKS.md is a page generated at build time.
 """
 
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,7 +39,7 @@ templates_path = ["_templates"]
 # Notebooks are shown as stored: the tests execute them (tests/test_notebooks.py).
 nb_execution_mode = "off"
 
-myst_heading_anchors = 3  # links such as benchmarks_results.md#5-goyal-et-al-table-1-...
+myst_heading_anchors = 3  # links such as ../BENCHMARKS.md#5-goyal-et-al-table-1-...
 
 autosummary_generate = True
 autodoc_default_options = {"members": True}
@@ -79,5 +86,34 @@ def _public_name(app, env, node, contnode):
     )
 
 
+# Links to repository files outside docs/ (for GitHub), and the site's pages of those files: a
+# link to BENCHMARKS.md (section anchors included), and one to a notebook in colab/ (the site's
+# docs/notebooks/ are links to them, which a link by path would follow out of the site).
+SITE_LINKS = (
+    (re.compile(r"\]\(\.\./BENCHMARKS\.md"), "](benchmarks_results.md"),
+    (re.compile(r"\[([^\]]+)\]\(\.\./colab/([\w-]+)\.ipynb\)"), r"{doc}`\1 <notebooks/\2>`"),
+)
+# BENCHMARKS.md as a page of the site (git-ignored; GitHub shows BENCHMARKS.md itself).
+BENCHMARKS_PAGE = pathlib.Path(__file__).parent / "benchmarks_results.md"
+BENCHMARKS_INCLUDE = """```{include} ../BENCHMARKS.md
+:relative-images:
+:relative-docs: ../
+```
+"""
+
+
+def _site_links(app, docname, source):
+    """A guide's links to BENCHMARKS.md and colab/ become links to the site's pages of them."""
+    for link, site_link in SITE_LINKS:
+        source[0] = link.sub(site_link, source[0])
+
+
+def _write_benchmarks_page(app):
+    if not BENCHMARKS_PAGE.exists() or BENCHMARKS_PAGE.read_text() != BENCHMARKS_INCLUDE:
+        BENCHMARKS_PAGE.write_text(BENCHMARKS_INCLUDE)
+
+
 def setup(app):
+    app.connect("builder-inited", _write_benchmarks_page)
+    app.connect("source-read", _site_links)
     app.connect("missing-reference", _public_name)

@@ -1,9 +1,9 @@
-"""The recipe in Flax NNX: the ResNets and their BatchNorm as `nnx.Module`s, converters to and
-from linen's variables, and the modern extras on NNX models.
+"""The recipe in Flax NNX: the ResNets and their BatchNorm as NNX modules (`nnx.Module`),
+converters to and from linen's variables, and the modern extras on NNX models.
 
-The NNX face of the library shares every rule with the linen one (`recipe.models`): the
+The NNX face of the library shares every rule with the linen one (``recipe.models``): the
 architecture table (`models.architecture`), the block layout (`models.block_plan`), the Goyal
-initialisers (`recipe.inits`) and the BatchNorm computation with its scopes
+initialisers (``recipe.inits``) and the BatchNorm computation with its scopes
 (`models.batch_norm`: per device, across a mapped axis or groups of its devices, ghost
 batches). Modules and parameters carry the linen model's names, so the NNX model's state is
 the linen model's variables, path for path: `params["stage2_block1"]["bn_last"]["scale"]` is

@@ -62,7 +62,8 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
     >>> logits = run.model(images)  # doctest: +SKIP
 
     Args:
-      workdir: a work dir of `python -m train` (local, or any URL `etils.epath` reaches).
+      workdir: a work dir of `python -m train`: a local path, relative to the working directory
+        or absolute, or any URL `etils.epath` reaches.
       step: the checkpoint to load; None: the latest.
 
     Raises:
@@ -136,6 +137,9 @@ def _variables(path: epath.Path) -> dict[str, Any]:
     state, are not read), onto the default device."""
     import orbax.checkpoint as ocp  # on demand: `import recipe` stays light
 
+    # orbax refuses relative paths ("Checkpoint path should be absolute"), and users type them:
+    # load_run("runs/default"). gs:// and other URLs are absolute already.
+    path = path if path.is_absolute() else path.absolute()
     handler = ocp.PyTreeCheckpointHandler()
     try:
         saved = handler.metadata(path).tree

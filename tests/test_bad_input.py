@@ -1,6 +1,8 @@
-"""Every bad input of the README's table: one line naming the dotted field, the value, what is
-allowed and the flag that fixes it, raised before anything is compiled, loaded or written, the
-same from training and from `--describe`; an existing work dir is left byte for byte as it was.
+"""Every bad input of the trainer guide's table: one line naming the dotted field, the value,
+what is allowed and the flag that fixes it, raised before anything is compiled, loaded or
+written; a config field's the same from training, `--describe` and `--eval_only`, a dataset that
+is not prepared from training and `--eval_only` (`--describe` reads no data); an existing work
+dir is left byte for byte as it was.
 """
 
 import ast
@@ -20,7 +22,7 @@ from conftest import xla_flags
 
 from configs import default
 from recipe.data import datasets
-from train import checkpoints, describe, loop, resolve
+from train import checkpoints, describe, evaluation, loop, resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_COMPILES: list[str] = []
@@ -267,12 +269,34 @@ def existing_workdir(finished_run, tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
+NOT_LOADED = "bad input must be rejected before the data is opened"
+
+
 @pytest.fixture
 def nothing_is_loaded(monkeypatch):
-    def load_source(*args, **kwargs):
-        raise AssertionError("bad input must be rejected before the data is opened")
+    """Opening the data fails the test, whichever way the trainer opens it: `load_source`, or
+    `load_in_memory` (tests/tiny_config.py's `data_in_memory`), whose cache `finished_run`
+    has filled in this process already."""
 
-    monkeypatch.setattr(datasets, "load_source", load_source)
+    def load(*args, **kwargs):
+        raise AssertionError(NOT_LOADED)
+
+    for name in ("load_source", "load_in_memory"):
+        monkeypatch.setattr(datasets, name, load)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_the_nothing_is_loaded_guard_fires_on_a_good_config(
+    in_memory, data_dir, finished_run, tmp_path, nothing_is_loaded
+):
+    """The guard itself: a config that passes every check reaches the data, and fails there,
+    though `finished_run` (trained in this process) left the same splits in memory."""
+    config = tiny.make_config(data_dir, data_in_memory=in_memory)
+    with pytest.raises(AssertionError, match=NOT_LOADED):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(AssertionError, match=NOT_LOADED):
+        evaluation.evaluate_checkpoint(config, str(finished_run[0]))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("overrides, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
@@ -283,9 +307,12 @@ def test_bad_config_field(overrides, message, data_dir, existing_workdir, nothin
         loop.train_and_evaluate(config, str(existing_workdir))
     with pytest.raises(resolve.ConfigError) as from_describe:
         describe.describe(config)
+    with pytest.raises(resolve.ConfigError) as from_evaluation:
+        evaluation.evaluate_checkpoint(config, str(existing_workdir))
     text = str(from_training.value)
     assert re.match(message, text), text
     assert str(from_describe.value) == text, "describe and training must say the same"
+    assert str(from_evaluation.value) == text, "--eval_only and training must say the same"
     assert "\n" not in text
     assert len(BACKEND_COMPILES) == compiles, "bad input must be rejected before compiling"
     assert _checksums(existing_workdir) == before, "the work dir must be left as it was"
@@ -361,11 +388,19 @@ def test_another_dataset_leaves_the_work_dir_intact(tmp_path, existing_workdir):
     assert _checksums(existing_workdir) == before
 
 
-def test_dataset_not_prepared_offline(tmp_path):
+def test_dataset_not_prepared_offline(tmp_path, finished_run):
     config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
-    with pytest.raises(resolve.ConfigError, match=r"cifar10 is not prepared.*prepare_dataset"):
+    with pytest.raises(resolve.ConfigError) as from_training:
         loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert re.match(r"cifar10 is not prepared.*prepare_dataset", str(from_training.value))
     assert not (tmp_path / "run").exists(), "nothing is created for a dataset that is missing"
+    # How to prepare it, with the distribution's name (`recipe` on the index is another project).
+    assert "`pip install 'large-batch-recipe[prepare]'`" in str(from_training.value)
+    with pytest.raises(resolve.ConfigError) as from_evaluation:
+        evaluation.evaluate_checkpoint(config, str(finished_run[0]))
+    assert str(from_evaluation.value) == str(from_training.value)
+    # --describe reads no data: it describes a run whose dataset is still to be prepared.
+    assert describe.describe(config).startswith("dataset            cifar10: 50000 train")
 
 
 def test_workdir_that_cannot_be_written(data_dir, tmp_path):
@@ -375,14 +410,20 @@ def test_workdir_that_cannot_be_written(data_dir, tmp_path):
         loop.train_and_evaluate(tiny.make_config(data_dir), str(blocker / "run"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
-def test_workdir_without_write_permission(data_dir, tmp_path):
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(resolve.ConfigError, match=r"workdir .* is not writable"):
-            loop.train_and_evaluate(tiny.make_config(data_dir), str(tmp_path))
-    finally:
-        tmp_path.chmod(0o700)
+def test_workdir_without_write_permission(data_dir, tmp_path, monkeypatch):
+    """The kernel's refusal is injected: root (as CI runs) writes through any permissions."""
+    workdir, access = tmp_path / "read_only", os.access
+
+    def no_writes_to_the_workdir(path, mode, **kwargs):
+        if pathlib.Path(path) == workdir and mode & os.W_OK:
+            return False
+        return access(path, mode, **kwargs)
+
+    workdir.mkdir()
+    monkeypatch.setattr(os, "access", no_writes_to_the_workdir)
+    with pytest.raises(resolve.ConfigError, match=rf"^workdir '{workdir}' is not writable$"):
+        loop.train_and_evaluate(tiny.make_config(data_dir), str(workdir))
+    assert list(workdir.iterdir()) == []
 
 
 # The command line: what absl and ml_collections refuse while parsing flags is one line too.

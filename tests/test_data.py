@@ -1,6 +1,8 @@
 """Tests of recipe.data: the offline mnist5k builder, dataset specs and the input pipeline."""
 
 import dataclasses
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from recipe import data
+from recipe.data import datasets
 from recipe.data.mnist5k import read_mnist5k_csv, split_row_indices
 
 SPEC = data.get_dataset_spec("mnist5k")
@@ -121,6 +124,69 @@ def test_unprepared_dataset_raises_without_calling_tfds(name, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+def _offline(monkeypatch) -> list[str]:
+    """No host resolves and no proxy is set, as on a machine without network; TFDS's own
+    download fails the test. Returns the hosts that were looked up."""
+    looked_up = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for name in datasets._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        lambda *args, **kwargs: pytest.fail("TFDS started downloading (it retries for minutes)"),
+    )
+    return looked_up
+
+
+@pytest.mark.parametrize(
+    "name, host",
+    [("cifar10", "www.cs.toronto.edu"), ("imagenette", "s3.amazonaws.com")],
+)
+def test_preparing_offline_fails_at_once_naming_the_host(name, host, tmp_path, monkeypatch):
+    looked_up = _offline(monkeypatch)
+    with pytest.raises(ConnectionError) as error:
+        data.prepare_dataset(name, str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"preparing {name} downloads it from {host}, which does not resolve")
+    assert "no network access?" in message and "about 3 minutes" in message
+    assert looked_up == [host]
+
+
+def test_preparing_offline_reuses_what_tfds_downloaded_before(tmp_path, monkeypatch):
+    """A file TFDS downloaded before (a failed preparation) needs no network: no host check."""
+    from tensorflow_datasets.core.download import resource
+
+    looked_up = _offline(monkeypatch)
+    prepared = []
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: prepared.append(1)
+    )
+    ((url, info),) = tfds.builder("cifar10", data_dir=str(tmp_path)).url_infos.items()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / resource.get_dl_fname(url, info.checksum)).write_bytes(b"")
+    data.prepare_dataset("cifar10", str(tmp_path))
+    assert looked_up == [] and prepared == [1]
+
+
+def test_preparing_through_a_proxy_leaves_the_hosts_to_it(tmp_path, monkeypatch):
+    looked_up = _offline(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    prepared = []
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: prepared.append(1)
+    )
+    data.prepare_dataset("cifar10", str(tmp_path))
+    assert looked_up == [] and prepared == [1]
+
+
 def test_tfrecord_prepared_dataset_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds, "data_source", lambda *args, **kwargs: pytest.fail("TFDS called"))
     version_dir = tmp_path / "cifar10" / "3.0.2"
@@ -211,6 +277,16 @@ def test_normalisation_zero_mean_unit_std(train_source):
     (batch,) = _train(train_source, global_batch=4000, num_steps=1)
     assert abs(batch["image"].mean()) < 1e-3
     assert abs(batch["image"].std() - 1) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "cores, processes, workers", [(8, 1, 8), (8, 2, 4), (8, 3, 2), (8, 16, 1), (1, 1, 1)]
+)
+def test_default_worker_count_shares_the_cores_among_a_hosts_processes(
+    cores, processes, workers, monkeypatch
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert data.default_worker_count(processes_on_host=processes) == workers
 
 
 def test_augmentation_changes_images_keeps_shape(train_source):

@@ -1,5 +1,8 @@
-"""LARS and LAMB through `build_optimizer`: optax's own transforms with the BatchNorm-free mask,
-plain momentum (LARS) or plain Adam (LAMB) on the excluded leaves, and the MLPerf schedule."""
+"""LARS and LAMB, called directly and through `build_optimizer`: optax's own transforms with the
+BatchNorm-free mask, plain momentum (LARS) or plain Adam (LAMB) on the excluded leaves, against
+their definitions in float64, and the MLPerf schedule."""
+
+import itertools
 
 import chex
 import flax.linen as nn
@@ -159,6 +162,98 @@ def test_lamb_is_optax_lamb_on_masked_leaves_and_adam_elsewhere():
     assert float(optim.current_learning_rate(state)) == pytest.approx(
         float(opt.schedule(EPOCHS * STEPS_PER_EPOCH - 1)), rel=1e-6
     )
+
+
+def _leaves(tree) -> dict[str, np.ndarray]:
+    """{'layer/name': float64 array} of a two-level params (or mask) dict."""
+    return {
+        f"{layer}/{name}": np.asarray(v, np.float64)
+        for layer, d in tree.items()
+        for name, v in d.items()
+    }
+
+
+def _trust_ratio(w: np.ndarray, d: np.ndarray, coefficient: float = 1.0) -> float:
+    """c · ‖w‖ / ‖d‖, or 1 where either norm is 0 (optax's `scale_by_trust_ratio`)."""
+    w_norm, d_norm = np.linalg.norm(w), np.linalg.norm(d)
+    return 1.0 if w_norm == 0 or d_norm == 0 else coefficient * w_norm / d_norm
+
+
+def _lars_by_hand(params, gradients, *, lr, weight_decay, mask, coefficient, momentum, nesterov):
+    """LARS in float64 from its definition (the docstring of `optim.lars`), per tensor."""
+    weights, masked = _leaves(params), _leaves(mask)
+    velocity = {key: np.zeros_like(w) for key, w in weights.items()}
+    for grads in map(_leaves, gradients):
+        for key, w in weights.items():
+            d = grads[key] + weight_decay * w if masked[key] else grads[key]
+            if masked[key]:
+                d = _trust_ratio(w, d, coefficient) * d
+            velocity[key] = momentum * velocity[key] + lr * d
+            step = momentum * velocity[key] + lr * d if nesterov else velocity[key]
+            weights[key] = w - step
+    return weights
+
+
+def _lamb_by_hand(params, gradients, *, lr, weight_decay, mask, b1, b2, eps):
+    """LAMB in float64 from its definition (the docstring of `optim.lamb`), per tensor: Adam's
+    bias-corrected moments, the decoupled decay and the trust ratio where `mask` is True."""
+    weights, masked = _leaves(params), _leaves(mask)
+    first = {key: np.zeros_like(w) for key, w in weights.items()}
+    second = {key: np.zeros_like(w) for key, w in weights.items()}
+    for t, grads in enumerate(map(_leaves, gradients), start=1):
+        for key, w in weights.items():
+            first[key] = b1 * first[key] + (1 - b1) * grads[key]
+            second[key] = b2 * second[key] + (1 - b2) * grads[key] ** 2
+            adam = (first[key] / (1 - b1**t)) / (np.sqrt(second[key] / (1 - b2**t)) + eps)
+            d = adam + weight_decay * w if masked[key] else adam
+            if masked[key]:
+                d = _trust_ratio(w, d) * d
+            weights[key] = w - lr * d
+    return weights
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_follows_its_definition_in_float64_over_several_steps(nesterov):
+    """`optim.lars` called directly, 8 steps with momentum, against LARS written out by hand:
+    the trust ratio of every step (not only the first), the decay and momentum where the mask
+    is True, plain momentum on the leaves it leaves out."""
+    mask = _mask(decay_bias=False)
+    params = jax.tree.map(lambda w: w + 0.5, _variables()["params"])
+    gradients = _gradients(params, 8)
+    settings = dict(weight_decay=0.005, mask=mask, momentum=0.8, nesterov=nesterov)
+    ours, _ = _run(optim.lars(0.3, trust_coefficient=0.05, **settings), params, gradients)
+    expected = _lars_by_hand(params, gradients, lr=0.3, coefficient=0.05, **settings)
+    for key, value in _leaves(ours).items():
+        np.testing.assert_allclose(value, expected[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_lamb_follows_its_definition_in_float64_over_several_steps():
+    """`optim.lamb` called directly, 8 steps, against LAMB written out by hand."""
+    mask = _mask(decay_bias=True)
+    params = jax.tree.map(lambda w: w + 0.5, _variables()["params"])
+    gradients = _gradients(params, 8)
+    settings = dict(weight_decay=0.02, mask=mask, b1=0.8, b2=0.95, eps=1e-4)
+    ours, _ = _run(optim.lamb(0.02, **settings), params, gradients)
+    expected = _lamb_by_hand(params, gradients, lr=0.02, **settings)
+    for key, value in _leaves(ours).items():
+        np.testing.assert_allclose(value, expected[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_optimizer_names_are_what_build_optimizer_builds():
+    """`OPTIMIZER_NAMES` lists exactly the names `build_optimizer` accepts, and each builds
+    its own optimizer: the same gradients move the weights differently under each."""
+    assert optim.OPTIMIZER_NAMES == ("sgd", "lars", "lamb")
+    params = jax.tree.map(lambda w: w + 0.5, _variables()["params"])
+    gradients = _gradients(params, 3)
+    trained = {
+        name: _run(_build(name, base_lr=0.05).tx, params, gradients)[0]
+        for name in optim.OPTIMIZER_NAMES
+    }
+    for a, b in itertools.combinations(optim.OPTIMIZER_NAMES, 2):
+        difference = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), trained[a], trained[b])
+        assert max(jax.tree.leaves(difference)) > 1e-3, (a, b)
+    with pytest.raises(ValueError, match=r"name must be one of 'sgd', 'lars', 'lamb'; got 'adam'"):
+        _build("adam")
 
 
 @pytest.mark.parametrize(

@@ -263,8 +263,17 @@ def test_label_smoothing_may_be_traced():
     np.testing.assert_allclose(
         smooth(jnp.eye(K), 0.2), losses.smooth_labels(jnp.eye(K), 0.2), rtol=1e-6
     )
-    loss = jax.jit(lambda eps: losses.cross_entropy(jnp.zeros((2, K)), jnp.array([0, 1]), eps))
-    np.testing.assert_allclose(loss(0.3), np.log(K), rtol=1e-6)
+    # Logits far from uniform, whose loss changes with ε (uniform logits give log K for any ε):
+    # the loss of a traced ε against float64 by hand, q = (1 − ε)·onehot + ε/K.
+    logits = np.random.default_rng(0).normal(scale=3.0, size=(2, K))
+    labels = np.array([0, 1])
+    loss = jax.jit(lambda eps: losses.cross_entropy(jnp.asarray(logits, jnp.float32), labels, eps))
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    for eps in (0.0, 0.3, 0.9):
+        q = (1 - eps) * np.eye(K)[labels] + eps / K
+        np.testing.assert_allclose(loss(eps), -np.mean(np.sum(q * log_p, -1)), rtol=1e-5)
+    assert abs(float(loss(0.9)) - float(loss(0.0))) > 0.5
 
 
 @pytest.mark.parametrize("eps", [jnp.array(1.5), np.float32(-0.1), jnp.array(float("nan"))])

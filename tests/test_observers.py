@@ -12,13 +12,16 @@ logged at every step; a run without observers is shared by the entries on its ba
 """
 
 import json
+import math
 
 import chex
 import pytest
 import tiny_config as tiny
 from conftest import checkpoint_state, visible_devices
 
+from train import sharpness, steps
 from train.loop import train_and_evaluate
+from train.metrics import read_metrics
 
 BASE = {
     "train_examples": 1000,  # mnist5k's first 1,000 training examples, in one batch:
@@ -89,28 +92,61 @@ OBSERVERS = [
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """(devices, overrides) → (final params, {step: logged training loss}), each run once."""
+    """(devices, overrides) → (final params, metrics.jsonl's records), each run once."""
     runs = {}
 
-    def run(devices: int, overrides: dict) -> tuple[dict, dict[int, float]]:
+    def run(devices: int, overrides: dict) -> tuple[dict, list[dict]]:
         key = (devices, json.dumps(overrides, sort_keys=True))
         if key not in runs:
             workdir = tmp_path_factory.mktemp("observers")
             config = tiny.make_config(data_dir, **{**BASE, **overrides})
             with visible_devices(devices):
                 train_and_evaluate(config, str(workdir))
-            records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
-            losses = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
-            runs[key] = checkpoint_state(workdir, max(losses))["params"], losses
+            records = read_metrics(workdir)
+            last = max(r["step"] for r in records)
+            runs[key] = checkpoint_state(workdir, last)["params"], records
         return runs[key]
 
     return run
 
 
+def _of_kind(records: list[dict], kind: str) -> dict[int, dict]:
+    return {r["step"]: r for r in records if r["kind"] == kind}
+
+
+def _assert_the_observer_observed(observer: dict, records: list[dict], without: list[dict]):
+    """Each observer's own records, which the run without it lacks: an observer switched off
+    leaves the training unchanged too."""
+    train, evals = _of_kind(records, "train"), _of_kind(records, "eval")
+    train_without, evals_without = _of_kind(without, "train"), _of_kind(without, "eval")
+    if observer.get("noise_scale.enabled"):  # B_simple, |G|² and tr(Σ) at every step
+        for record in train.values():
+            values = [record[name] for name in steps.NOISE_SCALE_METRICS]
+            assert all(math.isfinite(v) for v in values) and record["noise_grad_sq"] > 0, record
+        assert not set(steps.NOISE_SCALE_METRICS) & set(train_without[1])
+    if observer.get("bn.precise_batches"):  # precise BN's statistics, not the running averages
+        assert list(evals) == list(evals_without) and len(evals) == 2  # one per epoch
+        for step, record in evals.items():
+            assert record["loss"] != evals_without[step]["loss"], (record, evals_without[step])
+    if observer.get("ema.decay"):  # the EMA scored beside the weights
+        assert all(math.isfinite(record["ema_loss"]) for record in evals.values())
+        # timm's decay warmup, 1 − n^(−2/3), is 0 at the first update (the EMA is the weights)
+        # and 0.37 at the second: the last evaluation scores other weights.
+        last = evals[max(evals)]
+        assert last["ema_loss"] != last["loss"], last
+        assert "ema_loss" not in evals_without[max(evals)]
+    if observer.get("sharpness.every_steps"):  # λ_max at every step
+        measured = _of_kind(records, sharpness.KIND)
+        assert list(measured) == list(train) and all(r["sharpness"] > 0 for r in measured.values())
+        assert not _of_kind(without, sharpness.KIND)
+
+
 @pytest.mark.parametrize("devices, base, observer", OBSERVERS)
 def test_an_observer_leaves_the_training_unchanged(trained, devices, base, observer):
-    params, losses = trained(devices, {**base, **observer})
-    params_without, losses_without = trained(devices, base)
+    params, records = trained(devices, {**base, **observer})
+    params_without, records_without = trained(devices, base)
+    losses = {step: r["loss"] for step, r in _of_kind(records, "train").items()}
     assert list(losses) == list(range(1, len(losses) + 1))  # every step's, to the last
-    assert losses == losses_without
+    assert losses == {step: r["loss"] for step, r in _of_kind(records_without, "train").items()}
     chex.assert_trees_all_equal(params, params_without)
+    _assert_the_observer_observed(observer, records, records_without)

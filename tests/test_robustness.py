@@ -15,8 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import chex
@@ -137,16 +135,48 @@ def _start(workdir: Path, data_dir: str, fault: dict[str, str] | None = None) ->
     )
 
 
+# absl's log lines, Python's and C++'s (XLA, tensorstore): the severity letter, the month and day
+# (0000 from C++ before absl::InitializeLog), the time, the thread id, the source line.
+ABSL_LINE = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
+
+
 def _error_lines(stderr: str) -> list[str]:
-    """stderr without absl's and Python's warnings (orbax and jax log some at WARNING), and
-    without XLA's "Very slow compile?" banner, which a loaded machine gets."""
-    return [
-        line
-        for line in stderr.splitlines()
-        if line.strip()
-        and not line.startswith(("WARNING", "W1", "I1", "E1", "[Compiling module"))
-        and line.strip("*")
-        and "Warning" not in line
+    """stderr without absl's INFO and WARNING lines, Python's warnings (orbax and jax log some
+    at WARNING) and XLA's "Very slow compile?" banner, which a loaded machine gets. absl's
+    ERROR and FATAL lines stay: a user would read them."""
+    lines = []
+    for line in stderr.splitlines():
+        absl = ABSL_LINE.match(line)
+        if absl and absl["severity"] in "IW":
+            continue
+        if (
+            line.strip()
+            and not line.startswith(("WARNING", "[Compiling module"))
+            and line.strip("*")
+            and "Warning" not in line
+        ):
+            lines.append(line)
+    return lines
+
+
+def test_error_lines_drop_absl_warnings_of_every_date_and_keep_its_errors():
+    stderr = "\n".join(
+        [
+            "W0115 09:30:12.123456 140245 checkpoint_manager.py:1521] January's warning",
+            "I1203 23:59:59.000001   12 port.cc:153] December's info",
+            "W0000 00:00:1796552206.207949   14545 port.cc:153] before absl::InitializeLog",
+            "E1105 10:00:00.000000 99 tensorstore.cc:7] November's error",
+            "F0102 10:00:00.000000 99 check.cc:1] January's fatal",
+            "WARNING: All log messages before absl::InitializeLog() is called are written to "
+            "STDERR",
+            "Warning: a Python warning",
+            "error: the trainer's one line",
+        ]
+    )
+    assert _error_lines(stderr) == [
+        "E1105 10:00:00.000000 99 tensorstore.cc:7] November's error",
+        "F0102 10:00:00.000000 99 check.cc:1] January's fatal",
+        "error: the trainer's one line",
     ]
 
 
@@ -286,34 +316,50 @@ def test_a_full_file_system_is_one_line_and_keeps_the_previous_checkpoint(data_d
 def test_a_failed_save_removes_its_temporary_files_after_late_writes(tmp_path, monkeypatch):
     """A failed save reaches the trainer with its first failing write task, while orbax's other
     tasks of the same save may still be writing into its temporary directory (on the full tmpfs
-    above, removing it raced them in 3 of 16 runs and left it behind). Here a late writer keeps
-    writing there, creating the directory again as tensorstore does, for 0.5 s after the
-    failure: once `save` has raised, the directory is gone."""
+    above, removing it raced them in 3 of 16 runs and left it behind). Here a late write lands
+    right after each of the first three removals, creating the directory again as tensorstore
+    does: a hook on the removal decides it, not a clock. Once `save` has raised, the directory
+    is gone, and all three late writes happened."""
     checkpointer = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=2, asynchronous=False)
     temporary = checkpointer.directory / "8.orbax-checkpoint-tmp" / "state"
-    writes_until = time.monotonic() + 0.5
+    removals, late_writes = [], []
 
-    def late_writes():
-        count = 0
-        while time.monotonic() < writes_until:
-            try:
-                temporary.mkdir(parents=True, exist_ok=True)
-                (temporary / f"chunk{count}").write_bytes(b"x")
-            except OSError:  # removed between the two: write again
-                pass
-            count += 1
-            time.sleep(0.005)
+    def write_a_chunk():
+        temporary.mkdir(parents=True, exist_ok=True)
+        (temporary / f"chunk{len(late_writes)}").write_bytes(b"x")
 
-    writer = threading.Thread(target=late_writes)
+    class RemovedThenWrittenAgain:
+        """A temporary directory whose removal a late write follows, the first three times."""
+
+        def __init__(self, path):
+            self.path = path
+
+        def rmtree(self):
+            self.path.rmtree()
+            removals.append(self.path.name)
+            if len(late_writes) < 3:
+                write_a_chunk()
+                late_writes.append(len(removals))
+
+    find_temporary_directories = checkpointer._temporary_directories
+    monkeypatch.setattr(
+        checkpointer,
+        "_temporary_directories",
+        lambda: [RemovedThenWrittenAgain(p) for p in find_temporary_directories()],
+    )
 
     def failing_save(*args, **kwargs):
-        writer.start()
+        # As orbax's own save does first: wait for the manager's cleanup of earlier temporary
+        # directories, a background task started with the manager, which would remove ours too.
+        checkpointer._manager._maybe_await_cleanup_tmp_directory()
+        write_a_chunk()  # the save's first chunk, then its first failing write task
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(checkpointer._manager, "save", failing_save)
     with pytest.raises(checkpoints.CheckpointWriteError, match="No space left on device"):
         checkpointer.save(8, {"w": np.zeros(3)}, {"run": 1})
-    writer.join()
+    assert late_writes == [1, 2, 3], "a late write followed each of the first three removals"
+    assert removals == ["8.orbax-checkpoint-tmp"] * 4
     assert list(checkpointer.directory.iterdir()) == []
 
 

@@ -391,6 +391,23 @@ def test_constant_decay():
     _check(s, lambda t: 3.2, [WARM, WARM + 1, TOTAL - 1], jit=False, as_array=False)
 
 
+@pytest.mark.parametrize(
+    "epochs, steps_per_epoch, steps",
+    # The default run's step decay (docs/trainer.md's --describe): Goyal's epochs 30, 60 and 80
+    # of 90 placed on 15 epochs of 31 updates, at updates 181, 323 and 418.
+    [(5.824, 31, 181), (10.41, 31, 323), (13.47, 31, 418), (0, 7, 0), (2.9, 1, 3), (0.2, 1, 0)],
+)
+def test_epochs_to_steps_rounds_to_the_nearest_update(epochs, steps_per_epoch, steps):
+    assert schedules.epochs_to_steps(epochs, steps_per_epoch) == steps
+
+
+def test_epochs_to_steps_names_what_it_refuses():
+    with pytest.raises(ValueError, match=r"^warmup_epochs must be a finite number >= 0, got -1"):
+        schedules.epochs_to_steps(-1, 10, name="warmup_epochs")
+    with pytest.raises(ValueError, match=r"^steps_per_epoch must be an integer > 0, got 0"):
+        schedules.epochs_to_steps(1, 0)
+
+
 def test_goyal_fractional_warmup_epochs_round_to_steps():
     s = schedules.goyal_schedule(
         batch_size=512, steps_per_epoch=10, epochs=4, warmup_epochs=0.25, decay_epochs=(2, 3)

@@ -50,6 +50,63 @@ def test_a_larger_negative_eigenvalue_is_not_taken_for_the_top():
     assert float(found.residuals[-1]) < 1e-3
 
 
+# L(w, s) = ½ wᵀAw + (b·w)³ + s²·(b·w): its Hessian, by hand, is
+#   ∂²L/∂w² = A + 6(b·w)·bbᵀ,  ∂²L/∂w∂s = 2s·b,  ∂²L/∂s² = 2(b·w).
+HVP_A = np.array([[2.0, -1.0, 0.5], [-1.0, 3.0, 0.0], [0.5, 0.0, 1.0]])
+HVP_B = np.array([0.3, -0.7, 1.1])
+
+
+def _cubic_loss(params, b=HVP_B):
+    w, s = params["w"], params["s"]
+    return 0.5 * w @ jnp.asarray(HVP_A, jnp.float32) @ w + jnp.dot(b, w) ** 3 + s**2 * jnp.dot(b, w)
+
+
+def _cubic_hvp_by_hand(w, s, vw, vs, b=HVP_B):
+    bw = b @ w
+    return {
+        "w": HVP_A @ vw + 6 * bw * (b @ vw) * b + 2 * s * vs * b,
+        "s": 2 * s * (b @ vw) + 2 * bw * vs,
+    }
+
+
+def test_hessian_vector_product_of_a_hessian_known_by_hand():
+    """On a pytree of parameters, where the Hessian depends on them (a quadratic's would not
+    show where it is taken)."""
+    w, s = np.array([0.4, -1.2, 0.9]), 1.5
+    vw, vs = np.array([1.0, 0.5, -2.0]), -0.8
+    params = {"w": jnp.asarray(w, jnp.float32), "s": jnp.float32(s)}
+    product = jax.jit(lambda v: sharpness.hessian_vector_product(_cubic_loss, params)(v))(
+        {"w": jnp.asarray(vw, jnp.float32), "s": jnp.float32(vs)}
+    )
+    expected = _cubic_hvp_by_hand(w, s, vw, vs)
+    for key in ("w", "s"):
+        np.testing.assert_allclose(product[key], expected[key], rtol=1e-5, err_msg=key)
+
+
+def test_hessian_vector_product_across_devices_is_the_mean_of_theirs():
+    """Under pmap each device's loss has its own data (here b); the product is the mean of
+    the devices' Hessian-vector products, the Hessian of the mean loss."""
+    w, s = np.array([0.4, -1.2, 0.9]), 1.5
+    vw, vs = np.array([1.0, 0.5, -2.0]), -0.8
+    per_device_b = np.array([HVP_B, -2.0 * HVP_B[::-1]])
+
+    def device_product(b):
+        params = {"w": jnp.asarray(w, jnp.float32), "s": jnp.float32(s)}
+        hvp = sharpness.hessian_vector_product(
+            lambda p: _cubic_loss(p, b), params, axis_name="devices"
+        )
+        return hvp({"w": jnp.asarray(vw, jnp.float32), "s": jnp.float32(vs)})
+
+    products = jax.pmap(device_product, axis_name="devices", devices=jax.devices()[:2])(
+        jnp.asarray(per_device_b, jnp.float32)
+    )
+    by_hand = [_cubic_hvp_by_hand(w, s, vw, vs, b) for b in per_device_b]
+    for key in ("w", "s"):
+        expected = np.mean([product[key] for product in by_hand], axis=0)
+        for device in range(2):
+            np.testing.assert_allclose(products[key][device], expected, rtol=1e-5, err_msg=key)
+
+
 class _MLP(nn.Module):
     batch_norm: bool = False
 

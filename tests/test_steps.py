@@ -3,7 +3,9 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -231,3 +233,141 @@ def test_uint8_batches_normalised_in_the_step_train_as_host_normalised_floats():
     )
     sums_b = runner.map(evaluate)(state_a, runner.put({**float_batch, **eval_batch}))
     chex.assert_trees_all_close(jax.device_get(sums_a), jax.device_get(sums_b), rtol=1e-5)
+
+
+# ---- One update against a float64 computation by hand.
+
+
+class _DenseBNNet(nn.Module):
+    """Dense → the recipe's BatchNorm (per device) → ReLU → Dense: small enough to
+    differentiate by hand."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Dense(5, name="hidden")(x.reshape(x.shape[0], -1))
+        x = models.BatchNorm(use_running_average=not train, name="bn")(x)
+        return nn.Dense(3, name="fc")(nn.relu(x))
+
+
+def _forward_backward_by_hand(params, x, labels, smoothing):
+    """(loss, gradients, batch mean, batch variance) of `_DenseBNNet` on one device's batch, in
+    float64: BN normalises with the batch's mean and biased variance (ε = 1e-5), the loss is the
+    mean label-smoothed cross-entropy, q = (1 − ε)·onehot + ε/K."""
+    w1, b1 = params["hidden"]["kernel"], params["hidden"]["bias"]
+    gamma, beta = params["bn"]["scale"], params["bn"]["bias"]
+    w2, b2 = params["fc"]["kernel"], params["fc"]["bias"]
+    n, classes = len(x), w2.shape[1]
+    z = x @ w1 + b1
+    mean, var = z.mean(0), z.var(0)
+    inv_std = 1 / np.sqrt(var + 1e-5)
+    normalised = (z - mean) * inv_std
+    h = gamma * normalised + beta
+    a = np.maximum(h, 0)
+    logits = a @ w2 + b2
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    q = (1 - smoothing) * np.eye(classes)[labels] + smoothing / classes
+    loss = -np.mean(np.sum(q * log_p, 1))
+    d_logits = (np.exp(log_p) - q) / n
+    d_h = (d_logits @ w2.T) * (h > 0)
+    d_normalised = d_h * gamma
+    d_z = (
+        inv_std
+        / n
+        * (n * d_normalised - d_normalised.sum(0) - normalised * (d_normalised * normalised).sum(0))
+    )
+    grads = {
+        "hidden": {"kernel": x.T @ d_z, "bias": d_z.sum(0)},
+        "bn": {"scale": (d_h * normalised).sum(0), "bias": d_h.sum(0)},
+        "fc": {"kernel": a.T @ d_logits, "bias": d_logits.sum(0)},
+    }
+    return loss, grads, mean, var
+
+
+def _nesterov_sgd(weights, trace, gradient, learning_rate: float, momentum: float):
+    """optax's Nesterov momentum: u ← m·u + g, w ← w − η·(g + m·u); (weights, u)."""
+    trace = jax.tree.map(lambda u, g: momentum * u + g, trace, gradient)
+    weights = jax.tree.map(
+        lambda w, g, u: w - learning_rate * (g + momentum * u), weights, gradient, trace
+    )
+    return weights, trace
+
+
+def test_two_updates_equal_a_float64_computation_by_hand():
+    """The trainer's step, on 2 devices of 4 examples each, against Goyal's update written out:
+    per-device BN statistics, the label-smoothed loss, gradients averaged over the devices (a
+    mean over the global batch), coupled L2 (λ = 0.01) on the kernels and biases but not on BN's
+    γ and β, Nesterov momentum 0.9, and the gradual warmup's learning rate
+    η + (kη − η)·t/W = 0.1, 0.125 (k = 2, W = 4 updates), for two updates."""
+    devices, per_device, smoothing, decay, momentum = 2, 4, 0.1, 0.01, 0.9
+    model = _DenseBNNet()
+    rng = np.random.default_rng(3)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), train=False)
+    params = jax.tree.map(
+        lambda w: rng.normal(size=w.shape).astype(np.float32), variables["params"]
+    )
+    variables = {"params": params, "batch_stats": variables["batch_stats"]}
+    optimizer = optim.build_optimizer(
+        variables,
+        batch_size=devices * per_device,
+        base_batch_size=devices * per_device // 2,  # k = 2: peak 0.2
+        base_lr=0.1,
+        steps_per_epoch=4,
+        epochs=3,
+        warmup_epochs=1,
+        decay_epochs=(2,),
+        weight_decay=decay,
+        momentum=momentum,
+        nesterov=True,
+        weight_decay_in_loss=True,
+    )
+    step = functools.partial(
+        steps.train_step,
+        model=model,
+        tx=optimizer.tx,
+        label_smoothing=smoothing,
+        skip_nonfinite=False,
+        loss_penalty=optimizer.loss_penalty,
+    )
+    runner = runners.pmap_runner(jax.devices()[:devices])
+    train_step = runner.map(step)
+    device_state = runner.replicate(steps.TrainState.create(variables, optimizer.tx))
+    batches = [
+        {
+            "image": rng.normal(size=(devices, per_device, 2, 2, 1)).astype(np.float32),
+            "label": rng.integers(0, 3, size=(devices, per_device)).astype(np.int32),
+        }
+        for _ in range(2)
+    ]
+
+    weights = jax.tree.map(lambda w: np.asarray(w, np.float64), params)
+    decayed = {"hidden": {"kernel": 1, "bias": 1}, "bn": {"scale": 0, "bias": 0}}
+    decayed["fc"] = {"kernel": 1, "bias": 1}
+    trace = jax.tree.map(np.zeros_like, weights)
+    running = {"mean": np.zeros((devices, 5)), "var": np.ones((devices, 5))}
+    for t, batch in enumerate(batches):
+        device_state, metrics = train_step(device_state, runner.put(batch))
+        learning_rate = 0.1 + (0.2 - 0.1) * t / 4
+        results = [
+            _forward_backward_by_hand(
+                weights, batch["image"][d].reshape(per_device, -1).astype(np.float64),
+                batch["label"][d], smoothing,
+            )
+            for d in range(devices)
+        ]  # fmt: skip
+        gradient = jax.tree.map(lambda *g: np.mean(g, 0), *[grads for _, grads, _, _ in results])
+        gradient = jax.tree.map(lambda g, w, on: g + decay * on * w, gradient, weights, decayed)
+        weights, trace = _nesterov_sgd(weights, trace, gradient, learning_rate, momentum)
+        for d, (_, _, mean, var) in enumerate(results):
+            running["mean"][d] = 0.9 * running["mean"][d] + 0.1 * mean
+            running["var"][d] = 0.9 * running["var"][d] + 0.1 * var
+        fetched = runners.fetch_first(metrics)
+        assert float(fetched["loss"]) == pytest.approx(np.mean([r[0] for r in results]), rel=1e-5)
+        assert float(fetched["learning_rate"]) == pytest.approx(learning_rate, rel=1e-6)
+        chex.assert_trees_all_close(
+            runners.fetch_first(device_state.params), weights, rtol=1e-4, atol=1e-6
+        )
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(
+            np.asarray(device_state.batch_stats["bn"][name]), running[name], rtol=1e-4, atol=1e-6
+        )

@@ -203,3 +203,15 @@ def test_load_run_gives_the_trainers_final_accuracy(finished_run, data_dir):
         predictions = np.argmax(apply(batch["image"][0]), -1)
         correct += int(np.sum((predictions == batch["label"][0]) * batch["mask"][0]))
     assert correct / len(source) == pytest.approx(result["accuracy"], abs=1e-9)
+
+
+def test_load_run_takes_the_relative_path_the_guide_shows(finished_run, tmp_path, monkeypatch):
+    """`load_run("runs/default")` from the checkout after `make train` (docs/trainer.md): a
+    relative work dir, as users type it (orbax itself wants absolute paths)."""
+    workdir, _ = finished_run
+    shutil.copytree(workdir, tmp_path / "runs" / "default")
+    monkeypatch.chdir(tmp_path)
+    run = recipe.load_run("runs/default")
+    assert run.step == tiny.TOTAL_STEPS
+    chex.assert_trees_all_equal(run.variables, recipe.load_run(str(workdir)).variables)
+    assert recipe.load_run("runs/default", step=8).step == 8

@@ -17,12 +17,14 @@ they still lag at the end of so short a run (measured: loss 2.107 against precis
 import shutil
 
 import chex
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tiny_config as tiny
 
-from train import loop
+import recipe
+from train import checkpoints, evaluation, inputs, loop, resolve
 from train.metrics import read_metrics
 
 STEPS = 24
@@ -71,6 +73,23 @@ def test_resume_mid_epoch_with_ema_mixing_and_precise_bn_is_bitwise_exact(full, 
     after = {step: record for step, record in evals(full).items() if step > 4}
     assert {step: evals(resumed)[step] for step in after} == after
     assert {"ema_accuracy", "ema_loss"} <= after[STEPS].keys()
+
+
+def test_the_ema_is_scored_with_its_own_weights_and_statistics(full, data_dir):
+    """The final evaluation's `ema_*` is the score of the average of the weights that the
+    checkpoint's optimizer state holds (`recipe.ema_params`), put in place of the weights here,
+    with precise BN statistics of its own: not the weights' score under the EMA's name."""
+    setup = resolve.resolve(tiny.make_config(data_dir, **FULL), jax.device_count())
+    train_source, test_source = inputs.open_data(setup)
+    step, state = checkpoints.restore_checkpoint(setup, str(full))
+    assert step == STEPS
+    averaged = state.replace(params=recipe.ema_params(state.opt_state))
+    runner = setup.runner()
+    evaluator = evaluation.Evaluator(setup, runner, train_source, test_source)
+    scores = evaluator.scores(evaluator.with_precise_bn(runner.replicate(averaged), step))
+    final = evals(full)[STEPS]
+    assert scores == pytest.approx({"loss": final["ema_loss"], "accuracy": final["ema_accuracy"]})
+    assert abs(final["ema_loss"] - final["loss"]) > 1e-3, final
 
 
 def test_precise_bn_and_ema_leave_the_training_alone_and_fix_the_early_evaluations(

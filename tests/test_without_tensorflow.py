@@ -13,6 +13,7 @@ import os
 import site
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from unittest import mock
 
@@ -21,9 +22,10 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import xla_flags
 
-from recipe.data import prepare_dataset
+from recipe.data import datasets, prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+(DISTRIBUTION,) = set(metadata.packages_distributions()["recipe"])  # large-batch-recipe
 TIMEOUT = 240  # seconds per subprocess
 TRAIN_PER_FILE, NUM_TEST = 2, 4
 TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -58,8 +60,12 @@ def prepared_cifar10(tmp_path_factory) -> tuple[str, dict[str, list]]:
     root = tmp_path_factory.mktemp("cifar10_download")
     images = _write_cifar10_binary(root, np.random.default_rng(0))
     data_dir = str(tmp_path_factory.mktemp("tensorflow_datasets"))
-    with mock.patch.object(
-        tfds.download.DownloadManager, "download_and_extract", return_value=str(root)
+    # The download is made up, so is the network it needs (offline, its host would not resolve).
+    with (
+        mock.patch.object(
+            tfds.download.DownloadManager, "download_and_extract", return_value=str(root)
+        ),
+        mock.patch.object(datasets, "_check_download_hosts"),
     ):
         prepare_dataset("cifar10", data_dir)
     return data_dir, images
@@ -146,5 +152,6 @@ except ImportError as error:
     assert result.returncode == 0, result.stderr[-3000:]
     message = result.stdout.split("REFUSED ", 1)[1]
     assert message.startswith("preparing cifar10 needs TensorFlow")
-    assert "pip install 'recipe[prepare]'" in message
+    # The distribution's name: `recipe` on the package index is another project.
+    assert f"pip install '{DISTRIBUTION}[prepare]'" in message
     assert not (tmp_path / "data" / "downloads").exists()  # refused before downloading

@@ -196,6 +196,26 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     lease.release()
 
 
+def test_a_lease_of_another_users_live_process_on_this_host_refuses(tmp_path, monkeypatch):
+    """Signalling another user's process is refused (EPERM): it is alive, and its lease holds.
+    The refusal is injected: root (as CI runs) may signal any process."""
+    other_user = workdir_lock.dataclasses.replace(
+        workdir_lock.Holder.this_process(), pid=4321, heartbeat=time.time()
+    )
+    (tmp_path / "lock").write_text(other_user.dump())
+    signalled = []
+
+    def kill(pid, signum):
+        signalled.append((pid, signum))
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(workdir_lock.os, "kill", kill)
+    with pytest.raises(workdir_lock.WorkdirInUseError, match="process 4321 on"):
+        _lease(tmp_path / "lock", workdir_lock.Holder.this_process()).acquire()
+    assert signalled == [(4321, 0)]
+    assert workdir_lock.Holder.parse((tmp_path / "lock").read_text()) == other_user
+
+
 def test_a_lease_from_another_host_is_taken_over_once_its_heartbeat_is_stale(tmp_path):
     other = _elsewhere()
     (tmp_path / "lock").write_text(other.dump())

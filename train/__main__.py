@@ -17,7 +17,9 @@ each after writing a checkpoint (run the same command again to resume). With
 
 `--describe` prints the resolved recipe (scaled lr, warmup and decay boundaries in updates,
 per-device batch, BN scope, which parameters get weight decay) and saves the learning-rate
-schedule to `<workdir>/lr_schedule.png`, without training. `--eval_only` scores the work dir's
+schedule to `<workdir>/lr_schedule.png`, without training. It refuses a bad config field as
+training does, but reads no data: a dataset that is not prepared is refused by training and
+`--eval_only` only. `--eval_only` scores the work dir's
 latest checkpoint on the test split and writes nothing.
 """
 

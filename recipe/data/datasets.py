@@ -14,12 +14,15 @@ import contextlib
 import dataclasses
 import functools
 import os
+import socket
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core.download import resource as tfds_resource
 
 from recipe.data import fashion_mnist
 from recipe.data.mnist5k import Mnist5k
@@ -237,11 +240,14 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
     Raises:
         ImportError: If the dataset needs TensorFlow and it is not installed (checked before
             anything is downloaded).
+        ConnectionError: If a host it must download from does not resolve (no network, no
+            proxy): at once, instead of TFDS's retries (about 3 minutes).
         DatasetNotPreparedError: If ``manual_dir`` is given for ``fashion_mnist`` and lacks
             some of its IDX files.
     """
     spec = get_dataset_spec(name)
     data_dir = data_dir or default_data_dir()
+    downloads = False
     if spec.name == "mnist5k":
         builder = Mnist5k(data_dir=data_dir)
     elif spec.tfds_name.startswith(SyntheticImagenet.name + "/"):
@@ -249,9 +255,13 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
     elif spec.name == "fashion_mnist":
         idx_dir = _fashion_mnist_idx_dir(data_dir, manual_dir)
         builder = fashion_mnist.FashionMnist(data_dir=data_dir, idx_dir=idx_dir)
+        downloads = idx_dir is None
     else:
         _check_tensorflow_for_preparing(spec)
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+        downloads = True
+    if downloads:
+        _check_download_hosts(spec, builder, data_dir)
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
@@ -265,9 +275,59 @@ def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
         raise ImportError(
             f"preparing {spec.name} needs TensorFlow: TFDS encodes its images with it (training "
             "on the prepared files does not need it). Install it with "
-            "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
-            "then train with or without it."
+            "`pip install 'large-batch-recipe[prepare]'` (or `pip install tensorflow-cpu`), "
+            "prepare once, then train with or without it."
         ) from error
+
+
+# Where these are set, requests reaches the network through a proxy, which resolves the hosts.
+_PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+
+
+def _check_download_hosts(spec: DatasetSpec, builder: Any, data_dir: str) -> None:
+    """Fails at once, in one line, if a host ``builder`` would download from does not resolve.
+
+    Offline, TFDS's downloader retries each file 10 times with a doubling back-off, about 3
+    minutes, before it gives up. Files already in ``<data_dir>/downloads`` (TFDS reuses them),
+    builders that read only a manual directory (``imagenet2012``) and a configured proxy (which
+    resolves the hosts itself) need no check.
+    """
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) or any(
+        os.environ.get(name) for name in _PROXY_VARIABLES
+    ):
+        return
+    downloads = epath.Path(data_dir) / "downloads"
+
+    def downloaded(url: str, checksum: str) -> bool:  # in TFDS's layout, old or new
+        name = tfds_resource.get_dl_fname(url, checksum)
+        return (downloads / name).exists() or any(downloads.glob(f"*/{name}"))
+
+    hosts = sorted(
+        {
+            urllib.parse.urlsplit(url).hostname
+            for url, info in (builder.url_infos or {}).items()
+            if not downloaded(url, info.checksum)
+        }
+        - {None}
+    )
+    for host in hosts:
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as error:
+            raise ConnectionError(
+                f"preparing {spec.name} downloads it from {host}, which does not resolve "
+                f"({error.strerror}): no network access? Connect this machine (or set "
+                "HTTPS_PROXY), or prepare it where there is network and copy "
+                f"{epath.Path(data_dir) / spec.tfds_name.partition('/')[0]} here. (TFDS itself "
+                "would retry for about 3 minutes.)"
+            ) from error
 
 
 def _default_manual_dir(data_dir: str) -> epath.Path:
@@ -322,8 +382,8 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
             f"or let TFDS download and prepare it (needs network access) with:\n  {command}"
         )
     instructions = (
-        "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
-        f" with:\n  {command}"
+        "Prepare it once (needs network access and TensorFlow: "
+        f"`pip install 'large-batch-recipe[prepare]'`) with:\n  {command}"
     )
     if spec.name == "imagenet2012":
         instructions += (

@@ -85,8 +85,13 @@ def augmentation_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     ``epoch``: seeded by ``(seed, epoch, index)`` alone, so an example is augmented the same
     whatever the batch size, the process count or the step a run resumed at.
 
-    >>> float(augmentation_rng(0, 1, 2).random()) == float(augmentation_rng(0, 1, 2).random())
-    True
+    The same (seed, epoch, index) draws the same numbers; another index, epoch or seed draws
+    others (a change of these numbers would change the augmentation of every resumed run):
+
+    >>> [round(float(augmentation_rng(0, 1, index).random()), 4) for index in (2, 2, 3)]
+    [0.8062, 0.8062, 0.9018]
+    >>> [round(float(augmentation_rng(s, e, 2).random()), 4) for s, e in ((0, 2), (1, 1))]
+    [0.9629, 0.7688]
     """
     return np.random.default_rng([seed, _AUGMENTATION_STREAM, epoch, index])
 
@@ -438,8 +443,10 @@ def default_worker_count(processes_on_host: int = 1) -> int:
     """The cores this process may run on (``os.sched_getaffinity``), shared among the
     processes of one host that each run a loader; at least 1.
 
-    >>> default_worker_count() >= 1
+    >>> default_worker_count() == len(os.sched_getaffinity(0))
     True
+    >>> default_worker_count(processes_on_host=len(os.sched_getaffinity(0)) + 1)  # at least 1
+    1
     """
     return max(1, len(os.sched_getaffinity(0)) // processes_on_host)
 
