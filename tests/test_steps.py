@@ -331,7 +331,7 @@ def test_two_updates_equal_a_float64_computation_by_hand():
     )
     runner = runners.pmap_runner(jax.devices()[:devices])
     train_step = runner.map(step)
-    device_state = runner.replicate(steps.TrainState.create(variables, optimizer.tx))
+    device_state = runner.place(steps.TrainState.create(variables, optimizer.tx))
     batches = [
         {
             "image": rng.normal(size=(devices, per_device, 2, 2, 1)).astype(np.float32),

@@ -86,7 +86,7 @@ def test_the_ema_is_scored_with_its_own_weights_and_statistics(full, data_dir):
     averaged = state.replace(params=recipe.ema_params(state.opt_state))
     runner = setup.runner()
     evaluator = evaluation.Evaluator(setup, runner, train_source, test_source)
-    scores = evaluator.scores(evaluator.with_precise_bn(runner.replicate(averaged), step))
+    scores = evaluator.scores(evaluator.with_precise_bn(runner.place(averaged), step))
     final = evals(full)[STEPS]
     assert scores == pytest.approx({"loss": final["ema_loss"], "accuracy": final["ema_accuracy"]})
     assert abs(final["ema_loss"] - final["loss"]) > 1e-3, final
