@@ -145,17 +145,7 @@ def shard_map_runner(
     functions then reduce over both axes (`Runner.axis_name`).
     """
     devices = tuple(devices or jax.devices())
-    if bn_group_size is None:
-        axes, shape = (AXIS,), (len(devices),)
-    else:
-        groups = models.device_groups(len(devices), bn_group_size)
-        axes, shape = (GROUPS_AXIS, IN_GROUP_AXIS), (len(groups), bn_group_size)
-    mesh = jax.sharding.Mesh(
-        np.array(devices).reshape(shape),
-        axes,
-        axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
-    )
-    axis_name = axes[0] if len(axes) == 1 else axes
+    mesh, axis_name = _mesh(devices, AXIS, bn_group_size, jax.sharding.AxisType.Auto)
     sharding = NamedSharding(mesh, P(axis_name))
 
     def put(tree):
@@ -183,6 +173,26 @@ def shard_map_runner(
     )
 
 
+def _mesh(
+    devices: tuple[jax.Device, ...],
+    axis: str,
+    group_size: int | None,
+    axis_type: jax.sharding.AxisType,
+) -> tuple[jax.sharding.Mesh, AxisName]:
+    """(mesh, the axis or axes spanning it): one axis `axis` over `devices`, or with
+    `group_size` = g two, groups of g consecutive devices × a device in a group (`GROUPS_AXIS`,
+    `IN_GROUP_AXIS`)."""
+    if group_size is None:
+        axes, shape = (axis,), (len(devices),)
+    else:
+        groups = models.device_groups(len(devices), group_size)
+        axes, shape = (GROUPS_AXIS, IN_GROUP_AXIS), (len(groups), group_size)
+    mesh = jax.sharding.Mesh(
+        np.array(devices).reshape(shape), axes, axis_types=(axis_type,) * len(axes)
+    )
+    return mesh, axes[0] if len(axes) == 1 else axes
+
+
 def jit_runner(
     devices: list[jax.Device] | None = None,
     groups: int | None = None,
@@ -200,17 +210,8 @@ def jit_runner(
     axis (`sharded_spec`).
     """
     devices = tuple(devices or jax.devices())
-    if groups is None or groups <= 1 or groups >= len(devices):
-        axes, shape = (DATA_AXIS,), (len(devices),)
-    else:
-        in_group = len(models.device_groups(len(devices), len(devices) // groups)[0])
-        axes, shape = (GROUPS_AXIS, IN_GROUP_AXIS), (groups, in_group)
-    mesh = jax.sharding.Mesh(
-        np.array(devices).reshape(shape),
-        axes,
-        axis_types=(jax.sharding.AxisType.Explicit,) * len(axes),
-    )
-    batch_axes = axes[0] if len(axes) == 1 else axes
+    in_group = None if groups is None or not 1 < groups < len(devices) else len(devices) // groups
+    mesh, batch_axes = _mesh(devices, DATA_AXIS, in_group, jax.sharding.AxisType.Explicit)
     batch_sharding = NamedSharding(mesh, P(batch_axes))
 
     def put(tree):
