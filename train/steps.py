@@ -10,6 +10,7 @@ global batch (`train.runners.global_bn_scope`), so the two views compute the sam
 """
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -335,14 +336,18 @@ def _split_over_groups(tree: Any, axes: AxisName | None) -> Any:
 
 
 def _mesh_axes_of_size(size: int) -> AxisName | None:
-    """The leading axes of the current (explicit) mesh that hold `size` devices in all: where
-    `size` groups of a batch split over the mesh lie (None for one group)."""
+    """The axes of the current (explicit) mesh over which `size` groups of a batch split over
+    the whole mesh lie: all of them when each device holds whole groups, else the leading axes
+    that hold `size` devices in all (None for one group)."""
     mesh = jax.sharding.get_abstract_mesh()
+    names = tuple(mesh.axis_names)
+    if size > 1 and size % math.prod(mesh.shape[name] for name in names) == 0:
+        return names[0] if len(names) == 1 else names
     count = 1
-    for end, name in enumerate(mesh.axis_names, start=1):
+    for end, name in enumerate(names, start=1):
         count *= mesh.shape[name]
         if count == size:
-            return mesh.axis_names[0] if end == 1 else tuple(mesh.axis_names[:end])
+            return names[0] if end == 1 else names[:end]
     return None
 
 
