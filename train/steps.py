@@ -281,9 +281,9 @@ def mixing_fn(
         along the step's `axis_name`); False: one draw for the global batch.
       stop_step: the micro-step from which batches are no longer mixed (timm's
         `--mixup-off-epoch` × steps per epoch); None mixes every step.
-      workers: for a step on the global batch (`axis_name=None`, the jit runner), the device
-        count: the batch is mixed as that many devices' slices would be, each paired within
-        itself and, with `per_device`, with a draw of its own.
+      workers: for a step on the global batch (`axis_name=None`, the jit runner), Goyal's k:
+        the batch is mixed as that many workers' slices would be, each paired within itself
+        and, with `per_device`, with a draw of its own.
       **options: `mixup_alpha`, `cutmix_alpha`, `switch_prob`, `prob` of `mixup_cutmix`.
     """
 
@@ -304,8 +304,9 @@ def mixing_fn(
         """The global batch mixed as `workers` devices mix their slices: the same draws (keys
         folded with each worker's index, or one for all) and partners within each slice."""
         key = mixing.mixing_key(seed, step)
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(workers))
-        if not per_device:
+        if per_device:
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(workers))
+        else:
             keys = jnp.broadcast_to(key, (workers,))
         enabled = True if stop_step is None else step < stop_step
         draws = jax.vmap(
