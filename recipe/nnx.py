@@ -576,7 +576,7 @@ def fixed_batch_loss(
 
     >>> import jax, jax.numpy as jnp
     >>> import recipe
-    >>> model = create_model("resnet8", num_filters=4, rngs=nnx.Rngs(0))
+    >>> model = create_model("resnet8", num_filters=4, stage_sizes=(1,), rngs=nnx.Rngs(0))
     >>> images, labels = jnp.ones((4, 8, 8, 3)), jnp.arange(4)
     >>> loss = fixed_batch_loss(model, images, lambda y: recipe.cross_entropy(y, labels))
     >>> found = recipe.top_hessian_eigenvalue(
