@@ -132,6 +132,22 @@ def weight_ema(decay: float | optax.Schedule) -> optax.GradientTransformation:
 def ema_params(opt_state: optax.OptState) -> Any:
     """The weight average held in `opt_state` by `weight_ema` (under any wrapping).
 
+    With Flax NNX, the `nnx.Optimizer` keeps it: `ema_params(optimizer.opt_state)` is an
+    `nnx.State` of the model's parameters, to load into a copy of the model with
+    `nnx.update` (or `recipe.nnx.from_linen_variables`):
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> model = nnx.Linear(2, 1, use_bias=False, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(
+    ...     model, optax.chain(optax.sgd(1.0), weight_ema(0.5)), wrt=nnx.Param)
+    >>> grads = nnx.State({"kernel": nnx.Param(jnp.ones((2, 1)))})
+    >>> before = model.kernel[...]
+    >>> for _ in range(2):  # w1 = w0 − 1, w2 = w0 − 2; e2 = (w1 + w2) / 2 = w0 − 1.5
+    ...     _ = optimizer.update(model, grads)
+    >>> (ema_params(optimizer.opt_state)["kernel"][...] - (before - 1.5)).round(5).tolist()
+    [[0.0], [0.0]]
+
     Raises:
       ValueError: if `opt_state` holds no `weight_ema` state, or more than one.
     """

@@ -109,6 +109,17 @@ def mixup_cutmix(
     >>> area = float(mixed[0].mean())  # the box pasted from the other image
     >>> bool(jnp.allclose(targets[0], jnp.array([1 - area, area])))
     True
+
+    In a Flax NNX train step, the mixed batch and its targets go to the model and the loss:
+
+    >>> import optax
+    >>> from flax import nnx
+    >>> model = nnx.Linear(16, 2, rngs=nnx.Rngs(0))
+    >>> def loss_fn(model, images, targets):
+    ...     return optax.softmax_cross_entropy(model(images.reshape(2, 16)), targets).mean()
+    >>> loss, grads = nnx.value_and_grad(loss_fn)(model, mixed, targets)
+    >>> loss.shape
+    ()
     """
     checks.check_positive_int("num_classes", num_classes)
     if images.ndim != 4:

@@ -108,6 +108,20 @@ def noise_scale_ema(decay: float = 0.99) -> NoiseScaleEMA:
     >>> state = ema.update(ema.init(), 3.0, 1.5, 8, 32)
     >>> float(state.weight)
     0.5
+
+    From a Flax NNX model's gradients (`nnx.grad` gives an `nnx.State`, a pytree) over a small
+    batch of b and a big batch of B examples:
+
+    >>> import jax, optax
+    >>> from flax import nnx
+    >>> model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (32, 3)), jnp.ones((32, 1))
+    >>> grad = nnx.grad(lambda m, x, y: jnp.mean((m(x) - y) ** 2))
+    >>> norm = lambda g: optax.tree_utils.tree_norm(g, squared=True)
+    >>> state = ema.update(ema.init(), norm(grad(model, x[:8], y[:8])), norm(grad(model, x, y)),
+    ...                    8, 32)
+    >>> bool(jnp.isfinite(simple_noise_scale(state)))
+    True
     """
     if not 0.0 <= decay < 1.0:  # NaN fails too
         raise ValueError(f"decay must be in [0, 1), got {decay!r}")
