@@ -67,9 +67,9 @@ OBSERVERS = [
     # The NNX model (recipe.nnx) through the same observers, the sharpness's too.
     pytest.param(
         4,
-        {"flax_api": "nnx", "bn.scope": "global", **MIXING},
+        {"flax_api": "nnx", "bn.scope": "global", "on_nonfinite": "skip", **MIXING},
         {**ALL, **SHARPNESS},
-        id="nnx-all-sharpness-global_bn-mixing",
+        id="nnx-all-sharpness-global_bn-mixing-skip",
     ),  # fmt: skip
     pytest.param(1, {"flax_api": "nnx"}, NOISE_SCALE, id="nnx-noise_scale-one_device"),
     # The jit runner (the step on the global batch), its parameters split over the devices.
