@@ -146,5 +146,5 @@ except ImportError as error:
     assert result.returncode == 0, result.stderr[-3000:]
     message = result.stdout.split("REFUSED ", 1)[1]
     assert message.startswith("preparing cifar10 needs TensorFlow")
-    assert "pip install 'recipe[prepare]'" in message
+    assert "pip install 'large-batch-recipe[prepare]'" in message
     assert not (tmp_path / "data" / "downloads").exists()  # refused before downloading

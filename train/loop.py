@@ -82,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         identity = checkpoints.run_identity(setup.config)
         abstract_state = checkpoints.abstract_train_state(setup)
         checkpointer.check_compatible(abstract_state, identity)
-        checkpoints.claim_workdir(workdir, setup.config)
+        checkpoints.claim_workdir(workdir, setup)
         restored = checkpointer.restore(abstract_state, identity)
         if restored is None:
             start_step, last_checkpoint = 0, None

@@ -1,6 +1,15 @@
-"""Datasets and the deterministic, resumable input pipeline."""
+"""Datasets and the deterministic, resumable input pipeline.
 
-from recipe.data.datasets import (
+Needs the ``data`` extra (``pip install 'large-batch-recipe[data]'``): TensorFlow Datasets,
+array_record, grain, simplejpeg, OpenCV and Pillow. ``import recipe`` does not import this
+package, and the core install does not bring them.
+"""
+
+from recipe import extras
+
+extras.require("recipe.data", "data", extras.DATA)
+
+from recipe.data.datasets import (  # noqa: E402  (after the check that names the extra)
     DATASET_NAMES,
     GENERATED,
     DatasetNotPreparedError,
@@ -12,9 +21,9 @@ from recipe.data.datasets import (
     load_source,
     prepare_dataset,
 )
-from recipe.data.fashion_mnist import FashionMnist
-from recipe.data.mnist5k import Mnist5k
-from recipe.data.pipeline import (
+from recipe.data.fashion_mnist import FashionMnist  # noqa: E402
+from recipe.data.mnist5k import Mnist5k  # noqa: E402
+from recipe.data.pipeline import (  # noqa: E402
     Batch,
     augment_image,
     augment_images,
@@ -28,7 +37,7 @@ from recipe.data.pipeline import (
     steps_per_epoch,
     train_batches,
 )
-from recipe.data.synthetic_imagenet import SyntheticImagenet
+from recipe.data.synthetic_imagenet import SyntheticImagenet  # noqa: E402
 
 __all__ = [
     "DATASET_NAMES",

@@ -11,11 +11,11 @@ prepare one.
 """
 
 import contextlib
-import dataclasses
 import functools
+import importlib.util
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -24,53 +24,11 @@ from etils import epath
 from recipe.data import fashion_mnist
 from recipe.data.mnist5k import Mnist5k
 from recipe.data.synthetic_imagenet import SyntheticImagenet
+from recipe.dataset_spec import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec
 
 # Per-channel statistics in 0–1 pixel units, as commonly quoted for each dataset.
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What the input pipeline needs to know about a dataset.
-
-    Attributes:
-        name: The name ``get_dataset_spec`` knows the dataset by.
-        tfds_name: The TFDS name (with builder config, if any) the source is read from.
-        num_classes: Number of labels.
-        image_shape: ``(height, width, channels)`` of the pipeline's output images at the
-            default size: the stored size for the 'small' family, the crop size for 'imagenet'.
-        num_train: Examples in ``train_split`` (TFDS catalogue size).
-        num_test: Examples in ``test_split`` (TFDS catalogue size).
-        train_split: TFDS split used for training.
-        test_split: TFDS split used for evaluation.
-        family: Augmentation family: 'small' pads, randomly crops back to size and optionally
-            flips; 'imagenet' takes an Inception-style random-resized crop and flips.
-        mean: Per-channel mean of the pixels, in 0–1 units.
-        std: Per-channel standard deviation of the pixels, in 0–1 units.
-        horizontal_flip: Whether training augmentation mirrors images left–right.
-        crop_padding: Zero padding (pixels per side) before the random crop ('small' only).
-        stored_as: How TFDS stores each image: 'png' (decoded on every read, unless the
-            trainer holds the split in memory), or 'uint8' (a raw array, no decoding); the
-            'imagenet' family is JPEG, decoded by recipe's own crop-aware path.
-    """
-
-    name: str
-    tfds_name: str
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    num_train: int
-    num_test: int
-    train_split: str
-    test_split: str
-    family: Literal["small", "imagenet"]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    horizontal_flip: bool
-    crop_padding: int = 0
-    stored_as: Literal["uint8", "png", "jpeg"] = "uint8"
 
 
 _SPECS = {
@@ -124,8 +82,8 @@ _SPECS = {
             test_split="validation",
             family="imagenet",
             stored_as="jpeg",
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
             horizontal_flip=True,
         ),
         DatasetSpec(
@@ -139,8 +97,8 @@ _SPECS = {
             test_split="validation",
             family="imagenet",
             stored_as="jpeg",
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
             horizontal_flip=True,
         ),
         DatasetSpec(
@@ -177,8 +135,8 @@ _SPECS = {
                 family="imagenet",
                 stored_as="jpeg",
                 # ImageNet's statistics, so configs written for imagenet2012 apply unchanged.
-                mean=_IMAGENET_MEAN,
-                std=_IMAGENET_STD,
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
                 horizontal_flip=True,
             )
             for name, config in (
@@ -260,15 +218,13 @@ def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | No
 
 
 def _check_tensorflow_for_preparing(spec: DatasetSpec) -> None:
-    try:
-        import tensorflow  # noqa: F401  (TFDS imports it to encode the images anyway)
-    except ImportError as error:
+    if importlib.util.find_spec("tensorflow") is None:  # found, not imported: TFDS imports it
         raise ImportError(
             f"preparing {spec.name} needs TensorFlow: TFDS encodes its images with it (training "
             "on the prepared files does not need it). Install it with "
-            "`pip install 'recipe[prepare]'` (or `pip install tensorflow-cpu`), prepare once, "
-            "then train with or without it."
-        ) from error
+            "`pip install 'large-batch-recipe[prepare]'` (or `pip install tensorflow-cpu`), "
+            "prepare once, then train with or without it."
+        )
 
 
 def _default_manual_dir(data_dir: str) -> epath.Path:
@@ -323,8 +279,8 @@ def _how_to_prepare(spec: DatasetSpec, data_dir: str) -> str:
             f"or let TFDS download and prepare it (needs network access) with:\n  {command}"
         )
     instructions = (
-        "Prepare it once (needs network access and TensorFlow: `pip install 'recipe[prepare]'`)"
-        f" with:\n  {command}"
+        "Prepare it once (needs network access and TensorFlow: "
+        f"`pip install 'large-batch-recipe[prepare]'`) with:\n  {command}"
     )
     if spec.name == "imagenet2012":
         instructions += (
