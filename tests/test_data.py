@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -116,8 +117,12 @@ def test_specs_and_unknown_dataset():
     assert SPEC.num_train == 4000 and SPEC.num_test == 1000 and not SPEC.horizontal_flip
     assert data.get_dataset_spec("cifar10").horizontal_flip
     names = "mnist5k, cifar10, imagenette, imagenet2012, fashion_mnist, synthetic_imagenet"
-    with pytest.raises(ValueError, match=names):
-        data.get_dataset_spec("mnist")
+    with pytest.raises(ValueError, match=rf"{names}.*no dataset TFDS knows.*did you mean mnist5k"):
+        data.get_dataset_spec("mnist5", "/nonexistent")
+    # A name TFDS knows, not prepared: how to prepare it, and nothing is downloaded.
+    with pytest.raises(data.DatasetNotPreparedError, match=r"prepare_dataset\('mnist'"):
+        data.get_dataset_spec("mnist", "/nonexistent")
+    assert not pathlib.Path("/nonexistent").exists()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])

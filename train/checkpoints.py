@@ -61,6 +61,10 @@ RESUMABLE_FIELDS = (
     "data_workers",
     "data_in_memory",
     "device_prefetch",
+    # A stopped run may go on skipping the unreadable image it stopped at; the subset is the
+    # same whether or not its balance is allowed.
+    "unreadable_images",
+    "allow_unbalanced_subset",
 )
 
 
