@@ -44,7 +44,7 @@ class SavedRun:
       variables: {'params': ..., 'batch_stats': ...}.
       config: the run's config (from `<workdir>/config.json`).
       spec: its dataset's spec (classes and their names, image statistics),
-        `recipe.data.DatasetSpec`.
+        `recipe.dataset_spec.DatasetSpec` (also ``recipe.data.DatasetSpec``).
       image_shape: the model's input shape (height, width, channels).
       step: the checkpoint's step.
     """

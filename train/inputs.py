@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from recipe.data import datasets, folder, pipeline, subsets
+from recipe.data import datasets, pipeline, subsets
 from train.resolve import ConfigError, Setup, check_subset
 
 
@@ -97,8 +97,6 @@ def open_data(setup: Setup) -> tuple[Any, Any]:
             )
     except datasets.DatasetNotPreparedError as error:
         raise ConfigError(f"dataset {' '.join(str(error).split())}") from error
-    except folder.FolderLayoutError as error:  # the folder changed since it was listed
-        raise ConfigError(f"dataset {spec.name!r}: {error}") from error
     if subset is not None:
         train = subsets.Subset(train, subset.positions)
     return train, test

@@ -68,12 +68,17 @@ def _images_under(directory: str) -> list[str]:
     """The image files under ``directory`` (any depth), relative to it, sorted; dot-names
     skipped."""
     found = []
-    for parent, subdirectories, names in os.walk(directory):
+    for parent, subdirectories, names in os.walk(directory, onerror=_raise):
         subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
         for name in names:
             if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
                 found.append(os.path.relpath(os.path.join(parent, name), directory))
     return sorted(found)
+
+
+def _raise(error: OSError) -> None:
+    """os.walk's error handler: a folder it cannot list is an error, not a gap."""
+    raise error
 
 
 def _class_folders(split_dir: str) -> list[str]:
@@ -86,10 +91,20 @@ def read_layout(root: str) -> Layout:
     """Lists the image folder ``root`` (once per process) and checks its layout.
 
     Raises:
-        FolderLayoutError: ``root`` or a split folder is missing, a split has no class
-            folders, there are no images at all, the splits' classes differ, or a class folder
-            holds no images.
+        FolderLayoutError: ``root`` or a split folder is missing or cannot be listed, a split
+            has no class folders, there are no images at all, the splits' classes differ, or a
+            class folder holds no images.
     """
+    try:
+        return _read_layout(root)
+    except OSError as error:  # a folder that cannot be listed (permissions, I/O)
+        raise FolderLayoutError(
+            f"{error.filename or root} cannot be listed ({error.strerror or error}); fix: make "
+            "it readable"
+        ) from None
+
+
+def _read_layout(root: str) -> Layout:
     suffixes = ", ".join(IMAGE_SUFFIXES)
     if not os.path.isdir(root):
         raise FolderLayoutError(
