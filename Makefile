@@ -119,6 +119,13 @@ bench-device:
 		--no-deps --upgrade --target $(DEVICE_SITE) .whl/*.whl; fi
 	PYTHONPATH=$(DEVICE_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(DEVICE_PYTHON) -m bench.device
 
+# What the library costs a Flax project (section 11): packages of the core install and the
+# extras (pip's dry run into an empty venv), and `import recipe`'s time; about 2 minutes.
+.PHONY: footprint
+
+footprint: $(INSTALLED)
+	$(PY) -m bench.install_footprint
+
 # Why warmup works (section 10): the loss's sharpness λ_max and η·λ_max against the optimizer's
 # stability threshold over the first epochs of no, constant and gradual warmup; ≈ 15 minutes.
 warmup-sharpness: $(INSTALLED)
