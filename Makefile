@@ -1,5 +1,7 @@
 # `make test` and `make train` set everything up on a fresh machine: they create
-# .venv if missing and re-install whenever pyproject.toml changes.
+# .venv if missing and re-install whenever pyproject.toml changes. .venv has the trainer's
+# extra (`train`: the input pipeline, TensorBoard, matplotlib, tqdm), the test tools and
+# TensorFlow for preparing TFDS datasets (`prepare`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,prepare]'
+	$(PY) -m pip install --quiet -e '.[train,test,prepare]'
 	touch $@
 
 lint: $(INSTALLED)
@@ -39,11 +41,26 @@ NEWEST_INSTALLED := $(NEWEST)/.installed
 $(NEWEST_INSTALLED): pyproject.toml
 	test -x $(NEWEST)/bin/python || $(NEWEST_PYTHON) -m venv $(NEWEST)
 	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
-	$(NEWEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,prepare]'
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[train,test,prepare]'
 	touch $@
 
 test-newest: $(NEWEST_INSTALLED)
 	$(NEWEST)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The core install alone (`pip install large-batch-recipe`, no extra) in a fresh venv of its
+# own, rebuilt every time: `import recipe` imports none of the extras' packages, `recipe.data`
+# and the trainer refuse in one line naming their extra, and every example of
+# docs/flax_project.md runs (tests/core_install.py, run from outside the checkout).
+CORE := .venv-core
+
+.PHONY: test-core
+
+test-core:
+	rm -rf $(CORE)
+	$(PYTHON) -m venv $(CORE)
+	$(CORE)/bin/python -m pip install --quiet --upgrade pip
+	$(CORE)/bin/python -m pip install --quiet .
+	cd $(CORE) && bin/python $(CURDIR)/tests/core_install.py
 
 train: $(INSTALLED)
 	$(PY) -m train --config configs/default.py --workdir runs/default
@@ -55,7 +72,7 @@ BENCH_INSTALLED := $(VENV)/.bench-installed
 .PHONY: bench reproduce reproduce-fashion warmup-sharpness
 
 $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
-	$(PY) -m pip install --quiet -e '.[test,prepare,bench]'
+	$(PY) -m pip install --quiet -e '.[train,test,prepare,bench]'
 	touch $@
 
 bench: $(BENCH_INSTALLED)
@@ -79,7 +96,7 @@ DOCS_INSTALLED := $(VENV)/.docs-installed
 .PHONY: docs
 
 $(DOCS_INSTALLED): pyproject.toml $(INSTALLED)
-	$(PY) -m pip install --quiet -e '.[test,prepare,docs]'
+	$(PY) -m pip install --quiet -e '.[train,test,prepare,docs]'
 	touch $@
 
 docs: $(DOCS_INSTALLED)
@@ -101,6 +118,13 @@ bench-device:
 	if ls .whl/*.whl >/dev/null 2>&1; then $(DEVICE_PYTHON) -m pip install --quiet --no-index \
 		--no-deps --upgrade --target $(DEVICE_SITE) .whl/*.whl; fi
 	PYTHONPATH=$(DEVICE_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(DEVICE_PYTHON) -m bench.device
+
+# What the library costs a Flax project (section 11): packages of the core install and the
+# extras (pip's dry run into an empty venv), and `import recipe`'s time; about 2 minutes.
+.PHONY: footprint
+
+footprint: $(INSTALLED)
+	$(PY) -m bench.install_footprint
 
 # Why warmup works (section 10): the loss's sharpness λ_max and η·λ_max against the optimizer's
 # stability threshold over the first epochs of no, constant and gradual warmup; ≈ 15 minutes.

@@ -54,7 +54,6 @@ WHEELS = {
     "array_record": "array-record==0.8.6",
     "ml_collections": "ml-collections==1.1.0",
     "simplejpeg": "simplejpeg==1.9.0",
-    "mlxtend": "mlxtend==0.25.0",
     "importlib_resources": "importlib_resources==7.1.0",
     "promise": "promise==2.3",
     "tensorflow_metadata": "tensorflow-metadata==1.21.0",

@@ -4,7 +4,7 @@ writes it after its families, `make reproduce` after section 5."""
 
 import json
 
-from bench import common, reproduce_fashion_analysis, table1
+from bench import common, install_footprint, reproduce_fashion_analysis, table1
 
 
 def _load(name: str) -> dict | None:
@@ -155,6 +155,23 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
             ])  # fmt: skip
         rows.append([
             "8. `make reproduce-fashion` time", f"{fashion['elapsed_s'] / 60:.1f} min", "≤ 45 min"
+        ])  # fmt: skip
+    footprint = _load("install_footprint")
+    if footprint:
+        counted = list(footprint["packages"].values())
+        reference, core = len(counted[0]), len(counted[1])
+        rows.append([
+            "11. core install: packages besides the project / jax, flax, optax, chex, numpy's",
+            f"{core} / {reference}",
+            f"≤ {reference} + {install_footprint.EXTRA_PACKAGES_ALLOWED}",
+        ])  # fmt: skip
+        seconds = footprint["import_s"]
+        heavy = ", ".join(footprint["heavy_imported"]) or "none"
+        rows.append([
+            "11. `import recipe`, core install (median s) / `import jax` alone; extras imported",
+            f"{common.median(seconds['recipe']):.2f} / {common.median(seconds['jax']):.2f}; "
+            f"{heavy}",
+            "none of TensorFlow, TFDS, grain, OpenCV, matplotlib",
         ])  # fmt: skip
     lines += [common.md_table(["measurement", "result", "target"], rows), ""]
     if elapsed:

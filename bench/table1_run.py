@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from bench import trainer_api
-from recipe.data import datasets, pipeline
+from recipe.data import pipeline
 
 
 def train(
@@ -61,7 +61,8 @@ def precise_bn_test_error(
 ) -> dict:
     """Test error of the final checkpoint with BN statistics recomputed on the training set
     (its first `max_examples`, in whole batches of the run's size, at least one; all of it by
-    default). `sources`: the (train, test) sources to read, by default `load_source`'s."""
+    default). `sources`: the (train, test) sources to read, by default the trainer's
+    (`inputs.open_data`)."""
     setup = trainer_api.resolve.resolve(config, 1)
     step, state = trainer_api.restore_checkpoint(setup, str(workdir))
     model, spec = setup.model, setup.spec
@@ -80,10 +81,8 @@ def precise_bn_test_error(
         logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
         return jnp.argmax(logits, -1)
 
-    train_source, test_source = sources or (
-        datasets.load_source(config.dataset, spec.train_split, config.data_dir),
-        datasets.load_source(config.dataset, spec.test_split, config.data_dir),
-    )
+    # The trainer's sources by default: with `train_examples`, its class-balanced subset.
+    train_source, test_source = sources or trainer_api.inputs.open_data(setup)
     layout = dict(process_index=0, process_count=1, local_device_count=1)
     bn_batch = config.batch_size
     num_batches = pipeline.steps_per_epoch(len(train_source), bn_batch)

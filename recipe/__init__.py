@@ -6,9 +6,11 @@ initialisers, ResNets and the optimizer builder; past Goyal's 8k, LARS and LAMB 
 builder, BatchNorm over groups of devices, the gradient noise scale (`recipe.noise_scale`) and
 the loss's sharpness against the optimizer's stability threshold (`recipe.sharpness`);
 and what modern ResNet recipes add: precise BatchNorm statistics, a weight EMA, Mixup/CutMix.
-Datasets and the input pipeline live in `recipe.data` (imported on demand: it pulls in
-TensorFlow Datasets and grain); the ResNets, their BatchNorm and the extras in Flax NNX in
-`recipe.nnx` (imported on demand: `import recipe` does not load `flax.nnx`).
+`import recipe` needs the core install alone (jax, flax, optax, numpy, ml_collections) and
+imports nothing else. Datasets and the input pipeline live in `recipe.data` (imported on
+demand, with the `data` extra: TensorFlow Datasets, grain, the JPEG decoder); the ResNets, their
+BatchNorm and the extras in Flax NNX in `recipe.nnx` (imported on demand: `import recipe` does
+not load `flax.nnx`).
 """
 
 from recipe.ema import ema_decay, ema_params, weight_ema

@@ -1,10 +1,11 @@
 """A trained model from a trainer's work dir, with the library alone.
 
 The trainer (`python -m train`, run from a checkout) writes the run's config as
-`<workdir>/config.json` and orbax checkpoints of its train state as
-`<workdir>/checkpoints/<step>/state` (a pytree whose `params` and `batch_stats` are the model's
-variables). `load_run` reads them back into the model the config names, for inference in your
-own code: no trainer, no config files, no accelerator needed.
+`<workdir>/config.json`, its dataset's spec as `<workdir>/dataset.json` and orbax checkpoints of
+its train state as `<workdir>/checkpoints/<step>/state` (a pytree whose `params` and
+`batch_stats` are the model's variables). `load_run` reads them back into the model the config
+names, for inference in your own code: no trainer, no config files, no data, no accelerator
+needed, and nothing beyond the core install.
 """
 
 import dataclasses
@@ -18,8 +19,12 @@ import ml_collections
 from etils import epath
 
 from recipe import models
+from recipe.dataset_spec import DatasetSpec
 
 __all__ = ["SavedRun", "load_run"]
+
+# The run's dataset's spec in its work dir (`DatasetSpec.to_json`), written by the trainer.
+DATASET_FILE = "dataset.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +43,8 @@ class SavedRun:
         checkpoint's weights and statistics.
       variables: {'params': ..., 'batch_stats': ...}.
       config: the run's config (from `<workdir>/config.json`).
-      spec: its dataset's spec (classes, image statistics), `recipe.data.datasets.DatasetSpec`.
+      spec: its dataset's spec (classes and their names, image statistics),
+        `recipe.dataset_spec.DatasetSpec` (also ``recipe.data.DatasetSpec``).
       image_shape: the model's input shape (height, width, channels).
       step: the checkpoint's step.
     """
@@ -46,7 +52,7 @@ class SavedRun:
     model: Any
     variables: dict[str, Any]
     config: ml_collections.ConfigDict
-    spec: Any
+    spec: DatasetSpec
     image_shape: tuple[int, int, int]
     step: int
 
@@ -70,8 +76,6 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
       FileNotFoundError: `workdir` holds no config.json, no checkpoint, or not checkpoint
         `step`.
     """
-    from recipe.data import datasets  # on demand: it imports TFDS and grain
-
     workdir = epath.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -86,7 +90,7 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
         wanted = "no checkpoint" if step is None else f"no checkpoint {step}"
         raise FileNotFoundError(f"{checkpoint_dir} holds {wanted} (saved: {saved})")
     step = saved[-1] if step is None else step
-    spec = datasets.get_dataset_spec(config.dataset)
+    spec = _dataset_spec(workdir, config)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
     model = model_of_config(config, num_classes=spec.num_classes, in_features=image_shape[2])
@@ -99,6 +103,17 @@ def load_run(workdir: str, step: int | None = None) -> SavedRun:
         image_shape=image_shape,
         step=step,
     )
+
+
+def _dataset_spec(workdir: epath.Path, config: ml_collections.ConfigDict) -> DatasetSpec:
+    """The run's dataset's spec from `dataset.json`; for a work dir written before the trainer
+    saved it, the spec of the dataset the config names (this needs the `data` extra)."""
+    path = workdir / DATASET_FILE
+    if path.exists():
+        return DatasetSpec.from_json(json.loads(path.read_text()))
+    from recipe.data import datasets  # on demand: the `data` extra
+
+    return datasets.get_dataset_spec(config.dataset)
 
 
 def model_of_config(

@@ -100,6 +100,7 @@ FIRST_HALF = (
     "test_notebooks.py",
     "test_bad_input.py",
     "test_packaging.py",
+    "test_user_data.py",
 )
 SECOND_HALF = (
     "test_observers.py",

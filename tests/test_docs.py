@@ -8,9 +8,7 @@ runs as written from a working directory whose `runs/default` is a finished run 
 tests' tiny run), with its data where the library looks by default (`$TFDS_DATA_DIR`).
 """
 
-import contextlib
 import importlib.util
-import io
 import pathlib
 import pkgutil
 import re
@@ -18,6 +16,7 @@ import shutil
 
 import jax
 import pytest
+from doc_examples import NOT_RUN, documented_output, python_blocks, run_examples
 
 import recipe
 import recipe.data
@@ -26,7 +25,6 @@ import recipe.nnx
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 API_INDEX = DOCS / "api" / "index.rst"
-NOT_RUN = "# not run:"
 AFTER_MAKE_TRAIN = "# after make train: runs/default holds a finished run"
 
 
@@ -67,40 +65,7 @@ def test_every_public_name_and_data_module_has_an_api_page():
     assert data_modules - documented == set(), "add them to docs/api/index.rst"
 
 
-def python_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
-    """(line number, code) of each ```python block of a Markdown file."""
-    blocks, lines = [], path.read_text().splitlines()
-    start = None
-    for number, line in enumerate(lines, 1):
-        if start is None and line.strip() == "```python":
-            start = number
-        elif start is not None and line.strip() == "```":
-            blocks.append((start, "\n".join(lines[start : number - 1]) + "\n"))
-            start = None
-    assert start is None, f"{path}:{start}: a ```python block is not closed"
-    return blocks
-
-
 GUIDES = sorted(p for p in DOCS.glob("*.md") if python_blocks(p)) + [ROOT / "README.md"]
-
-
-def documented_output(code: str) -> str | None:
-    """What the block's comments say its prints show: the comment after each `print(` (on its
-    line, or the `# ` lines right below it); None if a print has none."""
-    shown, lines = [], code.splitlines()
-    for i, line in enumerate(lines):
-        if not line.lstrip().startswith("print("):
-            continue
-        _, inline, comment = line.partition("  # ")
-        below = []
-        for following in lines[i + 1 :]:
-            if not following.startswith("# "):
-                break
-            below.append(following[2:])
-        if not (inline or below):
-            return None
-        shown.append(comment if inline else " ".join(below))
-    return " ".join(shown)
 
 
 def test_documented_output_reads_inline_and_following_comments():
@@ -120,25 +85,14 @@ def test_every_guide_example_runs_or_says_why_not():
 
 @pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
 def test_guide_examples_run_and_print_what_they_say(path, request, tmp_path, monkeypatch):
-    namespace = {"__name__": f"docs_{path.stem}"}
-    for number, code in python_blocks(path):
-        if code.startswith(NOT_RUN):
-            continue
+    def before_each(code: str) -> None:
         if code.startswith(AFTER_MAKE_TRAIN) and not (tmp_path / "runs").exists():
             workdir, _ = request.getfixturevalue("finished_run")
             shutil.copytree(workdir, tmp_path / "runs" / "default")
             monkeypatch.chdir(tmp_path)
             monkeypatch.setenv("TFDS_DATA_DIR", request.getfixturevalue("data_dir"))
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, f"{path.name}:{number}", "exec"), namespace)
-        expected = documented_output(code)
-        if expected is not None:
-            assert _words(printed.getvalue()) == _words(expected), f"{path.name}:{number}"
 
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"\s+", " ", text).strip().split(" ")
+    assert run_examples(path, before_each) > 0
 
 
 def test_the_describe_example_prints_what_the_trainer_guide_shows(tmp_path, monkeypatch):

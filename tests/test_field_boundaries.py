@@ -39,12 +39,6 @@ NOT_TRAINED_HERE = {
     ("data_workers", 1): "starts worker processes: tests/test_imagenet_input.py",
     ("train_examples", None): "the whole split, 500 steps an epoch here: the trainer tests train "
     "on whole splits",
-    **{
-        ("dataset", name): "needs preparing with network access: tests/test_data.py and "
-        "tests/test_fashion_mnist.py prepare small stand-ins"
-        for name in datasets.DATASET_NAMES
-        if name != "mnist5k"
-    },
 }
 
 

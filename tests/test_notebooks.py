@@ -34,7 +34,9 @@ NOTEBOOKS = (
     "03_warmup_explained.ipynb",
 )
 BADGE_URL = "https://colab.research.google.com/github/recipe-jax/recipe/blob/main/colab/{}"
-INSTALL_SPEC = "large-batch-recipe @ git+https://github.com/recipe-jax/recipe"
+# What each notebook's install cell installs: the extra it uses (notebook 1 runs the trainer).
+INSTALL_SPEC = "large-batch-recipe[{}] @ git+https://github.com/recipe-jax/recipe"
+EXTRAS = {NOTEBOOKS[0]: "train", NOTEBOOKS[1]: "data", NOTEBOOKS[2]: "data"}
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "python3"
 NO_NETWORK = """
@@ -75,11 +77,14 @@ def test_notebook_is_saved_clean_with_badge_install_and_parameters(name):
     assert badge.source.startswith("[![Open In Colab](")
     assert f"]({BADGE_URL.format(name)})" in badge.source
 
-    # The install cell is plain Python (it runs under nbclient too) and skips pip when `recipe`
-    # is importable.
+    # The install cell is plain Python (it runs under nbclient too), installs the extra the
+    # notebook uses, and skips pip when `recipe` and that extra's packages are importable.
     assert install.cell_type == "code"
-    assert 'importlib.util.find_spec("recipe") is None' in install.source
-    assert INSTALL_SPEC in install.source
+    assert "if any(importlib.util.find_spec(module) is None for module in MODULES):" in (
+        install.source
+    )
+    assert '"recipe", "grain"' in install.source
+    assert INSTALL_SPEC.format(EXTRAS[name]) in install.source
 
     parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1

@@ -9,20 +9,24 @@ installed wheel.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
 
+import core_install
 import jax
 import numpy as np
 import pytest
 import tiny_config as tiny
 from conftest import xla_flags
 
+from recipe import extras
 from train import checkpoints, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,10 +57,55 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_only_the_library(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
     top_level = {name.split("/")[0] for name in names if ".dist-info/" not in name}
     assert top_level == {"recipe"}
     assert "recipe/saved_run.py" in names
     assert not [n for n in names if n.endswith(".dist-info/entry_points.txt")]  # no commands
+    # The embedded digits and their license ship with it; their license is named.
+    assert {"recipe/data/mnist5k.npz", "recipe/data/mnist5k_LICENSE.txt"} <= set(names)
+    assert b"License-Expression: Apache-2.0 AND CC-BY-SA-3.0" in metadata
+
+
+def test_import_recipe_imports_none_of_the_extras():
+    """`import recipe` with the core install alone: none of the extras' packages (measured in
+    a fresh venv by `make test-core`; here, where they are installed, none is imported)."""
+    result = _run([sys.executable, "-c", core_install.IMPORT_RECIPE])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "code, extra",
+    [
+        ("sys.modules['grain'] = None\nimport recipe.data", "data"),
+        ("sys.modules['tensorboard'] = None\nimport train", "train"),
+    ],
+    ids=["recipe.data", "train"],
+)
+def test_a_part_without_its_extra_fails_in_one_line_naming_it(code, extra):
+    result = _run([sys.executable, "-c", f"import sys\n{code}"], cwd=REPO)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    package = "grain" if extra == "data" else "tensorboard"
+    assert last == (
+        f"ImportError: {'recipe.data' if extra == 'data' else 'the trainer (train/)'} needs the "
+        f"{extra!r} extra: {package} is not installed; pip install 'large-batch-recipe[{extra}]'"
+    )
+
+
+def test_each_extra_in_pyproject_holds_the_packages_its_part_checks_for():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    optional = project["optional-dependencies"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=;\[ ]", requirement)[0] for requirement in requirements}
+
+    assert set(extras.DATA.values()) <= names(optional["data"])
+    assert "large-batch-recipe[data]" in optional["train"]
+    assert set(extras.TRAIN.values()) - set(extras.DATA.values()) <= names(optional["train"])
+    # The core install: the library's own imports, and none of an extra's packages.
+    assert not names(project["dependencies"]) & set(extras.TRAIN.values())
 
 
 # Run by the venv's Python outside the checkout: the library alone, on one device.

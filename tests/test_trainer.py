@@ -11,6 +11,7 @@ import tiny_config as tiny
 from conftest import checkpoint_state, expected_scalars, tensorboard_scalars
 
 import recipe
+from recipe import data
 from recipe.data import datasets, pipeline
 from train import checkpoints, describe, evaluation, inputs, loop, resolve
 from train.metrics import read_metrics
@@ -145,20 +146,26 @@ def test_describe_places_the_paper_milestones_on_any_run_length(data_dir):
     assert "at epochs 10, 20, 26.67 (Goyal's 30, 60, 80 of 90 placed on 30 epochs" in text
 
 
-def test_train_examples_trains_on_the_first_n_held_in_memory(data_dir):
-    """`train_examples` slices the split (epochs count N), `data_in_memory` holds it decoded
-    once per process: the trainer's sources are the split's first N examples and the whole
-    test split."""
+def test_train_examples_trains_on_a_class_balanced_subset_held_in_memory(data_dir):
+    """`train_examples` draws N examples per class (epochs count N): mnist5k's training split is
+    sorted by class, and its first 2,000 would be the digits 0–4 alone. `data_in_memory` holds
+    the split decoded once per process; the subset reads it in place."""
     setup = resolve.resolve(tiny.make_config(data_dir, train_examples=2000, data_in_memory=True), 4)
     assert setup.spec.num_train == 2000 and setup.layout.steps_per_epoch == 2
-    assert "the first 2000 training examples (train[:2000])" in describe.describe(setup.config)
+    assert (
+        "training subset    2000 of the 4000 training examples, drawn per class with a fixed "
+        "seed: 200 of each of the 10 classes" in describe.describe(setup.config)
+    )
     train, test = inputs.open_data(setup)
-    assert isinstance(train, datasets.InMemorySource) and (len(train), len(test)) == (2000, 1000)
-    assert inputs.open_data(setup)[0] is train  # decoded once per process
-    whole = datasets.load_source("mnist5k", "train", data_dir)
+    assert (len(train), len(test)) == (2000, 1000)
+    whole = datasets.load_in_memory("mnist5k", "train", data_dir)  # decoded once per process
+    positions = data.class_balanced_subset(
+        datasets.split_labels("mnist5k", "train", data_dir), 2000
+    )
     for i in (0, 1999):
-        np.testing.assert_array_equal(train[i]["image"], whole[i]["image"])
-        assert train[i]["label"] == whole[i]["label"]
+        np.testing.assert_array_equal(train[i]["image"], whole[positions[i]]["image"])
+        assert train[i]["label"] == whole[positions[i]]["label"]
+    assert np.bincount([train[i]["label"] for i in range(2000)]).tolist() == [200] * 10
 
 
 @pytest.mark.parametrize("accumulation_steps", [1, 2, 4])

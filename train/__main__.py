@@ -6,14 +6,17 @@ it takes one (`--config configs/imagenet_resnet50_lars.py:32k`). Any config fiel
 overridden: `--config.batch_size=512 --config.optimizer.warmup=constant`.
 
 Exit status: 0 done; 2 bad input (a config field, the config file, the work dir, a dataset that
-is not prepared, or a work dir holding another run), one line on stderr, before anything is
-compiled or written; 3 non-finite loss, or with `on_nonfinite=skip` more than half of an
-epoch's updates skipped (the last good checkpoint is kept); 73 the work dir is in use by another
-run that is still going (`train.workdir_lock`: one line naming its host, process id and start
-time; nothing is written); 74 a checkpoint, the metrics or the plot could not be written (disk
-full, ...; the checkpoints written before are intact); 75 stopped by SIGTERM and 130 by SIGINT,
-each after writing a checkpoint (run the same command again to resume). With
-`on_nonfinite=skip` the final line says how many updates were skipped in all.
+is not prepared or an image folder laid out wrong, a training subset that leaves out classes, or
+a work dir holding another run), one line on stderr, before anything is compiled or written; 65
+an image that does not decode, with `unreadable_images=stop` (one line naming its file; the
+checkpoints written before are intact); 3 non-finite loss, or with `on_nonfinite=skip` more than
+half of an epoch's updates skipped (the last good checkpoint is kept); 73 the work dir is in use
+by another run that is still going (`train.workdir_lock`: one line naming its host, process id
+and start time; nothing is written); 74 a checkpoint, the metrics or the plot could not be
+written (disk full, ...; the checkpoints written before are intact); 75 stopped by SIGTERM and
+130 by SIGINT, each after writing a checkpoint (run the same command again to resume). With
+`on_nonfinite=skip` the final line says how many updates were skipped in all, and with
+`unreadable_images=skip` how many images were skipped because they do not decode.
 
 `--describe` prints the resolved recipe (scaled lr, warmup and decay boundaries in updates,
 per-device batch, BN scope, which parameters get weight decay) and saves the learning-rate
@@ -32,6 +35,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
+from recipe import data
 from train import (
     checkpoints,
     describe,
@@ -46,6 +50,7 @@ from train import (
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+EXIT_UNREADABLE_DATA = 65  # EX_DATAERR: the input data was incorrect
 EXIT_WORKDIR_IN_USE = 73  # EX_CANTCREAT: the run's output cannot be written now
 EXIT_WRITE_FAILED = 74  # EX_IOERR
 
@@ -76,13 +81,21 @@ def main(argv: list[str]) -> None:
         if _EVAL_ONLY.value:
             result = evaluation.evaluate_checkpoint(config, workdir)
             if jax.process_index() == 0:
-                print(f"step {result.pop('step')}: {_summary(result)}")
+                note = _unreadable_note(result.pop("unreadable_images", None))
+                print(f"step {result.pop('step')}: {_summary(result)}{note}")
             return
         result = loop.train_and_evaluate(config, workdir)
     except (resolve.ConfigError, checkpoints.IncompatibleCheckpointError) as error:
         _fail(str(error))
     except loop.NonFiniteLossError as error:
         _fail(str(error), EXIT_NONFINITE)
+    except data.UnreadableImageError as error:
+        _fail(
+            f"{error}; the run stopped (the checkpoints written before are intact); fix: "
+            "replace or remove the file, or --config.unreadable_images=skip to skip such images "
+            "(each named, and counted)",
+            EXIT_UNREADABLE_DATA,
+        )
     except workdir_lock.WorkdirInUseError as error:
         _fail(str(error), EXIT_WORKDIR_IN_USE)
     except metrics.WorkdirWriteError as error:  # a checkpoint's, the metrics' or the plot's
@@ -94,7 +107,8 @@ def main(argv: list[str]) -> None:
         preemption.ignore_stop_signals()  # the exit status is decided
     if jax.process_index() == 0:
         skipped = result.pop("skipped_updates", None)
-        print(f"final {_summary(result)}" + _skipped_note(skipped))
+        unreadable = result.pop("unreadable_images", None)
+        print(f"final {_summary(result)}" + _skipped_note(skipped) + _unreadable_note(unreadable))
         workdir_text = workdir.rstrip("/")
         plot = f"  plots: {workdir_text}/curves.png" if config.plot_curves else ""
         print(f"metrics: {workdir_text}/metrics.jsonl{plot}")
@@ -118,6 +132,13 @@ def _skipped_note(skipped: int | None) -> str:
     if skipped is None:
         return ""
     return f"; {skipped} update{'s' * (skipped != 1)} skipped in all (non-finite)"
+
+
+def _unreadable_note(count: int | None) -> str:
+    """The final line's count of images skipped as unreadable (`unreadable_images=skip`)."""
+    if count is None:
+        return ""
+    return f"; {count} unreadable image{'s' * (count != 1)} skipped (named in the log)"
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

@@ -15,9 +15,10 @@ bucket) is `CheckpointWriteError` (a `train.metrics.WorkdirWriteError`, as a fai
 metrics or the plot is): the previous checkpoints stay intact and the failed step's temporary
 files are removed.
 
-A work dir is one run's: `claim_workdir` writes the run's config as `config.json` on its first
-start and refuses a work dir whose `config.json` differs in a field of `run_identity`;
-`restore_checkpoint` reads a checkpoint back after the same check.
+A work dir is one run's: `claim_workdir` writes the run's config as `config.json` (and its
+dataset's spec as `dataset.json`) on its first start and refuses a work dir whose `config.json`
+differs in a field of `run_identity`; `restore_checkpoint` reads a checkpoint back after the
+same check.
 """
 
 import json
@@ -33,6 +34,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from recipe import saved_run
 from train import steps
 from train.metrics import WorkdirWriteError, error_summary
 from train.resolve import ConfigError, Setup
@@ -41,7 +43,8 @@ _TMP_MARKER = ".orbax-checkpoint-tmp"
 # How long a failed save's temporary directory is retried for removal, and how long the loop
 # waits between tries for orbax's write tasks that had not failed yet to settle.
 _TMP_REMOVAL_SECONDS, _TMP_REMOVAL_PAUSE_SECONDS = 10.0, 0.2
-# The run's config in its work dir (`recipe.load_run` reads it).
+# The run's config in its work dir (`recipe.load_run` reads it, and the dataset's spec,
+# `recipe.saved_run.DATASET_FILE`).
 CONFIG_FILE = "config.json"
 # Config fields that may change between a run and its resumption: they do not affect the result,
 # but for `runner`, whose steps differ in float32 rounding where a sum is taken in another order
@@ -61,6 +64,10 @@ RESUMABLE_FIELDS = (
     "data_workers",
     "data_in_memory",
     "device_prefetch",
+    # A stopped run may go on skipping the unreadable image it stopped at; the subset is the
+    # same whether or not its balance is allowed.
+    "unreadable_images",
+    "allow_unbalanced_subset",
 )
 
 
@@ -129,9 +136,10 @@ def create_workdir(workdir: str) -> epath.Path:
     return path
 
 
-def claim_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
-    """Refuses a work dir whose `config.json` belongs to another run; writes it for a new one
-    (from the first process).
+def claim_workdir(workdir: epath.Path, setup: Setup) -> None:
+    """Refuses a work dir whose `config.json` belongs to another run; writes it for a new one,
+    and `dataset.json` (the dataset's spec, which `recipe.load_run` needs without the data)
+    where it is missing (from the first process).
 
     The checkpoints carry the run identity too; `config.json` also guards a run that stopped
     before its first checkpoint, and tells a reader which config made the work dir.
@@ -140,11 +148,15 @@ def claim_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> Non
       IncompatibleCheckpointError: `config.json` differs from `config` in a field of the run
         identity.
     """
+    config = setup.config
     path = workdir / CONFIG_FILE
     if path.exists():
         check_same_run(workdir, run_identity(json.loads(path.read_text())), run_identity(config))
     elif jax.process_index() == 0:
         path.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
+    dataset_path = workdir / saved_run.DATASET_FILE
+    if jax.process_index() == 0 and not dataset_path.exists():
+        dataset_path.write_text(json.dumps(setup.spec.to_json(), indent=1) + "\n")
 
 
 def abstract_train_state(setup: Setup) -> steps.TrainState:

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from train import checkpoints, plots, sharpness
+from train import checkpoints, inputs, plots, sharpness
 from train.resolve import Setup, check_fields, resolve
 
 _BN_SCOPES = {
@@ -26,10 +26,14 @@ _FLAX_APIS = {
 def describe(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
     """The resolved recipe as text (`--describe`); with `workdir`, also saves the learning-rate
     schedule there as `lr_schedule.png`. Rejects exactly the inputs training rejects that do
-    not need the data or the work dir."""
+    not need the work dir; with `train_examples` it reads the training split's labels, and
+    gives the subset's class counts."""
     check_fields(config)
     setup = resolve(config, jax.device_count())
     text = recipe_text(setup)
+    subset = inputs.training_subset(setup)
+    if subset is not None:
+        text += f"\n{'training subset':<18} {subset.text(setup.spec)}"
     if workdir is not None:
         path = checkpoints.create_workdir(workdir) / "lr_schedule.png"
         schedule = setup.optimizer.schedule
@@ -153,26 +157,41 @@ def _noise_scale_text(setup: Setup) -> str:
     )
 
 
+_CROP_PATH = "JPEG decoded by libjpeg-turbo at the DCT scale the crop needs, OpenCV resize"
+
+
 def _input_text(setup: Setup) -> str:
-    """Who decodes, with what, and the bytes that cross to the devices."""
+    """Who decodes, with what, and the bytes that cross to the devices (the augmentation has a
+    line of its own)."""
+    spec = setup.spec
     workers = setup.data_workers
     who = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "1 thread"
-    decoder = {
-        "jpeg": "JPEG decoded by libjpeg-turbo at the DCT scale the crop needs, OpenCV resize",
-        "png": "PNG decoded by TFDS on every read (--config.data_in_memory=true: once)",
-        "uint8": "uint8 arrays, no decoding",
-    }[setup.spec.stored_as]
-    per_image = math.prod(setup.image_shape)
-    per_step = setup.layout.batch_size * per_image
+    if spec.family == "imagenet" and spec.stored_as != "uint8":
+        decoder = {
+            "jpeg": _CROP_PATH,
+            "png": "PNG decoded by Pillow, OpenCV resize",
+            "files": f"image files read as they are: {_CROP_PATH}, PNG by Pillow",
+        }[spec.stored_as]
+    else:
+        decoder = {
+            "jpeg": "JPEG decoded by TFDS on every read (--config.data_in_memory=true: once)",
+            "png": "PNG decoded by TFDS on every read (--config.data_in_memory=true: once)",
+            "uint8": "uint8 arrays, no decoding",
+        }[spec.stored_as]
     if setup.config.data_in_memory:
         decoder = "decoded once and held in memory"
-    subset = setup.config.train_examples
-    if subset is not None:
-        who = f"the first {subset} training examples ({setup.spec.train_split}); {who}"
+    per_image = math.prod(setup.image_shape)
+    per_step = setup.layout.batch_size * per_image
+    unreadable = {
+        "stop": "an image that does not decode stops the run",
+        "skip": "an image that does not decode is skipped (named, counted)",
+    }[setup.data.unreadable]
     return (
-        f"{who}; {decoder}; uint8 to the devices, {per_step / 2**20:,.1f} MiB per step "
-        f"({per_image:,} bytes per image, a quarter of float32), normalised in the step; "
+        f"{who}; {decoder}; uint8 to the devices, {per_step / 2**20:,.1f} MiB "
+        f"per step ({per_image:,} bytes per image, a quarter of float32), normalised in the step "
+        f"(mean {_values(spec.mean)}, std {_values(spec.std)}); "
         f"{setup.config.device_prefetch} batches placed ahead"
+        + (f"; {unreadable}" if spec.family == "imagenet" else "")
     )
 
 
@@ -194,6 +213,10 @@ def _augmentation_text(setup: Setup) -> str:
             "for training and evaluation"
         )
     return augmentation
+
+
+def _values(values: tuple[float, ...]) -> str:
+    return f"({', '.join(f'{v:.4g}' for v in values)})"
 
 
 def _decay_text(setup: Setup) -> str:

@@ -23,7 +23,8 @@ class Evaluator:
     over `precise_bn_batches` training batches from that step when precise BN is on, and the
     weight EMA beside them (keys `ema_*`) when there is one.
 
-    `precise_batches` overrides the setup's count (`bench/precise_bn.py` compares counts).
+    `precise_batches` overrides the setup's count (`bench/precise_bn.py` compares counts);
+    `unreadable` notes the images the loader skips (`unreadable_images='skip'`).
     """
 
     def __init__(
@@ -33,9 +34,11 @@ class Evaluator:
         train_source: Any,
         test_source: Any,
         precise_batches: int | None = None,
+        unreadable: inputs.UnreadableImages | None = None,
     ):
         self.setup, self.runner = setup, runner
         self.train_source, self.test_source = train_source, test_source
+        self.unreadable = unreadable
         self.eval_step = runner.map(
             functools.partial(
                 steps.eval_step,
@@ -90,12 +93,15 @@ class Evaluator:
         statistics over the whole test split."""
         setup = self.setup
         sums: dict[str, float] = {}
-        for batch in pipeline.eval_batches(
+        batches = pipeline.eval_batches(
             self.test_source,
             setup.spec,
             global_batch=setup.layout.eval_batch_size,
             **inputs.loader_options(setup),
-        ):
+        )
+        if self.unreadable is not None:
+            batches = self.unreadable.watch(batches, "test")
+        for batch in batches:
             device_batch = self.runner.put(inputs.model_inputs(batch))
             out = self.runner.fetch(self.eval_step(device_state, device_batch))
             for key, value in out.items():
@@ -119,6 +125,8 @@ class Evaluator:
             num_steps=num_batches or self.precise_batches,
             augment=False,
         )
+        if self.unreadable is not None:
+            batches = self.unreadable.watch(batches, "train")
         stats = self.init(device_state)
         for batch in self.runner.prefetch(map(inputs.model_inputs, batches)):
             stats = self.update[ema](stats, device_state, batch)
@@ -132,7 +140,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     cannot be read is moved aside, as a resumed run would).
 
     Returns:
-      {'step': the checkpoint's step, 'loss', 'accuracy' (and 'top5' for > 10 classes)}.
+      {'step': the checkpoint's step, 'loss', 'accuracy' (and 'top5' for > 10 classes)}; with
+      `unreadable_images='skip'`, also 'unreadable_images' (each named on stdout when met).
 
     Raises:
       ConfigError: bad config or dataset, or `workdir` holds no checkpoint.
@@ -145,6 +154,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     train_source, test_source = inputs.open_data(setup)
     step, state = checkpoints.restore_checkpoint(setup, workdir)
     runner = setup.runner()
-    evaluator = Evaluator(setup, runner, train_source, test_source)
+    unreadable = None
+    if setup.data.unreadable == "skip":
+        write = print if jax.process_index() == 0 else lambda line: None
+        unreadable = inputs.UnreadableImages({"train": train_source, "test": test_source}, write)
+    evaluator = Evaluator(setup, runner, train_source, test_source, unreadable=unreadable)
     _, result = evaluator(runner.place(state), step)
+    if unreadable is not None:
+        result["unreadable_images"] = unreadable.count
     return {"step": step, **result}

@@ -47,7 +47,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The final evaluation metrics (accuracy, loss, top5 when classes > 10); with
       `on_nonfinite='skip'`, also `skipped_updates`: the steps of the whole run whose update was
-      skipped.
+      skipped; with `unreadable_images='skip'`, also `unreadable_images`: the images skipped
+      because they do not decode.
 
     Raises:
       ConfigError: bad config, work dir or dataset, before anything is compiled or written.
@@ -58,6 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       NonFiniteLossError: the loss diverged (with `on_nonfinite='stop'`), or more than half of
         an epoch's updates were skipped (with `on_nonfinite='skip'`, `train.skipped_updates`).
       preemption.Stopped: SIGTERM or SIGINT arrived; a checkpoint was written first.
+      recipe.data.UnreadableImageError: an image does not decode (`unreadable_images='stop'`);
+        the checkpoints written before are intact.
     """
     # ---- Bad input first: every field, then the cluster, the data and the work dir.
     check_fields(config)
@@ -65,6 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     setup = resolve(config, jax.device_count())
     layout, options = setup.layout, setup.loop
     train_source, test_source = inputs.open_data(setup)
+    subset = inputs.training_subset(setup)
     workdir = checkpoints.create_workdir(workdir)
     checkpoint_dir = workdir / "checkpoints"
     is_writer = jax.process_index() == 0
@@ -86,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # The device layout is part of the run: kept, or refused before anything is written.
         setup, kept_layout = run_layout.keep(setup, workdir, config)
         layout = setup.layout
-        checkpoints.claim_workdir(workdir, setup.config)
+        checkpoints.claim_workdir(workdir, setup)
         run_layout.store(workdir, setup)
         if is_writer:
             for note in setup.notes:
@@ -103,6 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             last_checkpoint = start_step
             if is_writer:
                 print(f"resumed from the checkpoint of step {start_step} in {checkpoint_dir}")
+        if is_writer and subset is not None:
+            print(f"training on {subset.text(setup.spec)}")
         writer = MetricsWriter(workdir, enabled=is_writer)
         writer.drop_after(start_step)
         # A skipped update keeps the whole state, its step count too: a checkpoint's count
@@ -134,7 +140,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             functools.partial(steps.average_batch_stats, axis_name=runner.axis_name),
             donate_argnums=(0,),
         )
-        evaluator = Evaluator(setup, runner, train_source, test_source)
+        progress = tqdm.tqdm(
+            total=layout.total_steps,
+            initial=start_step,
+            disable=not (options.progress_bar and is_writer),
+            unit="step",
+            dynamic_ncols=True,
+        )
+        unreadable = None
+        if setup.data.unreadable == "skip":
+            sources = {"train": train_source, "test": test_source}
+            write = progress.write if is_writer else lambda line: None
+            unreadable = inputs.UnreadableImages(sources, write)
+        evaluator = Evaluator(setup, runner, train_source, test_source, unreadable=unreadable)
         device_state = runner.place(state)
         # The loss's sharpness every `sharpness.every_steps` steps (None when off: nothing built).
         probe = sharpness.make_probe(setup, runner, train_source)
@@ -147,13 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             num_steps=layout.total_steps - start_step,
             augment=setup.data.augment,
         )
-        progress = tqdm.tqdm(
-            total=layout.total_steps,
-            initial=start_step,
-            disable=not (options.progress_bar and is_writer),
-            unit="step",
-            dynamic_ncols=True,
-        )
+        if unreadable is not None:
+            host_batches = unreadable.watch(host_batches, "train")
         pending: list[tuple[int, Any]] = []  # (step, device metrics) not fetched yet
         window: list[dict[str, float]] = []  # fetched metrics since the last log record
         # Throughput: steps dispatched since `timer_start`, which restarts after each log
@@ -206,6 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 record = _train_record(window, images_per_sec, step / layout.steps_per_epoch)
                 if skipped is not None:
                     record["skipped_updates"] = skipped.take_interval()
+                if unreadable is not None:
+                    record["unreadable_images"] = unreadable.count
                 writer.write(step, "train", record)
                 progress.set_postfix(
                     loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}"
@@ -254,9 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if is_writer and options.plot_curves:
             plots.plot_run(read_metrics(workdir), layout.steps_per_epoch, workdir / "curves.png")
         writer.close()
+        result = dict(final_eval)
         if skipped is not None:
-            return {**final_eval, "skipped_updates": skipped.total}
-        return final_eval
+            result["skipped_updates"] = skipped.total
+        if unreadable is not None:
+            result["unreadable_images"] = unreadable.count
+        return result
 
 
 def _train_record(

@@ -1,11 +1,15 @@
 """One resolve step: a config checked field by field and turned into everything a run needs.
 
-`resolve(config, device_count)` is pure: it reads no data, writes nothing and compiles nothing
-(the model's variables are shapes from `jax.eval_shape`). It runs first, before the work dir is
-created or the data opened, so every bad input is one line (`ConfigError`): the dotted config
-field, its value, what is allowed, and the command-line flag that fixes it. Training,
-`--describe` and `bench/` all go through it; what it returns (`Setup`) is computed once and
-passed down.
+`resolve(config, device_count)` compiles nothing and writes nothing in the work dir (the model's
+variables are shapes from `jax.eval_shape`), and reads of the data only its metadata: a TFDS
+dataset's `dataset_info.json`, an image folder's listing (and, once per TFDS dataset it has no
+entry for, the per-channel statistics of its training images, stored beside it:
+`recipe.data.get_dataset_spec`). It runs first, before the work dir is created or the data
+opened, so every bad input is one line (`ConfigError`): the dotted config field, its value, what
+is allowed, and the command-line flag that fixes it. The rules that need the data's labels (a
+`train_examples` subset's class balance, `check_subset`) run where the data is opened, still
+before anything is compiled or written (`train.inputs.open_data`). Training, `--describe` and
+`bench/` all go through it; what it returns (`Setup`) is computed once and passed down.
 
 Each rule lives once. A field's own range is a `recipe.checks` rule in `schema.FIELD_RULES`
 (the same functions the library checks its arguments with, told the dotted field name); a rule
@@ -22,9 +26,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from recipe import masks, models, noise_scale, optim, saved_run, schedules, sharpness
-from recipe.data import datasets, pipeline
+from recipe.data import datasets, folder, pipeline
 from train import runners, schema, steps
 from train.schema import FIELD_RULES
 
@@ -81,6 +86,8 @@ class DataOptions:
       augment: random crops and flips of the training images.
       image_size: the side images are resized to, or None for the dataset's own.
       device_prefetch: batches placed on the devices ahead of their step.
+      train_examples: the size of the training subset (`check_subset`), or None: all of it.
+      unreadable: 'stop' or 'skip' an image that does not decode (`recipe.data.train_batches`).
     """
 
     data_dir: str | None
@@ -88,6 +95,8 @@ class DataOptions:
     augment: bool
     image_size: int | None
     device_prefetch: int
+    train_examples: int | None
+    unreadable: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +249,7 @@ def resolve(
     check_fields(config)
     _check_ema(config)
     _check_sharpness(config)
-    spec = _training_examples(config, datasets.get_dataset_spec(config.dataset))
+    spec = _training_examples(config, _dataset_spec(config))
     layout = _batch_layout(config, spec, device_count, workers)
     size = config.image_size
     image_shape = (size, size, spec.image_shape[2]) if size else spec.image_shape
@@ -281,6 +290,8 @@ def resolve(
             augment=config.augment,
             image_size=config.image_size,
             device_prefetch=config.device_prefetch,
+            train_examples=config.train_examples,
+            unreadable=config.unreadable_images,
         ),
         loop=LoopOptions(
             label_smoothing=config.label_smoothing,
@@ -314,11 +325,59 @@ def resolve(
     )
 
 
+def _dataset_spec(config: ml_collections.ConfigDict) -> datasets.DatasetSpec:
+    """The dataset's spec (`recipe.data.get_dataset_spec`): `dataset` read from the data dir
+    or the folder, then `augmentation_family`, `image_mean` and `image_std` applied; each
+    failure one line naming the field."""
+    name, data_dir = config.dataset, config.data_dir
+    statistics = None
+    if config.image_mean is not None and config.image_std is not None:
+        statistics = (tuple(config.image_mean), tuple(config.image_std))
+    try:
+        spec = datasets.get_dataset_spec(name, data_dir, statistics=statistics)
+    except datasets.DatasetNotPreparedError as error:
+        raise ConfigError(f"dataset {' '.join(str(error).split())}") from None
+    except folder.FolderLayoutError as error:
+        raise ConfigError(f"dataset {name!r}: {error}") from None
+    except ValueError as error:
+        close = difflib.get_close_matches(name, datasets.DATASET_NAMES, n=1)
+        fix = close[0] if close else schema.base_config().dataset
+        raise ConfigError(f"dataset {error}; fix: --config.dataset={fix}") from None
+    if (config.image_mean is None) != (config.image_std is None):
+        unset = "image_std" if config.image_std is None else "image_mean"
+        own = tuple(round(v, 4) for v in getattr(spec, unset.removeprefix("image_")))
+        raise ConfigError(
+            f"image_mean and image_std must be set together (or both left unset for the "
+            f"dataset's own), got image_mean={config.image_mean} and image_std="
+            f"{config.image_std}; fix: --config.{unset}={cli_value(own)}"
+        )
+    family = config.augmentation_family
+    if family is not None and family != spec.family:
+        try:
+            spec = datasets.get_dataset_spec(name, data_dir, family=family, statistics=statistics)
+        except ValueError as error:
+            raise ConfigError(
+                f"augmentation_family {family!r} does not fit {name}: {error}; fix: "
+                f"--config.augmentation_family={spec.family}"
+            ) from None
+    channels = spec.image_shape[2]
+    for field in ("image_mean", "image_std"):
+        values = config[field]
+        if values is not None and len(values) != channels:
+            own = datasets.get_dataset_spec(name, data_dir, family=family)  # its own statistics
+            fixed = getattr(own, field.removeprefix("image_"))
+            raise ConfigError(
+                f"{field} must have one value per channel ({channels} for {name}), got "
+                f"{values}; fix: --config.{field}={cli_value(tuple(round(v, 4) for v in fixed))}"
+            )
+    return spec
+
+
 def _training_examples(
     config: ml_collections.ConfigDict, spec: datasets.DatasetSpec
 ) -> datasets.DatasetSpec:
-    """The dataset as this run trains on it: its first `train_examples` training examples (TFDS
-    split slicing, `train[:N]`), held in memory with `data_in_memory`."""
+    """The dataset as this run trains on it: `train_examples` of its training examples (drawn
+    per class where the data is opened: `check_subset`), held in memory with `data_in_memory`."""
     if config.data_in_memory and spec.family != "small":
         raise ConfigError(
             f"data_in_memory holds every decoded image in memory, for the 'small' datasets only; "
@@ -332,7 +391,58 @@ def _training_examples(
             f"train_examples must be <= the {spec.num_train} training examples of {spec.name}, "
             f"got {count}; fix: --config.train_examples={spec.num_train}"
         )
-    return dataclasses.replace(spec, num_train=count, train_split=f"{spec.train_split}[:{count}]")
+    return dataclasses.replace(spec, num_train=count)
+
+
+def check_subset(
+    config: ml_collections.ConfigDict,
+    spec: datasets.DatasetSpec,
+    split_counts: np.ndarray,
+    subset_counts: np.ndarray,
+) -> None:
+    """The rule between `train_examples` and the training split's classes: the subset
+    (`recipe.data.class_balanced_subset`) must see every class of the split, each with at least
+    half its share of the split (`recipe.data.class_balanced_subset` keeps every class within
+    one example of its share, so only too small a subset fails), unless
+    `allow_unbalanced_subset`.
+
+    Args:
+      split_counts: examples per class in the whole training split.
+      subset_counts: examples per class in the subset.
+
+    Raises:
+      ConfigError: the subset leaves out a class, or is far from the split's balance.
+    """
+    if config.allow_unbalanced_subset:
+        return
+    count, total = int(subset_counts.sum()), int(split_counts.sum())
+    present = split_counts > 0
+    expected = count * split_counts / total
+    left_out = np.flatnonzero(present & (subset_counts == 0))
+    far = np.flatnonzero(present & (np.abs(subset_counts - expected) > expected / 2))
+    if not far.size:
+        return
+    # Every class's share at least 2 examples keeps each within half of it.
+    needed = min(total, int(np.ceil(2 * total / split_counts[present].min())))
+    names = spec.class_names or tuple(str(label) for label in range(spec.num_classes))
+    if left_out.size:
+        shown = ", ".join(names[label] for label in left_out[:5])
+        problem = (
+            f"leaves out {left_out.size} of the {int(present.sum())} classes of "
+            f"{spec.name}'s training split ({shown}{', …' if left_out.size > 5 else ''})"
+        )
+    else:
+        label = far[np.argmax(np.abs(subset_counts - expected)[far] / expected[far])]
+        problem = (
+            f"is far from the training split's class balance (class {names[label]}: "
+            f"{subset_counts[label]} of {count}, {100 * subset_counts[label] / count:.1f}%, "
+            f"against {100 * split_counts[label] / total:.1f}% of the split)"
+        )
+    raise ConfigError(
+        f"train_examples={count} {problem}: a subset needs at least {needed} examples to see "
+        "every class in its share (--config.allow_unbalanced_subset=true trains on it as it "
+        f"is); fix: --config.train_examples={needed}"
+    )
 
 
 def _notes(config: ml_collections.ConfigDict, schedule: schedules.GoyalSchedule) -> tuple[str, ...]:
@@ -650,6 +760,13 @@ def _suggested_value(field: str, config: ml_collections.ConfigDict) -> Any:
         return min(_get(schema.base_config(), field), config.num_epochs / 2)
     if field == "optimizer.nesterov" and config.optimizer.name == "lamb":
         return False
+    value = _get(config, field)
+    if field in ("image_mean", "image_std") and isinstance(value, tuple | list) and value:
+        # In 0–1 units (a value above 1 was most likely given in 0–255 pixel units); a std
+        # that is not positive, 1 (no scaling).
+        fixed = [v / 255 if isinstance(v, int | float) and 1 < v <= 255 else v for v in value]
+        fixed = [v if isinstance(v, int | float) and 0 <= v <= 1 else 0.5 for v in fixed]
+        return tuple(v if field == "image_mean" or v > 0 else 1.0 for v in fixed)
     return _get(schema.base_config(), field)
 
 

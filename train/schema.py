@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 
 from recipe import checks, models, optim, schedules
-from recipe.data import datasets
+from recipe.data import datasets, pipeline
 from train import runners
 
 BN_SCOPES = ("device", "global", "group", "ghost")
@@ -119,14 +119,46 @@ def _check_stage_sizes(name: str, value: Any) -> tuple[int, ...]:
     return tuple(checks.check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
+def _check_channel_values(name: str, value: Any, low_closed: bool) -> tuple[float, ...]:
+    """A non-empty tuple of per-channel values in [0, 1] (std: (0, 1])."""
+    if not isinstance(value, tuple | list) or not value:
+        raise ValueError(f"{name} must be a non-empty tuple of per-channel values, got {value!r}")
+    return tuple(
+        checks.check_interval(f"{name}[{i}]", v, 0.0, 1.0, low_closed=low_closed)
+        for i, v in enumerate(value)
+    )
+
+
+def _channel_values(*, low_closed: bool) -> Rule:
+    """Per-channel values in [0, 1] (`low_closed`) or (0, 1]."""
+    low_inside, low_outside = (0.0, -_EPSILON) if low_closed else (_EPSILON, 0.0)
+    return Rule(
+        functools.partial(_check_channel_values, low_closed=low_closed),
+        (
+            ((low_inside,), True),
+            ((1.0,), True),
+            ((low_outside,), False),
+            ((1.0 + _EPSILON,), False),
+            ((), False),
+        ),
+    )
+
+
 # The range of every config field on its own (the rules between fields: `train.resolve`).
 # tests/test_bad_input.py checks that every field of the configs has a rule here.
 FIELD_RULES: dict[str, Rule] = {
-    "dataset": _choice(datasets.DATASET_NAMES),
+    # A name of datasets.DATASET_NAMES, a prepared TFDS dataset or folder:PATH: which, and
+    # whether it can be read, `train.resolve` finds out from the data dir or the folder.
+    "dataset": Rule(checks.check_string, (("mnist5k", True), ("", False))),
     "data_dir": _optional(_STRING),
     "augment": _BOOL,
+    "augmentation_family": _optional(_choice(datasets.FAMILIES)),
     "image_size": _optional(_POSITIVE_INT),
+    "image_mean": _optional(_channel_values(low_closed=True)),
+    "image_std": _optional(_channel_values(low_closed=False)),
     "train_examples": _optional(_POSITIVE_INT),
+    "allow_unbalanced_subset": _BOOL,
+    "unreadable_images": _choice(pipeline.UNREADABLE_CHOICES),
     "data_in_memory": _BOOL,
     "data_workers": _optional(_NON_NEGATIVE_INT),
     "device_prefetch": _POSITIVE_INT,
@@ -211,14 +243,38 @@ def base_config() -> ml_collections.ConfigDict:
     """
     config = ml_collections.ConfigDict()
 
-    # Data: a TFDS dataset name (see recipe.data.DATASET_NAMES) and where it is prepared.
+    # Data: the dataset, and where a TFDS one is prepared. One of recipe.data.DATASET_NAMES; any
+    # TFDS image-classification dataset prepared in data_dir, by its TFDS name ("cifar100",
+    # "food101", "imagenette/320px-v2"), its classes, splits and image shape read from its
+    # metadata and its per-channel mean and std computed once from its training images; or an
+    # image folder, "folder:PATH" (PATH/train/<class>/*.jpg|png and PATH/val/<class>/...), read
+    # as it is through the ImageNet-style crop path (recipe.data.folder).
     config.dataset = "mnist5k"
     config.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/...
     config.augment = True
+    # "small" (pad, random crop, flip: CIFAR's) or "imagenet" (Inception-style random-resized
+    # crop, flip); None: the dataset's own (a TFDS dataset's by its image size: one size of at
+    # most 64 px a side is "small"; image folders are "imagenet").
+    config.augmentation_family = ml_collections.config_dict.placeholder(str)
     config.image_size = ml_collections.config_dict.placeholder(int)  # None: the dataset's size
-    # Train on the first N examples of the training split (None: all of it); epochs, the
-    # schedule and the steps count these N. For quicker studies (bench/reproduce_fashion.py).
+    # The inputs' per-channel normalisation (x/255 − mean) / std, in 0–1 units, e.g. (0.5, 0.5,
+    # 0.5); None: the dataset's own (published, or computed from its training images; image
+    # folders: ImageNet's). Set both or neither.
+    config.image_mean = ml_collections.config_dict.placeholder(tuple)
+    config.image_std = ml_collections.config_dict.placeholder(tuple)
+    # Train on N examples of the training split (None: all of it), drawn per class with a fixed
+    # seed in proportion to each class's share of the split (recipe.data.class_balanced_subset;
+    # the same N for every run seed); epochs, the schedule and the steps count these N. For
+    # quicker studies (bench/reproduce_fashion.py). A subset that leaves out a class, or is far
+    # from the split's class balance (too few examples for the classes), stops the run unless
+    # allow_unbalanced_subset.
     config.train_examples = ml_collections.config_dict.placeholder(int)
+    config.allow_unbalanced_subset = False
+    # An image that does not decode (a truncated or corrupt file, not an image; image folders
+    # and JPEG datasets): "stop" the run naming it (exit 65), or "skip" it (its place in the
+    # batch taken by a readable one, evaluation without it), each named once in the log and
+    # counted in the metrics and the final line.
+    config.unreadable_images = "stop"
     # Hold both splits decoded in memory (recipe.data.InMemorySource; 'small' datasets only):
     # for fashion_mnist and cifar10, stored as PNG, decoding is otherwise most of an epoch's input
     # cost (about 1 ms per image on one core, more than a small model's step).

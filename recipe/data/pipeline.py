@@ -24,12 +24,20 @@ change neither the batches nor resumption.
 Evaluation: the split is padded to a multiple of ``G`` with masked all-zero examples and cut
 the same way, so every example is evaluated exactly once across all processes.
 
+An image that does not decode (a truncated or corrupt file, not an image at all: the 'imagenet'
+family's bytes) is never passed over silently. With ``unreadable='stop'`` (the default) the
+batch raises ``UnreadableImageError`` naming the example (its file for an image folder). With
+``unreadable='skip'`` batches gain an ``'unreadable'`` field, True where the example's image did
+not decode: in a training batch that place holds a copy of the batch's next readable example
+(image and label; ``'index'`` still names the unreadable one), in an evaluation batch an
+all-zero example with ``'mask'`` 0. Counting them is the caller's.
+
 Batches are dicts of numpy arrays, each with leading dimensions ``(D, B)``: ``'image'``
 float32 ``(D, B, H, W, C)`` normalised per channel as ``(x/255 - mean) / std`` (or, with
 ``normalize=False``, the uint8 pixels, a quarter of the bytes to the devices, for
 ``normalize_images`` inside the jitted step), ``'label'`` int32, ``'index'`` int64 (the
-example's position in its split; -1 for padding) and, for evaluation only, ``'mask'`` float32
-(1 for real examples, 0 for padding).
+example's position in its split; -1 for padding), for evaluation only ``'mask'`` float32
+(1 for real examples, 0 for padding), and with ``unreadable='skip'`` ``'unreadable'`` bool.
 """
 
 import dataclasses
@@ -38,7 +46,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import grain
@@ -46,10 +54,13 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from recipe import checks
 from recipe.data import jpeg
 from recipe.data.datasets import DatasetSpec, read_examples
 
 Batch = dict[str, np.ndarray]
+Unreadable = Literal["stop", "skip"]
+UNREADABLE_CHOICES: tuple[str, ...] = ("stop", "skip")
 
 # First entropy word of each random stream, so the streams never share a seed sequence.
 _PERMUTATION_STREAM = 0
@@ -60,6 +71,10 @@ _CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _CROP_ATTEMPTS = 10
 # Evaluation crops the central 87.5% of the shorter side (224 of 256).
 _EVAL_CENTRAL_FRACTION = 0.875
+
+
+class UnreadableImageError(ValueError):
+    """An example's image does not decode (with ``unreadable='stop'``); the message names it."""
 
 
 def steps_per_epoch(num_examples: int, global_batch: int, accumulation_steps: int = 1) -> int:
@@ -217,15 +232,21 @@ def _crop_resize(
     box_for_shape: Callable[[int, int], tuple[int, int, int, int]],
     size: tuple[int, int],
     dct_scaling: bool,
+    channels: int,
 ) -> np.ndarray:
-    """Resizes the box ``box_for_shape(height, width)`` of a decoded image or of JPEG bytes to
-    ``size``; with ``dct_scaling``, bytes are decoded only as far as the box needs
-    (``jpeg.decode_crop_resize``), else in full (the same pixels as a decoded array gives)."""
+    """Resizes the box ``box_for_shape(height, width)`` of a decoded image or of image bytes
+    to ``size``; with ``dct_scaling``, JPEG bytes are decoded only as far as the box needs
+    (``jpeg.decode_crop_resize``), else in full (the same pixels as a decoded array gives);
+    other bytes (PNG) in full by Pillow.
+
+    Raises:
+        jpeg.UndecodableImageError: The bytes do not decode.
+    """
     if isinstance(image, bytes):
-        box = box_for_shape(*jpeg.jpeg_shape(image))
+        box = box_for_shape(*jpeg.image_shape(image))
         if dct_scaling:
-            return jpeg.decode_crop_resize(image, box, size)
-        image = jpeg.decode(image)
+            return jpeg.decode_crop_resize(image, box, size, channels)
+        image, _ = jpeg.decode_image(image, channels=channels)
     else:
         box = box_for_shape(*image.shape[:2])
     return jpeg.crop_resize(image, box, size)
@@ -242,10 +263,14 @@ def augment_image(
     Pillow's). 'imagenet' family: Inception-style random-resized crop (Szegedy et al. 2015;
     area 8–100%, aspect ratio 3/4–4/3 log-uniform, 10 attempts, else the centre cut to the
     nearest allowed ratio) resized to ``size``, then the optional mirror. 'imagenet' images
-    may be given as JPEG bytes: the box is drawn from the header's size and the image decoded
+    may be given as image bytes: the box is drawn from the header's size and a JPEG decoded
     at the coarsest DCT scale 1/s that keeps the box at least ``size``
     (``recipe.data.jpeg``), which moves the box's edges by at most s/2 pixels; s = 1, the
-    same pixels as from the decoded array, for every box smaller than twice ``size``.
+    same pixels as from the decoded array, for every box smaller than twice ``size``. Other
+    bytes (PNG) are decoded in full by Pillow.
+
+    Raises:
+        recipe.data.jpeg.UndecodableImageError: Image bytes that do not decode.
 
     >>> from recipe.data import get_dataset_spec
     >>> spec = get_dataset_spec("imagenette")
@@ -257,7 +282,7 @@ def augment_image(
         image = _pad_crop_flip(image, spec.crop_padding, spec.horizontal_flip, rng)
         return _resize_small(image[None], size)[0]
     box_for_shape = functools.partial(inception_crop_box, rng=rng)
-    image = _crop_resize(image, box_for_shape, size, dct_scaling=True)
+    image = _crop_resize(image, box_for_shape, size, dct_scaling=True, channels=spec.image_shape[2])
     if spec.horizontal_flip and rng.random() < 0.5:
         # A contiguous copy (a reversed view would make collating the batch 3× slower).
         image = cv2.flip(image, 1).reshape(image.shape)
@@ -296,16 +321,8 @@ def eval_image(image: np.ndarray | bytes, spec: DatasetSpec, size: tuple[int, in
     ``size``)."""
     if spec.family == "small":
         return _resize_small(image[None], size)[0]
-    return _crop_resize(image, _central_crop_box, size, dct_scaling=False)
-
-
-def _eval_images(
-    images: Sequence[np.ndarray | bytes], spec: DatasetSpec, size: tuple[int, int]
-) -> np.ndarray:
-    """``eval_image`` of each image, stacked; 'small' images resized as one array."""
-    if spec.family == "small":
-        return _resize_small(np.stack(images), size)
-    return np.stack([eval_image(image, spec, size) for image in images])
+    channels = spec.image_shape[2]
+    return _crop_resize(image, _central_crop_box, size, dct_scaling=False, channels=channels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +396,44 @@ class Collate:
         }
 
 
+def _example_name(example: dict[str, Any], index: int) -> str:
+    """The example's file (``'file_name'``: image folders, ImageNet), else its index."""
+    name = example.get("file_name")
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return name or f"example {index} of the split"
+
+
+def _each_image(
+    examples: Sequence[dict[str, Any]],
+    indices: Sequence[int],
+    process: Callable[[int, np.ndarray | bytes], np.ndarray],
+    unreadable: Unreadable,
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """``process(i, image)`` of each example's image: (the results, None where the image does
+    not decode, and a bool array True there). With ``unreadable='stop'`` the first such image
+    raises ``UnreadableImageError`` naming it instead.
+
+    >>> out, bad = _each_image([{"image": b"?"}], [7], lambda i, x: jpeg.decode_image(x), "skip")
+    >>> out, bad.tolist()
+    ([None], [True])
+    """
+    results: list[np.ndarray | None] = []
+    bad = np.zeros(len(examples), bool)
+    for i, (example, index) in enumerate(zip(examples, indices, strict=True)):
+        try:
+            if "error" in example:  # an image folder's file that could not be read
+                raise jpeg.UndecodableImageError(example["error"])
+            results.append(process(i, example["image"]))
+        except jpeg.UndecodableImageError as error:
+            if unreadable == "stop":
+                name = _example_name(example, int(index))
+                raise UnreadableImageError(f"{name} is unreadable ({error})") from None
+            results.append(None)
+            bad[i] = True
+    return results, bad
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainBatch:
     """The process's slice of global training step ``step``, counted from step 0."""
@@ -391,6 +446,7 @@ class _TrainBatch:
     augment: bool
     accumulation_steps: int
     collate: Collate
+    unreadable: Unreadable
 
     def __call__(self, step: int) -> Batch:
         num_examples = len(self.source)
@@ -401,26 +457,52 @@ class _TrainBatch:
         positions = self.layout.positions(step_in_epoch)
         indices = epoch_permutation(self.seed, epoch, num_examples)[positions]
         examples = read_examples(self.source, indices)
-        images = [example["image"] for example in examples]
-        if self.augment:
-            rngs = [augmentation_rng(self.seed, epoch, index) for index in indices.tolist()]
-            images = augment_images(images, self.spec, self.size, rngs)
-        else:
-            images = _eval_images(images, self.spec, self.size)
         labels = np.asarray([example["label"] for example in examples], np.int32)
-        return self.collate(images, label=labels, index=indices.astype(np.int64))
+        unreadable = np.zeros(len(examples), bool)
+        rngs = (
+            [augmentation_rng(self.seed, epoch, index) for index in indices.tolist()]
+            if self.augment
+            else []
+        )
+        if self.spec.family == "small":  # decoded arrays, augmented as one array
+            images = [example["image"] for example in examples]
+            if self.augment:
+                images = augment_images(images, self.spec, self.size, rngs)
+            else:
+                images = _resize_small(np.stack(images), self.size)
+        else:
+            process = (
+                (lambda i, image: augment_image(image, self.spec, self.size, rngs[i]))
+                if self.augment
+                else (lambda i, image: eval_image(image, self.spec, self.size))
+            )
+            pieces, unreadable = _each_image(examples, indices, process, self.unreadable)
+            readable = np.flatnonzero(~unreadable)
+            if not readable.size:
+                name = _example_name(examples[0], int(indices[0]))
+                raise UnreadableImageError(f"no image of a batch decodes ({name}, ...)")
+            for i in np.flatnonzero(unreadable):
+                # The next readable example of the batch, cyclically, takes the place.
+                j = readable[np.searchsorted(readable, i) % readable.size]
+                pieces[i], labels[i] = pieces[j], labels[j]
+            images = np.stack(pieces)
+        fields = {"label": labels, "index": indices.astype(np.int64)}
+        if self.unreadable == "skip":
+            fields["unreadable"] = unreadable
+        return self.collate(images, **fields)
 
 
 @dataclasses.dataclass(frozen=True)
 class _EvalBatch:
     """The process's slice of evaluation step ``step``; positions past the split's end are
-    masked all-zero examples."""
+    masked all-zero examples (so are unreadable ones, with ``unreadable='skip'``)."""
 
     source: Sequence[dict[str, Any]]
     spec: DatasetSpec
     layout: _Layout
     size: tuple[int, int]
     collate: Collate
+    unreadable: Unreadable
 
     def __call__(self, step: int) -> Batch:
         positions = self.layout.positions(step)
@@ -428,15 +510,26 @@ class _EvalBatch:
         examples = read_examples(self.source, positions[real])
         images = np.zeros((len(positions), *self.size, self.spec.image_shape[2]), np.uint8)
         labels = np.zeros(len(positions), np.int32)
+        unreadable = np.zeros(len(positions), bool)
         if examples:
-            images[real] = _eval_images([e["image"] for e in examples], self.spec, self.size)
             labels[real] = [example["label"] for example in examples]
-        return self.collate(
-            images,
-            label=labels,
-            index=np.where(real, positions, -1).astype(np.int64),
-            mask=real.astype(np.float32),
-        )
+            if self.spec.family == "small":
+                images[real] = _resize_small(np.stack([e["image"] for e in examples]), self.size)
+            else:
+                process = lambda i, image: eval_image(image, self.spec, self.size)  # noqa: E731
+                pieces, bad = _each_image(examples, positions[real], process, self.unreadable)
+                for position, piece in zip(np.flatnonzero(real), pieces, strict=True):
+                    if piece is not None:
+                        images[position] = piece
+                unreadable[np.flatnonzero(real)[bad]] = True
+        fields = {
+            "label": labels,
+            "index": np.where(real, positions, -1).astype(np.int64),
+            "mask": (real & ~unreadable).astype(np.float32),
+        }
+        if self.unreadable == "skip":
+            fields["unreadable"] = unreadable
+        return self.collate(images, **fields)
 
 
 def default_worker_count(processes_on_host: int = 1) -> int:
@@ -488,6 +581,7 @@ def train_batches(
     thread_count: int = 1,
     prefetch_batches: int = 2,
     normalize: bool = True,
+    unreadable: Unreadable = "stop",
 ) -> Iterator[Batch]:
     """Yields this process's training batches for global steps ``start_step, start_step + 1, …``.
 
@@ -511,15 +605,21 @@ def train_batches(
         thread_count: Threads computing batches when ``worker_count`` is 0.
         prefetch_batches: Batches computed ahead of the consumer.
         normalize: Normalise images on the host to float32; False keeps them uint8.
+        unreadable: An image that does not decode: 'stop' raises ``UnreadableImageError``
+            (naming it) from the iterator; 'skip' puts a copy of the batch's next readable
+            example in its place and marks it in the batch's ``'unreadable'`` field.
 
     Returns:
         An iterator of dicts: 'image' ``(D, B, H, W, C)``, 'label' int32 ``(D, B)`` and
         'index' int64 ``(D, B)``, with ``D = local_device_count`` and
-        ``B = global_batch / (process_count · D)``.
+        ``B = global_batch / (process_count · D)``; with ``unreadable='skip'`` also
+        'unreadable' bool ``(D, B)``.
 
     Raises:
-        ValueError: If the batch does not divide evenly or exceeds the split.
+        ValueError: If the batch does not divide evenly or exceeds the split, or
+            ``unreadable`` is neither 'stop' nor 'skip'.
     """
+    checks.check_choice("unreadable", unreadable, UNREADABLE_CHOICES)
     layout = _Layout(global_batch, process_index, process_count, local_device_count)
     if steps_per_epoch(len(source), global_batch, accumulation_steps) < 1:
         raise ValueError(
@@ -536,6 +636,7 @@ def train_batches(
         augment,
         accumulation_steps,
         Collate(spec, local_device_count, normalize),
+        unreadable,
     )
     batches = grain.MapDataset.range(start_step, stop_step).map(batch)
     return _iterate(batches, worker_count, thread_count, prefetch_batches)
@@ -554,6 +655,7 @@ def eval_batches(
     thread_count: int = 1,
     prefetch_batches: int = 2,
     normalize: bool = True,
+    unreadable: Unreadable = "stop",
 ) -> Iterator[Batch]:
     """Yields this process's evaluation batches; together they hold every example once.
 
@@ -573,10 +675,13 @@ def eval_batches(
         thread_count: Threads computing batches when ``worker_count`` is 0.
         prefetch_batches: Batches computed ahead of the consumer.
         normalize: Normalise images on the host to float32; False keeps them uint8.
+        unreadable: An image that does not decode: 'stop' raises ``UnreadableImageError``;
+            'skip' gives it 'mask' 0 and marks it in the batch's ``'unreadable'`` field.
 
     Returns:
         An iterator of dicts like ``train_batches``' plus 'mask' float32 ``(D, B)``.
     """
+    checks.check_choice("unreadable", unreadable, UNREADABLE_CHOICES)
     layout = _Layout(global_batch, process_index, process_count, local_device_count)
     batch = _EvalBatch(
         source,
@@ -584,6 +689,7 @@ def eval_batches(
         layout,
         _output_size(spec, image_size),
         Collate(spec, local_device_count, normalize),
+        unreadable,
     )
     batches = grain.MapDataset.range(num_eval_steps(len(source), global_batch)).map(batch)
     return _iterate(batches, worker_count, thread_count, prefetch_batches)
