@@ -80,10 +80,12 @@ def test_the_jit_runner_keeps_the_workers_on_fewer_devices(
     }
     assert list(losses) == list(expected_losses)
     np.testing.assert_allclose(list(losses.values()), list(expected_losses.values()), rtol=1e-6)
+    # One device sums the 4 workers' gradients in another order than 4 do: float32 rounding
+    # (JAX 0.12 on CPU moves a momentum entry of 0.011 by 1.1e-6).
     chex.assert_trees_all_close(
         checkpoint_state(workdir, tiny.TOTAL_STEPS),
         checkpoint_state(uninterrupted, tiny.TOTAL_STEPS),
-        atol=1e-6,
+        atol=1e-5,
     )
     chex.assert_trees_all_close(result, expected, rtol=1e-5)
     assert scored.pop("step") == tiny.TOTAL_STEPS

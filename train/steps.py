@@ -452,16 +452,21 @@ def precise_bn_steps(
         )(stats, grouped)
 
     def finish(state, stats):
-        batch_stats = jax.vmap(
-            lambda stats: precise_statistics(
-                stats,
-                state.batch_stats,
-                estimator=estimator,
-                keep_if_nonfinite=AXIS if skip_nonfinite else None,
-            ),
-            out_axes=None,
-            axis_name=AXIS,
-        )(stats)
+        def combine(stats, running):
+            return jax.vmap(
+                lambda stats: precise_statistics(
+                    stats,
+                    running,
+                    estimator=estimator,
+                    keep_if_nonfinite=AXIS if skip_nonfinite else None,
+                ),
+                out_axes=None,
+                axis_name=AXIS,
+            )(stats)
+
+        # With the mesh's axes automatic: JAX 0.12 cannot batch a collective (the groups'
+        # pmean) over arrays whose type carries an explicit sharding.
+        batch_stats = jax.sharding.auto_axes(combine, out_sharding=P())(stats, state.batch_stats)
         return state.replace(params=evaluated_weights(state, ema=ema), batch_stats=batch_stats)
 
     return PreciseBNSteps(init=init, update=update, finish=finish)
