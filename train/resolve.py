@@ -117,7 +117,8 @@ class LoopOptions:
       progress_bar: show a progress bar (on the first process).
       plot_curves: draw curves.png at the end of the run (on the first process).
       sharpness_every_steps: steps between measurements of the loss's sharpness (0: never).
-      sharpness_iterations: Hessian-vector products per measurement (power iterations).
+      sharpness_iterations: Hessian-vector products per measurement.
+      sharpness_method: 'lanczos' or 'power' (`recipe.sharpness.top_hessian_eigenvalue`).
       sharpness_threshold: the optimizer's stability threshold on η·λ_max
         (`recipe.sharpness.stability_threshold` of its momentum).
     """
@@ -135,6 +136,7 @@ class LoopOptions:
     plot_curves: bool
     sharpness_every_steps: int
     sharpness_iterations: int
+    sharpness_method: str
     sharpness_threshold: float
 
 
@@ -307,6 +309,7 @@ def resolve(
             plot_curves=config.plot_curves,
             sharpness_every_steps=config.sharpness.every_steps,
             sharpness_iterations=config.sharpness.iterations,
+            sharpness_method=config.sharpness.method,
             sharpness_threshold=sharpness.stability_threshold(
                 config.optimizer.momentum, config.optimizer.nesterov
             ),

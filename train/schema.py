@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from recipe import checks, models, optim, schedules
+from recipe import checks, models, optim, schedules, sharpness
 from recipe.data import datasets, pipeline
 from train import runners
 
@@ -210,6 +210,7 @@ FIELD_RULES: dict[str, Rule] = {
     "noise_scale.decay": _MOMENTUM,
     "sharpness.every_steps": _NON_NEGATIVE_INT,
     "sharpness.iterations": _POSITIVE_INT,
+    "sharpness.method": _choice(sharpness.METHODS),
     "runner": _choice(tuple(runners.RUNNERS)),
     "shard_params": _BOOL,
     "distributed.enabled": _BOOL,
@@ -369,12 +370,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale.decay = 0.99  # EMA of |G|² and tr(Σ) (separately) over ~100 steps
 
     # The loss's sharpness λ_max (recipe.sharpness; Cohen et al. 2021, Kalra & Barkeshli 2024):
-    # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch by power
-    # iteration, logged with η·λ_max against the optimizer's stability threshold (kind
-    # 'sharpness'). Each measurement costs `iterations` Hessian-vector products (≈ 2 gradients).
+    # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch, logged
+    # with η·λ_max against the optimizer's stability threshold (kind 'sharpness'). Each
+    # measurement costs `iterations` Hessian-vector products (≈ 2 gradients), logged with the
+    # residual ‖Hv − λv‖/|λ| of its estimate. method: "lanczos" (the Lanczos iteration: from the
+    # same products a far smaller residual than power iteration's few percent, BENCHMARKS.md
+    # §10, when the top eigenvalues lie close together; it holds `iterations` + 1 vectors the
+    # size of the parameters) or "power" (power iteration: two such vectors).
     config.sharpness = ml_collections.ConfigDict()
     config.sharpness.every_steps = 0
     config.sharpness.iterations = 20
+    config.sharpness.method = "lanczos"
 
     # Parallelism: "pmap" (what the notebooks use), "shard_map" (the same per-device step in jit
     # over a 1-D mesh; a 2-D one, groups × devices in a group, for bn.scope="group") or "jit"
