@@ -54,6 +54,7 @@ from recipe.sharpness import (
     Sharpness,
     fixed_batch_loss,
     hessian_vector_product,
+    stability_edge_learning_rate,
     stability_threshold,
     top_hessian_eigenvalue,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "precise_batch_stats",
     "precise_bn_estimator",
     "scaled_learning_rate",
+    "stability_edge_learning_rate",
     "stability_threshold",
     "simple_noise_scale",
     "smooth_labels",

@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from recipe import checks
+
 AxisName = str | tuple[str, ...]
 
 
@@ -447,3 +449,33 @@ def stability_threshold(momentum: float = 0.0, nesterov: bool = False) -> float:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     beta = float(momentum)
     return (2.0 + 2.0 * beta) / (1.0 + 2.0 * beta) if nesterov else 2.0 + 2.0 * beta
+
+
+def stability_edge_learning_rate(
+    sharpness: float, momentum: float = 0.0, nesterov: bool = False
+) -> float:
+    """The learning rate at the optimizer's stability edge for a loss of sharpness λ_max:
+
+        η_edge = threshold / λ_max
+
+    with the threshold of `stability_threshold`: 2 for plain SGD, 2 + 2β with heavy-ball
+    momentum β, (2 + 2β) / (1 + 2β) with Nesterov momentum in optax's form. Kalra & Barkeshli
+    2024 ("Why Warmup the Learning Rate? Underlying Mechanisms and Improvements", NeurIPS)
+    start the warmup there, η_init = η_edge for λ_0 the sharpness at initialisation (measured
+    with `top_hessian_eigenvalue`), rather than at a fraction of the target rate: the largest
+    rate that does not overshoot at once, so a rate under it loses steps, not stability. Pass
+    `min(η_edge, peak)` as the warmup's first rate (`gradual_warmup`'s `init_value`, optax's
+    `linear_schedule`'s `init_value`).
+
+    Args:
+      sharpness: λ_max > 0.
+      momentum: β in [0, 1).
+      nesterov: Nesterov momentum (optax.sgd(nesterov=True), the recipe's optimizer).
+
+    >>> round(stability_edge_learning_rate(4.0), 3)  # plain SGD: 2 / λ
+    0.5
+    >>> round(stability_edge_learning_rate(4.0, momentum=0.9, nesterov=True), 4)  # 1.357 / λ
+    0.3393
+    """
+    sharpness = checks.check_positive("sharpness", sharpness)
+    return stability_threshold(momentum, nesterov) / sharpness

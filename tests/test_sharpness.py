@@ -280,6 +280,24 @@ def test_stability_threshold_rejects_bad_momentum(momentum):
         sharpness.stability_threshold(momentum)
 
 
+@pytest.mark.parametrize(
+    "momentum, nesterov, threshold", [(0.0, False, 2.0), (0.9, False, 3.8), (0.9, True, 3.8 / 2.8)]
+)
+def test_stability_edge_learning_rate_is_the_threshold_over_the_sharpness(
+    momentum, nesterov, threshold
+):
+    # On ½ λ w² (λ = 4) the edge's rate is the largest stable one: 2 % under it converges.
+    rate = sharpness.stability_edge_learning_rate(4.0, momentum, nesterov)
+    assert rate == pytest.approx(threshold / 4.0)
+    assert _final_distance(0.98 * rate * 4.0, momentum, nesterov) < 1e-3
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_stability_edge_learning_rate_needs_a_positive_sharpness(value):
+    with pytest.raises(ValueError, match="sharpness must be a finite number > 0"):
+        sharpness.stability_edge_learning_rate(value)
+
+
 def test_iterations_must_be_positive():
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         sharpness.top_hessian_eigenvalue(jnp.sum, jnp.ones(2), jax.random.key(0), iterations=0)
