@@ -34,6 +34,7 @@ from recipe.optim import (
     goyal_sgd,
     lamb,
     lars,
+    relative_update_size,
 )
 from recipe.precise_bn import precise_batch_stats, precise_bn_estimator
 from recipe.saved_run import SavedRun, load_run
@@ -104,6 +105,7 @@ __all__ = [
     "polynomial_decay",
     "precise_batch_stats",
     "precise_bn_estimator",
+    "relative_update_size",
     "scaled_learning_rate",
     "stability_edge_learning_rate",
     "stability_threshold",

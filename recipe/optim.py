@@ -292,6 +292,51 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
     return jnp.asarray(injected[0].hyperparams["learning_rate"])
 
 
+def relative_update_size(updates: Any, params: Any) -> dict[str, jax.Array]:
+    """‖Δw‖ / ‖w‖ of each top-level group of `params` (a layer or block of a Flax model), Δw
+    the update the optimizer applies (`optax.apply_updates(params, updates)`):
+
+        relative_update_size[g] = sqrt(Σ_{w ∈ g} ‖Δw‖²) / sqrt(Σ_{w ∈ g} ‖w‖²)
+
+    How far one step moves each layer's weights relative to their size: the quantity LARS sets
+    per layer (You et al. 2017), and what Goyal et al. give as the reason for warmup (§2.2: the
+    linear scaling rule breaks down while the network changes rapidly, early in training).
+    Under gradient accumulation the micro-steps that only accumulate apply Δw = 0. A group
+    whose weights are all 0 gives 0 for a zero update and inf otherwise. Jit-able; on sharded
+    arrays the norms are global.
+
+    Args:
+      updates: what the optimizer returned, a pytree like `params`.
+      params: the weights the update is applied to (before it).
+
+    Returns:
+      {group name: float32 scalar}.
+
+    >>> import jax.numpy as jnp
+    >>> params = {"conv": {"kernel": jnp.full((2, 2), 2.0)}, "bn": {"scale": jnp.ones(4)}}
+    >>> updates = {"conv": {"kernel": jnp.full((2, 2), 0.2)}, "bn": {"scale": jnp.zeros(4)}}
+    >>> {k: round(float(v), 4) for k, v in relative_update_size(updates, params).items()}
+    {'conv': 0.1, 'bn': 0.0}
+    """
+    sizes = {}
+    for group, weights in params.items():
+        update_sq = _squared_norm(updates[group])
+        weight_sq = _squared_norm(weights)
+        sizes[group] = jnp.where(
+            weight_sq > 0,
+            jnp.sqrt(update_sq / jnp.where(weight_sq > 0, weight_sq, 1.0)),
+            jnp.where(update_sq > 0, jnp.inf, 0.0),
+        )
+    return sizes
+
+
+def _squared_norm(tree: Any) -> jax.Array:
+    return sum(
+        (jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree)),
+        jnp.zeros((), jnp.float32),
+    )
+
+
 def build_optimizer(
     model_or_variables: Any,
     *,

@@ -85,6 +85,7 @@ def recipe_text(setup: Setup) -> str:
         ("mixup / cutmix", _mixing_text(setup)),
         ("weight EMA", _ema_text(setup)),
         ("noise scale", _noise_scale_text(setup)),
+        ("relative update", _relative_update_text(setup)),
         ("sharpness", sharpness.describe(setup)),
         ("runner", _runner_text(setup)),
         ("input", _input_text(setup)),
@@ -98,6 +99,20 @@ def recipe_text(setup: Setup) -> str:
         ("no weight decay on", _group(report.not_decayed, shapes, bn_layers)),
     ]
     return "\n".join(f"{name:<18} {text}" for name, text in lines)
+
+
+def _relative_update_text(setup: Setup) -> str:
+    if not setup.loop.relative_update:
+        return (
+            "not measured (--config.relative_update.enabled=true logs ‖Δw‖/‖w‖ of each "
+            "top-level parameter group at every step)"
+        )
+    groups = len(setup.abstract_variables["params"])
+    return (
+        f"‖Δw‖/‖w‖ of each of the {groups} top-level parameter groups and their largest, at "
+        "every step, logged as train/relative_update/<group> and train/relative_update_max; "
+        "costs two squared norms of the weights per step"
+    )
 
 
 def _runner_text(setup: Setup) -> str:

@@ -133,6 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 noise_scale_ema=setup.noise_scale_ema,
                 normalize=inputs.normalizer(setup),
                 mix=setup.mix,
+                relative_update=options.relative_update,
             ),
             donate_argnums=(0,),
         )
@@ -281,11 +282,17 @@ def _train_record(
     window: list[dict[str, float]], images_per_sec: float, epoch: float
 ) -> dict[str, float]:
     """The training log record of the steps in `window`: their mean, but the latest step's
-    learning rate and noise-scale EMAs (already averages)."""
+    learning rate and noise-scale EMAs (already averages), and the relative update sizes' mean
+    over the steps that moved the weights (under gradient accumulation the micro-steps that
+    only accumulate apply 0: left out)."""
     record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
     for key in ("learning_rate", *steps.NOISE_SCALE_METRICS):
         if key in record:
             record[key] = window[-1][key]
+    for key in record:
+        if key.startswith(steps.RELATIVE_UPDATE):
+            moved = [m[key] for m in window if m[key] != 0]
+            record[key] = float(np.mean(moved)) if moved else 0.0
     record["images_per_sec"] = images_per_sec
     record["epoch"] = epoch
     return record

@@ -121,6 +121,8 @@ class LoopOptions:
       sharpness_method: 'lanczos' or 'power' (`recipe.sharpness.top_hessian_eigenvalue`).
       sharpness_threshold: the optimizer's stability threshold on η·λ_max
         (`recipe.sharpness.stability_threshold` of its momentum).
+      relative_update: log ‖Δw‖/‖w‖ of each top-level parameter group at every step
+        (`relative_update.enabled`; `steps.train_step`).
     """
 
     label_smoothing: float
@@ -138,6 +140,7 @@ class LoopOptions:
     sharpness_iterations: int
     sharpness_method: str
     sharpness_threshold: float
+    relative_update: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +316,7 @@ def resolve(
             sharpness_threshold=sharpness.stability_threshold(
                 config.optimizer.momentum, config.optimizer.nesterov
             ),
+            relative_update=config.relative_update.enabled,
         ),
         runner_name=config.runner,
         bn_group_size=config.bn.group_size if config.bn.scope == "group" else None,

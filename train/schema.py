@@ -208,6 +208,7 @@ FIELD_RULES: dict[str, Rule] = {
     "optimizer.nesterov": _BOOL,
     "noise_scale.enabled": _BOOL,
     "noise_scale.decay": _MOMENTUM,
+    "relative_update.enabled": _BOOL,
     "sharpness.every_steps": _NON_NEGATIVE_INT,
     "sharpness.iterations": _POSITIVE_INT,
     "sharpness.method": _choice(sharpness.METHODS),
@@ -368,6 +369,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale = ml_collections.ConfigDict()
     config.noise_scale.enabled = False
     config.noise_scale.decay = 0.99  # EMA of |G|² and tr(Σ) (separately) over ~100 steps
+
+    # The relative update size ‖Δw‖/‖w‖ of each top-level parameter group (a layer or block;
+    # recipe.relative_update_size): how far one step moves the weights, the reason Goyal §2.2
+    # gives for warmup. Logged at every step as train/relative_update/<group> and the largest
+    # as train/relative_update_max (the mean over the logged steps that updated the weights).
+    config.relative_update = ml_collections.ConfigDict()
+    config.relative_update.enabled = False
 
     # The loss's sharpness λ_max (recipe.sharpness; Cohen et al. 2021, Kalra & Barkeshli 2024):
     # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch, logged
