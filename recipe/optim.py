@@ -352,6 +352,7 @@ def build_optimizer(
     decay_factor: float = 0.1,
     poly_power: float = 2.0,
     poly_end_lr: float = 0.0,
+    warmup_init_lr: float | None = None,
     weight_decay: float = 1e-4,
     decay_bias: bool = True,
     momentum: float = 0.9,
@@ -382,8 +383,9 @@ def build_optimizer(
       batch_size: global batch of one micro-batch (all devices and hosts).
       steps_per_epoch: micro-batches per epoch, a multiple of `accumulation_steps`.
       epochs: length of the run. It and `base_lr`, `base_batch_size`, `warmup`,
-        `warmup_epochs`, `decay`, `decay_epochs`, `decay_factor`, `poly_power`, `poly_end_lr`
-        are the arguments of `recipe.schedules.goyal_schedule`, which documents them.
+        `warmup_epochs`, `decay`, `decay_epochs`, `decay_factor`, `poly_power`, `poly_end_lr`,
+        `warmup_init_lr` are the arguments of `recipe.schedules.goyal_schedule`, which
+        documents them.
       weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`; for 'lamb',
         `momentum` is Adam's b1 and `nesterov` must be False.
       decay_bias: False excludes biases from weight decay too (and from the trust ratio).
@@ -432,6 +434,7 @@ def build_optimizer(
         decay_factor=decay_factor,
         poly_power=poly_power,
         poly_end_lr=poly_end_lr,
+        warmup_init_lr=warmup_init_lr,
     )
     mask = masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias)
     averaging = ema.ema_decay(ema_decay, warmup=ema_warmup) if ema_decay else None

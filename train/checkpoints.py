@@ -104,6 +104,7 @@ def inapplicable_fields(values: dict[str, Any]) -> list[str]:
         "optimizer.trust_coefficient": o["name"] != "lars",
         "optimizer.beta2": o["name"] != "lamb",
         "optimizer.warmup_epochs": o["warmup"] == "none",
+        "optimizer.warmup_start": o["warmup"] == "none",
         "optimizer.decay_epochs": o["decay"] != "step",
         "optimizer.decay_factor": o["decay"] != "step",
         "optimizer.poly_power": o["decay"] != "poly",

@@ -28,6 +28,7 @@ from train import (
     runners,
     sharpness,
     steps,
+    warmup_start,
     workdir_lock,
 )
 from train.evaluation import Evaluator
@@ -97,6 +98,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 print(f"note: {note}")
             if kept_layout:
                 print(kept_layout)
+        # Before the first step (or as stored at it): where the warmup starts.
+        setup, warmup_record = warmup_start.at_stability_edge(setup, workdir, train_source)
+        if is_writer and warmup_record is not None:
+            print(warmup_start.message(warmup_record))
         restored = checkpointer.restore(abstract_state, identity)
         if restored is None:
             start_step, last_checkpoint = 0, None
@@ -111,6 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f"training on {subset.text(setup.spec)}")
         writer = MetricsWriter(workdir, enabled=is_writer)
         writer.drop_after(start_step)
+        if warmup_record is not None:
+            writer.write(0, warmup_start.KIND, warmup_record)
         # A skipped update keeps the whole state, its step count too: a checkpoint's count
         # falls short of its step by the updates skipped before it.
         skipped = (

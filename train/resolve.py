@@ -254,6 +254,7 @@ def resolve(
     check_fields(config)
     _check_ema(config)
     _check_sharpness(config)
+    _check_warmup_start(config)
     spec = _training_examples(config, _dataset_spec(config))
     layout = _batch_layout(config, spec, device_count, workers)
     size = config.image_size
@@ -267,18 +268,7 @@ def resolve(
         )
     )
     _check_optimizer(config, layout)
-    optimizer = optim.build_optimizer(
-        abstract_variables,
-        **config.optimizer,
-        batch_size=config.batch_size,
-        steps_per_epoch=layout.steps_per_epoch,
-        epochs=config.num_epochs,
-        accumulation_steps=config.accumulation_steps,
-        # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
-        weight_decay_in_loss=config.optimizer.name != "lamb",
-        ema_decay=config.ema.decay,
-        ema_warmup=config.ema.warmup,
-    )
+    optimizer = run_optimizer(config, layout, abstract_variables)
     return Setup(
         config=config,
         spec=spec,
@@ -477,6 +467,42 @@ def _notes(config: ml_collections.ConfigDict, schedule: schedules.GoyalSchedule)
             f"{o.base_lr:g} (peak {schedule.peak_lr:g}); {rates}: set optimizer.base_lr"
         )
     return tuple(notes)
+
+
+def run_optimizer(
+    config: ml_collections.ConfigDict,
+    layout: BatchLayout,
+    abstract_variables: Any,
+    warmup_init_lr: float | None = None,
+) -> optim.Optimizer:
+    """The run's optimizer; its warmup starts at `warmup_init_lr` (None: at η = base_lr, also
+    where `optimizer.warmup_start='stability_edge'` starts it once the sharpness at
+    initialisation is measured, `train.warmup_start`)."""
+    fields = {k: v for k, v in config.optimizer.items() if k != "warmup_start"}
+    return optim.build_optimizer(
+        abstract_variables,
+        **fields,
+        warmup_init_lr=warmup_init_lr,
+        batch_size=config.batch_size,
+        steps_per_epoch=layout.steps_per_epoch,
+        epochs=config.num_epochs,
+        accumulation_steps=config.accumulation_steps,
+        # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
+        weight_decay_in_loss=config.optimizer.name != "lamb",
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+    )
+
+
+def _check_warmup_start(config: ml_collections.ConfigDict) -> None:
+    o = config.optimizer
+    if o.warmup_start == "stability_edge" and (o.name != "sgd" or o.warmup == "none"):
+        raise ConfigError(
+            "optimizer.warmup_start='stability_edge' needs optimizer.name='sgd' (its stability "
+            "threshold is known for SGD with momentum only) and a warmup to start, got "
+            f"optimizer.name={o.name!r} and optimizer.warmup={o.warmup!r}; fix: "
+            "--config.optimizer.warmup_start=base_lr"
+        )
 
 
 def _check_sharpness(config: ml_collections.ConfigDict) -> None:

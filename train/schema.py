@@ -21,6 +21,8 @@ from train import runners
 BN_SCOPES = ("device", "global", "group", "ghost")
 DTYPES = ("float32", "bfloat16")
 FLAX_APIS = ("linen", "nnx")
+# Where the warmup starts (`optimizer.warmup_start`): η = base_lr, or the stability edge.
+WARMUP_STARTS = ("base_lr", "stability_edge")
 ON_NONFINITE = ("stop", "skip")
 MAX_SEED = 2**32 - 1
 
@@ -197,6 +199,7 @@ FIELD_RULES: dict[str, Rule] = {
     "optimizer.base_batch_size": _POSITIVE_INT,
     "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
     "optimizer.warmup_epochs": _NON_NEGATIVE,
+    "optimizer.warmup_start": _choice(WARMUP_STARTS),
     "optimizer.decay": _choice(schedules.DECAY_KINDS),
     "optimizer.decay_epochs": _optional(Rule(checks.check_increasing)),
     "optimizer.decay_factor": _interval(0.0, 1.0, low_closed=False),
@@ -351,6 +354,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.base_batch_size = 32  # n = 32 per worker in the paper; k = 4 here
     config.optimizer.warmup = "gradual"  # "gradual", "constant" or "none"
     config.optimizer.warmup_epochs = 2.0
+    # Where the warmup starts: "base_lr" (η, Goyal's) or "stability_edge" (Kalra & Barkeshli
+    # 2024): min(threshold / λ₀, kη), λ₀ the loss's sharpness at initialisation, measured on the
+    # first batch before the first step (sharpness.iterations products of sharpness.method;
+    # recipe.stability_edge_learning_rate), stored in the work dir so a resume starts the same.
+    config.optimizer.warmup_start = "base_lr"
     config.optimizer.decay = "step"  # "step", "cosine", "linear", "poly" or "constant"
     # Step-decay milestones in epochs; None places Goyal's 30, 60, 80 of 90 on this run's
     # num_epochs (recipe.schedules.paper_decay_epochs), so --config.num_epochs=N keeps the shape.
