@@ -319,12 +319,14 @@ def _lanczos_start(start: Any, iterations: int) -> _LanczosState:
     parameters; `iterations` products follow (`_lanczos_step`)."""
     # Zeros like each leaf, sharded like it (the jit runner's split parameters), stacked.
     basis = jax.tree.map(lambda x: jnp.stack([x] + [jnp.zeros_like(x)] * iterations), start)
-    zeros = jnp.zeros(iterations, jnp.float32)
+    # 0s that vary over shard_map's axes wherever the start vector does (a per-device key): the
+    # loop's carry keeps the types its body gives α, β and the flags, which come from it.
+    zeros = jnp.zeros(iterations, jnp.float32) + 0.0 * _dot(start, start)
     return _LanczosState(
         basis=basis,
         alpha=zeros,
         beta=zeros,
-        in_space=jnp.zeros(iterations, bool).at[0].set(True),
+        in_space=(zeros != 0) | (jnp.arange(iterations) == 0),
         count=jnp.zeros((), jnp.int32),
     )
 

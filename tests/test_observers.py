@@ -74,8 +74,6 @@ OBSERVERS = [
         id="nnx-all-sharpness-global_bn-mixing-skip",
     ),  # fmt: skip
     pytest.param(1, {"flax_api": "nnx"}, NOISE_SCALE, id="nnx-noise_scale-one_device"),
-    # The one entry on shard_map's runner (the others' observers run under pmap and jit).
-    pytest.param(2, {"runner": "shard_map"}, RELATIVE_UPDATE, id="relative_update-shard_map"),
     # The jit runner (the step on the global batch), its parameters split over the devices.
     pytest.param(
         4,

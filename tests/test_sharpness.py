@@ -345,9 +345,12 @@ def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_
     jax.tree.map(np.testing.assert_array_equal, measured, plain)
 
 
-# The warmup started at the stability edge (optimizer.warmup_start='stability_edge').
+# The warmup started at the stability edge (optimizer.warmup_start='stability_edge'), under
+# shard_map's runner, which the observer tests leave out: the relative update's records too.
 EDGE_RUN = {
     "optimizer.warmup_start": "stability_edge",
+    "runner": "shard_map",
+    "relative_update.enabled": True,
     "num_epochs": 2,  # 8 steps, the warmup the first 4
     "optimizer.decay": "constant",
     "optimizer.decay_epochs": None,
@@ -356,55 +359,46 @@ EDGE_RUN = {
 }
 
 
-def _first_rates(workdir) -> list[float]:
-    from train.metrics import read_metrics
-
-    return [r["learning_rate"] for r in read_metrics(workdir) if r["kind"] == "train"][:2]
-
-
-def test_warmup_starts_at_the_measured_stability_edge(data_dir, tmp_path, capsys):
-    import json
+def test_warmup_starts_at_the_measured_stability_edge_and_a_resume_reuses_it(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    import shutil
 
     import tiny_config
+    from conftest import checkpoint_state
 
-    from train import loop, warmup_start
+    from train import loop, steps, warmup_start
     from train.metrics import read_metrics
 
-    loop.train_and_evaluate(tiny_config.make_config(data_dir, **EDGE_RUN), str(tmp_path))
-    [record] = [r for r in read_metrics(tmp_path) if r["kind"] == warmup_start.KIND]
+    config = tiny_config.make_config(data_dir, **EDGE_RUN)
+    measured_dir, stored_dir = tmp_path / "measured", tmp_path / "stored"
+    loop.train_and_evaluate(config, str(measured_dir))
+    records = read_metrics(measured_dir)
+    [record] = [r for r in records if r["kind"] == warmup_start.KIND]
     assert record["step"] == 0 and record["sharpness"] > 0
     assert record["sharpness_residual"] < 0.01  # 20 Lanczos products, the default
     edge = sharpness.stability_edge_learning_rate(record["sharpness"], 0.9, nesterov=True)
     peak = 0.1 * 1000 / 32
     assert record["edge_learning_rate"] == pytest.approx(edge)
     assert record["warmup_init_lr"] == pytest.approx(min(edge, peak))
+    assert warmup_start.message(record) in capsys.readouterr().out
     # The first update's rate is the warmup's start; the 4-step warmup then climbs to kη.
-    first, second = _first_rates(tmp_path)
+    train = [r for r in records if r["kind"] == "train"]
+    first, second = train[0]["learning_rate"], train[1]["learning_rate"]
     assert first == pytest.approx(min(edge, peak), rel=1e-6)
     assert second == pytest.approx(first + (peak - first) / 4, rel=1e-6)
-    assert warmup_start.message(record) in capsys.readouterr().out
-    stored = json.loads((tmp_path / warmup_start.START_FILE).read_text())
-    assert stored["sharpness"] == record["sharpness"]
+    sizes = [r[steps.RELATIVE_UPDATE_MAX] for r in train]
+    assert len(sizes) == 8 and all(0 < size < float("inf") for size in sizes)
 
-
-def test_a_resumed_run_reads_the_stored_sharpness_instead_of_measuring(data_dir, tmp_path):
-    # What a resume finds in the work dir: λ₀ stored at the first start. A made-up one puts the
-    # edge at a quarter of kη; the run starts its warmup there and measures nothing.
-    import json
-
-    import tiny_config
-
-    from train import loop, warmup_start
-    from train.metrics import read_metrics
-
-    peak = 0.1 * 1000 / 32
-    made_up = sharpness.stability_threshold(0.9, nesterov=True) / (peak / 4)
-    (tmp_path / warmup_start.START_FILE).write_text(
-        json.dumps({"sharpness": made_up, "sharpness_residual": 0.0})
+    # A run that finds λ₀ stored in its work dir, as a resume does, measures nothing and
+    # trains as the run that measured it.
+    stored_dir.mkdir()
+    shutil.copy(measured_dir / warmup_start.START_FILE, stored_dir)
+    monkeypatch.setattr(warmup_start, "_measure", lambda *_: pytest.fail("measured again"))
+    loop.train_and_evaluate(config, str(stored_dir))
+    assert not [r for r in read_metrics(stored_dir) if r["kind"] == warmup_start.KIND]
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        checkpoint_state(stored_dir, 8),
+        checkpoint_state(measured_dir, 8),
     )
-    config = tiny_config.make_config(
-        data_dir, **{**EDGE_RUN, "num_epochs": 1, "optimizer.warmup_epochs": 0.5}
-    )
-    loop.train_and_evaluate(config, str(tmp_path))
-    assert not [r for r in read_metrics(tmp_path) if r["kind"] == warmup_start.KIND]
-    assert _first_rates(tmp_path)[0] == pytest.approx(peak / 4, rel=1e-6)
