@@ -356,6 +356,8 @@ EDGE_RUN = {
     "optimizer.decay_epochs": None,
     "bn.precise_batches": 0,
     "log_every_steps": 1,
+    "eval_every_epochs": 2,  # one evaluation and one checkpoint, at the end
+    "checkpoint_every_steps": 8,
 }
 
 
