@@ -469,6 +469,12 @@ def _notes(config: ml_collections.ConfigDict, schedule: schedules.GoyalSchedule)
     return tuple(notes)
 
 
+def optimizer_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `optimizer` section as `recipe.build_optimizer`'s keyword arguments: all but
+    `warmup_start`, which the trainer turns into `warmup_init_lr` (`run_optimizer`)."""
+    return {k: v for k, v in config.optimizer.items() if k != "warmup_start"}
+
+
 def run_optimizer(
     config: ml_collections.ConfigDict,
     layout: BatchLayout,
@@ -478,10 +484,9 @@ def run_optimizer(
     """The run's optimizer; its warmup starts at `warmup_init_lr` (None: at η = base_lr, also
     where `optimizer.warmup_start='stability_edge'` starts it once the sharpness at
     initialisation is measured, `train.warmup_start`)."""
-    fields = {k: v for k, v in config.optimizer.items() if k != "warmup_start"}
     return optim.build_optimizer(
         abstract_variables,
-        **fields,
+        **optimizer_fields(config),
         warmup_init_lr=warmup_init_lr,
         batch_size=config.batch_size,
         steps_per_epoch=layout.steps_per_epoch,
