@@ -372,7 +372,8 @@ def build_optimizer(
     too.
 
     The keyword arguments mirror a config section, so `build_optimizer(variables,
-    **config.optimizer, batch_size=..., steps_per_epoch=..., epochs=...)` works.
+    **config.optimizer, batch_size=..., steps_per_epoch=..., epochs=...)` works (the trainer's
+    section also holds `warmup_start`, which it turns into `warmup_init_lr` itself).
 
     Under gradient accumulation, the linear scaling rule and the schedule use the *effective*
     batch: an update sees `batch_size · accumulation_steps` examples, and an epoch has
