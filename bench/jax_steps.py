@@ -72,7 +72,7 @@ def build(
     if not weight_decay_in_loss:
         optimizer = optim.build_optimizer(
             variables,
-            **config.optimizer,
+            **resolve.optimizer_fields(config),
             batch_size=config.batch_size,
             steps_per_epoch=resolved.layout.steps_per_epoch,
             epochs=config.num_epochs,

@@ -34,6 +34,7 @@ from recipe.optim import (
     goyal_sgd,
     lamb,
     lars,
+    relative_update_size,
 )
 from recipe.precise_bn import precise_batch_stats, precise_bn_estimator
 from recipe.saved_run import SavedRun, load_run
@@ -54,6 +55,7 @@ from recipe.sharpness import (
     Sharpness,
     fixed_batch_loss,
     hessian_vector_product,
+    stability_edge_learning_rate,
     stability_threshold,
     top_hessian_eigenvalue,
 )
@@ -103,7 +105,9 @@ __all__ = [
     "polynomial_decay",
     "precise_batch_stats",
     "precise_bn_estimator",
+    "relative_update_size",
     "scaled_learning_rate",
+    "stability_edge_learning_rate",
     "stability_threshold",
     "simple_noise_scale",
     "smooth_labels",

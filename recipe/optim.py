@@ -292,6 +292,51 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
     return jnp.asarray(injected[0].hyperparams["learning_rate"])
 
 
+def relative_update_size(updates: Any, params: Any) -> dict[str, jax.Array]:
+    """‖Δw‖ / ‖w‖ of each top-level group of `params` (a layer or block of a Flax model), Δw
+    the update the optimizer applies (`optax.apply_updates(params, updates)`):
+
+        relative_update_size[g] = sqrt(Σ_{w ∈ g} ‖Δw‖²) / sqrt(Σ_{w ∈ g} ‖w‖²)
+
+    How far one step moves each layer's weights relative to their size: the quantity LARS sets
+    per layer (You et al. 2017), and what Goyal et al. give as the reason for warmup (§2.2: the
+    linear scaling rule breaks down while the network changes rapidly, early in training).
+    Under gradient accumulation the micro-steps that only accumulate apply Δw = 0. A group
+    whose weights are all 0 gives 0 for a zero update and inf otherwise. Jit-able; on sharded
+    arrays the norms are global.
+
+    Args:
+      updates: what the optimizer returned, a pytree like `params`.
+      params: the weights the update is applied to (before it).
+
+    Returns:
+      {group name: float32 scalar}.
+
+    >>> import jax.numpy as jnp
+    >>> params = {"conv": {"kernel": jnp.full((2, 2), 2.0)}, "bn": {"scale": jnp.ones(4)}}
+    >>> updates = {"conv": {"kernel": jnp.full((2, 2), 0.2)}, "bn": {"scale": jnp.zeros(4)}}
+    >>> {k: round(float(v), 4) for k, v in relative_update_size(updates, params).items()}
+    {'conv': 0.1, 'bn': 0.0}
+    """
+    sizes = {}
+    for group, weights in params.items():
+        update_sq = _squared_norm(updates[group])
+        weight_sq = _squared_norm(weights)
+        sizes[group] = jnp.where(
+            weight_sq > 0,
+            jnp.sqrt(update_sq / jnp.where(weight_sq > 0, weight_sq, 1.0)),
+            jnp.where(update_sq > 0, jnp.inf, 0.0),
+        )
+    return sizes
+
+
+def _squared_norm(tree: Any) -> jax.Array:
+    return sum(
+        (jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree)),
+        jnp.zeros((), jnp.float32),
+    )
+
+
 def build_optimizer(
     model_or_variables: Any,
     *,
@@ -307,6 +352,7 @@ def build_optimizer(
     decay_factor: float = 0.1,
     poly_power: float = 2.0,
     poly_end_lr: float = 0.0,
+    warmup_init_lr: float | None = None,
     weight_decay: float = 1e-4,
     decay_bias: bool = True,
     momentum: float = 0.9,
@@ -326,7 +372,8 @@ def build_optimizer(
     too.
 
     The keyword arguments mirror a config section, so `build_optimizer(variables,
-    **config.optimizer, batch_size=..., steps_per_epoch=..., epochs=...)` works.
+    **config.optimizer, batch_size=..., steps_per_epoch=..., epochs=...)` works (the trainer's
+    section also holds `warmup_start`, which it turns into `warmup_init_lr` itself).
 
     Under gradient accumulation, the linear scaling rule and the schedule use the *effective*
     batch: an update sees `batch_size · accumulation_steps` examples, and an epoch has
@@ -337,8 +384,9 @@ def build_optimizer(
       batch_size: global batch of one micro-batch (all devices and hosts).
       steps_per_epoch: micro-batches per epoch, a multiple of `accumulation_steps`.
       epochs: length of the run. It and `base_lr`, `base_batch_size`, `warmup`,
-        `warmup_epochs`, `decay`, `decay_epochs`, `decay_factor`, `poly_power`, `poly_end_lr`
-        are the arguments of `recipe.schedules.goyal_schedule`, which documents them.
+        `warmup_epochs`, `decay`, `decay_epochs`, `decay_factor`, `poly_power`, `poly_end_lr`,
+        `warmup_init_lr` are the arguments of `recipe.schedules.goyal_schedule`, which
+        documents them.
       weight_decay, momentum, nesterov, accumulation_steps: see `goyal_sgd`; for 'lamb',
         `momentum` is Adam's b1 and `nesterov` must be False.
       decay_bias: False excludes biases from weight decay too (and from the trust ratio).
@@ -387,6 +435,7 @@ def build_optimizer(
         decay_factor=decay_factor,
         poly_power=poly_power,
         poly_end_lr=poly_end_lr,
+        warmup_init_lr=warmup_init_lr,
     )
     mask = masks.weight_decay_mask(model_or_variables, decay_bias=decay_bias)
     averaging = ema.ema_decay(ema_decay, warmup=ema_warmup) if ema_decay else None

@@ -451,6 +451,7 @@ def goyal_schedule(
     decay_factor: float = 0.1,
     poly_power: float = 2.0,
     poly_end_lr: float = 0.0,
+    warmup_init_lr: float | None = None,
 ) -> GoyalSchedule:
     """The whole Goyal et al. learning-rate schedule (§2.1, §2.2, §5.1).
 
@@ -482,6 +483,9 @@ def goyal_schedule(
       decay_factor: for 'step', the multiplier, in (0, 1].
       poly_power: for 'poly', the power p > 0 (2 in the MLPerf recipe; 1 is linear).
       poly_end_lr: for 'poly', the final learning rate, in [0, kη].
+      warmup_init_lr: the warmup's first rate, > 0, in place of η = `base_lr` (the paper's),
+        e.g. the stability edge `recipe.stability_edge_learning_rate` of the sharpness at
+        initialisation (Kalra & Barkeshli 2024); at most kη, as η is.
 
     Returns:
       A `GoyalSchedule`: callable on the step, and carrying the resolved numbers.
@@ -521,9 +525,10 @@ def goyal_schedule(
     else:
         after = constant(peak_lr)
 
-    # Warmup starts at η, the base batch's rate; a batch smaller than the base (k < 1) has
-    # nothing to warm up to, so its warmup stays at kη instead of ramping down.
-    warmup_lr = min(base_lr, peak_lr)
+    # Warmup starts at η, the base batch's rate (or `warmup_init_lr`); a batch smaller than the
+    # base (k < 1) has nothing to warm up to, so its warmup stays at kη instead of ramping down.
+    start = base_lr if warmup_init_lr is None else warmup_init_lr
+    warmup_lr = min(checks.check_positive("warmup_init_lr", start), peak_lr)
     if warmup == "gradual":
         schedule = gradual_warmup(warmup_lr, peak_lr, warmup_steps, after)
     elif warmup == "constant":

@@ -161,6 +161,24 @@ BAD_INPUTS = {
         {"sharpness.every_steps": 5, "optimizer.name": "lars", "optimizer.nesterov": False},
         r"sharpness\.every_steps > 0 needs optimizer\.name='sgd'",
     ),
+    "unknown warmup start": (
+        {"optimizer.warmup_start": "edge"},
+        r"optimizer\.warmup_start must be one of 'base_lr', 'stability_edge'; got 'edge'",
+    ),
+    "warmup at the stability edge with LARS": (
+        {
+            "optimizer.warmup_start": "stability_edge",
+            "optimizer.name": "lars",
+            "optimizer.nesterov": False,
+        },
+        r"optimizer\.warmup_start='stability_edge' needs optimizer\.name='sgd'.*"
+        r"fix: --config\.optimizer\.warmup_start=base_lr",
+    ),
+    "stability edge without a warmup": (
+        {"optimizer.warmup_start": "stability_edge", "optimizer.warmup": "none"},
+        r"optimizer\.warmup_start='stability_edge' needs .* a warmup to start, "
+        r"got optimizer\.name='sgd' and optimizer\.warmup='none'",
+    ),
     "bn momentum above 1": ({"bn.momentum": 1.5}, r"bn\.momentum must be a number in \[0, 1\)"),
     "bn momentum 1 (precise BN divides by 1 − m)": (
         {"bn.momentum": 1.0},

@@ -2,8 +2,9 @@
 and logs the same training loss at every step.
 
 An observer measures or evaluates the training (the gradient noise scale, precise BN, the weight
-EMA's evaluation, the loss's sharpness) and must never change it. Each entry of `OBSERVERS` is one
-observer (or all of them) on one base config; a new observer is one more entry. The sharpness
+EMA's evaluation, the relative update size, the loss's sharpness) and must never change it. Each
+entry of `OBSERVERS` is one observer (or all of them) on one base config; a new observer is one
+more entry. The sharpness
 measurement is checked the same way by the run that tests its records (tests/test_sharpness.py):
 its Hessian-vector products are the costliest programs to compile, so they are compiled for one
 run, not two. The runs are the trainer's, on a tiny config of 2 epochs of 1 step (2 micro-steps
@@ -38,9 +39,10 @@ BASE = {
 }
 MIXING = {"mixing.mixup_alpha": 0.2, "mixing.cutmix_alpha": 1.0}
 NOISE_SCALE = {"noise_scale.enabled": True}
+RELATIVE_UPDATE = {"relative_update.enabled": True}
 # The EMA is evaluated with statistics of its own weights: it needs precise BN.
 PRECISE_BN_AND_EMA = {"bn.precise_batches": 1, "ema.decay": 0.9}
-ALL = {**NOISE_SCALE, **PRECISE_BN_AND_EMA}
+ALL = {**NOISE_SCALE, **PRECISE_BN_AND_EMA, **RELATIVE_UPDATE}
 SHARPNESS = {"sharpness.every_steps": 1, "sharpness.iterations": 2}
 
 # (devices, base overrides, the observer's overrides)
@@ -137,6 +139,15 @@ def _assert_the_observer_observed(observer: dict, records: list[dict], without: 
         last = evals[max(evals)]
         assert last["ema_loss"] != last["loss"], last
         assert "ema_loss" not in evals_without[max(evals)]
+    if observer.get("relative_update.enabled"):  # ‖Δw‖/‖w‖ per parameter group at every step
+        sizes = [
+            {k: v for k, v in record.items() if k.startswith(steps.RELATIVE_UPDATE)}
+            for record in train.values()
+        ]
+        assert all(len(s) > 2 and all(math.isfinite(v) for v in s.values()) for s in sizes)
+        assert all(s[steps.RELATIVE_UPDATE_MAX] == max(s.values()) for s in sizes), sizes
+        assert max(s[steps.RELATIVE_UPDATE_MAX] for s in sizes) > 0
+        assert not any(k.startswith(steps.RELATIVE_UPDATE) for k in train_without[1])
     if observer.get("sharpness.every_steps"):  # λ_max at every step
         measured = _of_kind(records, sharpness.KIND)
         assert list(measured) == list(train) and all(r["sharpness"] > 0 for r in measured.values())

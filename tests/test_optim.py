@@ -410,3 +410,23 @@ def test_goyal_sgd_refuses_bad_learning_rates(learning_rate, message):
 def test_goyal_sgd_takes_scalar_learning_rates(learning_rate):
     state = optim.goyal_sgd(learning_rate).init({"w": jnp.ones(2)})
     assert float(optim.current_learning_rate(state)) == pytest.approx(0.1)
+
+
+def test_relative_update_size_of_an_sgd_step_per_top_level_group():
+    params = {
+        "conv": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)},
+        "bn": {"scale": jnp.zeros(3), "bias": jnp.zeros(3)},  # zero-γ and β: ‖w‖ = 0
+        "head": {"kernel": jnp.ones((3, 2))},
+    }
+    grads = {
+        "conv": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},
+        "bn": {"scale": jnp.ones(3), "bias": jnp.zeros(3)},
+        "head": {"kernel": jnp.zeros((3, 2))},
+    }
+    updates, _ = optax.sgd(0.1).update(grads, optax.sgd(0.1).init(params), params)
+    sizes = jax.jit(optim.relative_update_size)(updates, params)
+    assert set(sizes) == {"conv", "bn", "head"}
+    conv_norm = np.sqrt(np.sum(np.arange(6.0) ** 2) + 3.0)  # the kernel and the bias together
+    np.testing.assert_allclose(sizes["conv"], 0.1 * np.sqrt(6.0) / conv_norm, rtol=1e-6)
+    assert float(sizes["bn"]) == np.inf  # moved from all-zero weights
+    assert float(sizes["head"]) == 0.0

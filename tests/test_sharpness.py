@@ -1,6 +1,7 @@
-"""The loss's sharpness (recipe.sharpness): power iteration against exact Hessians (a quadratic
-with a known spectrum, a tiny MLP and a tiny BatchNorm model by `jax.hessian`), the same value
-under pmap as on one device, and the optimizers' stability thresholds on a 1-D quadratic."""
+"""The loss's sharpness (recipe.sharpness): power iteration and Lanczos against exact Hessians
+(a quadratic with a known spectrum, a tiny MLP and a tiny BatchNorm model by `jax.hessian`), the
+same value under pmap as on one device, and the optimizers' stability thresholds on a 1-D
+quadratic."""
 
 import functools
 
@@ -42,12 +43,59 @@ def test_quadratic_with_known_spectrum():
     assert float(again.eigenvalue) == pytest.approx(4.0, rel=1e-4)
 
 
-def test_a_larger_negative_eigenvalue_is_not_taken_for_the_top():
+@pytest.mark.parametrize("method, iterations", [("power", 60), ("lanczos", 4)])
+def test_a_larger_negative_eigenvalue_is_not_taken_for_the_top(method, iterations):
     spectrum = jnp.array([-5.0, 3.0, 1.0, -1.0])
     loss = lambda w: 0.5 * jnp.sum(spectrum * w**2)  # noqa: E731
-    found = sharpness.top_hessian_eigenvalue(loss, jnp.ones(4), jax.random.key(2), iterations=60)
+    found = sharpness.top_hessian_eigenvalue(
+        loss, jnp.ones(4), jax.random.key(2), iterations=iterations, method=method
+    )
     assert float(found.eigenvalue) == pytest.approx(3.0, rel=1e-4)
     assert float(found.residuals[-1]) < 1e-3
+
+
+def _close_spectrum_quadratic(size=200):
+    """½ wᵀHw with eigenvalues spread evenly over [1, 2] in a random basis: no gap at the top,
+    as in a network's Hessian, where power iteration is slow; (loss, H's top eigenvector)."""
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((size, size)))
+    spectrum = np.linspace(1.0, 2.0, size)
+    hessian = jnp.asarray(q @ np.diag(spectrum) @ q.T, jnp.float32)
+    return (lambda w: 0.5 * w @ hessian @ w), q[:, -1]
+
+
+def test_lanczos_converges_where_power_iteration_does_not():
+    loss, top = _close_spectrum_quadratic()
+    key, w = jax.random.key(3), jnp.zeros(200)
+    lanczos = jax.jit(
+        lambda w: sharpness.top_hessian_eigenvalue(loss, w, key, iterations=40, method="lanczos")
+    )(w)
+    power = jax.jit(lambda w: sharpness.top_hessian_eigenvalue(loss, w, key, iterations=40))(w)
+    assert float(lanczos.eigenvalue) == pytest.approx(2.0, rel=1e-4)
+    assert float(lanczos.residuals[-1]) < 0.01 < float(power.residuals[-1])
+    assert abs(float(jnp.dot(lanczos.eigenvector, top))) == pytest.approx(1.0, abs=1e-2)
+    # The Ritz values of T's leading blocks rise to λ_max (Cauchy interlacing).
+    assert np.all(np.diff(np.asarray(lanczos.estimates)) >= -1e-6)
+    assert lanczos.estimates.shape == lanczos.residuals.shape == (40,)
+
+
+def test_lanczos_breakdown_on_fewer_distinct_eigenvalues_than_iterations_is_exact():
+    # 3 distinct eigenvalues: the Krylov space is whole after 3 products; the other 7 are 0.
+    spectrum = jnp.array([5.0, 2.0, 2.0, 1.0, 1.0, 1.0])
+    loss = lambda w: 0.5 * jnp.sum(spectrum * w**2)  # noqa: E731
+    found = sharpness.top_hessian_eigenvalue(
+        loss, jnp.zeros(6), jax.random.key(4), iterations=10, method="lanczos"
+    )
+    assert np.all(np.isfinite(np.asarray(found.estimates)))
+    np.testing.assert_allclose(np.asarray(found.estimates[2:]), 5.0, rtol=1e-5)
+    assert float(found.residuals[-1]) < 1e-5
+    assert abs(float(found.eigenvector[0])) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be one of power, lanczos, got 'qr'"):
+        sharpness.top_hessian_eigenvalue(
+            jnp.sum, jnp.ones(2), jax.random.key(0), iterations=2, method="qr"
+        )
 
 
 # L(w, s) = ½ wᵀAw + (b·w)³ + s²·(b·w): its Hessian, by hand, is
@@ -129,14 +177,19 @@ def _cross_entropy(labels):
     return lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def test_tiny_mlp_matches_jax_hessian():
+@pytest.mark.parametrize("method, iterations", [("power", 60), ("lanczos", 20)])
+def test_tiny_mlp_matches_jax_hessian(method, iterations):
     images, labels = _data()
     model = _MLP()
     params = model.init(jax.random.key(2), images)["params"]
     loss = sharpness.fixed_batch_loss(model.apply, {}, images, _cross_entropy(labels))
-    found = sharpness.top_hessian_eigenvalue(loss, params, jax.random.key(3), iterations=60)
+    found = sharpness.top_hessian_eigenvalue(
+        loss, params, jax.random.key(3), iterations=iterations, method=method
+    )
     exact = _exact_top_eigenvalue(loss, params)
     assert float(found.eigenvalue) == pytest.approx(exact, rel=1e-3)
+    if method == "lanczos":  # the trainer's default: its 20 products leave a residual < 1%
+        assert float(found.residuals[-1]) < 0.01
 
 
 def test_batch_norm_model_sees_the_fixed_batch_statistics():
@@ -165,8 +218,8 @@ def test_batch_norm_model_sees_the_fixed_batch_statistics():
     )
 
 
-@pytest.mark.parametrize("devices", [2, 4])
-def test_pmap_gives_the_global_loss_sharpness(devices):
+@pytest.mark.parametrize("devices, method", [(2, "power"), (4, "power"), (4, "lanczos")])
+def test_pmap_gives_the_global_loss_sharpness(devices, method):
     images, labels = _data()
     model = _MLP()
     params = model.init(jax.random.key(6), images)["params"]
@@ -175,12 +228,13 @@ def test_pmap_gives_the_global_loss_sharpness(devices):
         params,
         jax.random.key(7),
         iterations=30,
+        method=method,
     )
 
     def per_device(params, images, labels, key):
         loss = sharpness.fixed_batch_loss(model.apply, {}, images, _cross_entropy(labels))
         return sharpness.top_hessian_eigenvalue(
-            loss, params, key, iterations=30, axis_name="batch"
+            loss, params, key, iterations=30, axis_name="batch", method=method
         ).estimates
 
     shards = lambda x: x.reshape(devices, -1, *x.shape[1:])  # noqa: E731
@@ -224,6 +278,24 @@ def test_stability_threshold_on_a_quadratic(momentum, nesterov, threshold):
 def test_stability_threshold_rejects_bad_momentum(momentum):
     with pytest.raises(ValueError, match="momentum must be in"):
         sharpness.stability_threshold(momentum)
+
+
+@pytest.mark.parametrize(
+    "momentum, nesterov, threshold", [(0.0, False, 2.0), (0.9, False, 3.8), (0.9, True, 3.8 / 2.8)]
+)
+def test_stability_edge_learning_rate_is_the_threshold_over_the_sharpness(
+    momentum, nesterov, threshold
+):
+    # On ½ λ w² (λ = 4) the edge's rate is the largest stable one: 2 % under it converges.
+    rate = sharpness.stability_edge_learning_rate(4.0, momentum, nesterov)
+    assert rate == pytest.approx(threshold / 4.0)
+    assert _final_distance(0.98 * rate * 4.0, momentum, nesterov) < 1e-3
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_stability_edge_learning_rate_needs_a_positive_sharpness(value):
+    with pytest.raises(ValueError, match="sharpness must be a finite number > 0"):
+        sharpness.stability_edge_learning_rate(value)
 
 
 def test_iterations_must_be_positive():
@@ -271,3 +343,64 @@ def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_
     }
     measured, plain = checkpoint_state(tmp_path, 12), checkpoint_state(uninterrupted, 12)
     jax.tree.map(np.testing.assert_array_equal, measured, plain)
+
+
+# The warmup started at the stability edge (optimizer.warmup_start='stability_edge'), under
+# shard_map's runner, which the observer tests leave out: the relative update's records too.
+EDGE_RUN = {
+    "optimizer.warmup_start": "stability_edge",
+    "runner": "shard_map",
+    "relative_update.enabled": True,
+    "num_epochs": 2,  # 8 steps, the warmup the first 4
+    "optimizer.decay": "constant",
+    "optimizer.decay_epochs": None,
+    "bn.precise_batches": 0,
+    "log_every_steps": 1,
+    "eval_every_epochs": 2,  # one evaluation and one checkpoint, at the end
+    "checkpoint_every_steps": 8,
+}
+
+
+def test_warmup_starts_at_the_measured_stability_edge_and_a_resume_reuses_it(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    import tiny_config
+    from conftest import checkpoint_state
+
+    from train import loop, steps, warmup_start
+    from train.metrics import read_metrics
+
+    config = tiny_config.make_config(data_dir, **EDGE_RUN)
+    measured_dir, stored_dir = tmp_path / "measured", tmp_path / "stored"
+    loop.train_and_evaluate(config, str(measured_dir))
+    records = read_metrics(measured_dir)
+    [record] = [r for r in records if r["kind"] == warmup_start.KIND]
+    assert record["step"] == 0 and record["sharpness"] > 0
+    assert record["sharpness_residual"] < 0.01  # 20 Lanczos products, the default
+    edge = sharpness.stability_edge_learning_rate(record["sharpness"], 0.9, nesterov=True)
+    peak = 0.1 * 1000 / 32
+    assert record["edge_learning_rate"] == pytest.approx(edge)
+    assert record["warmup_init_lr"] == pytest.approx(min(edge, peak))
+    assert warmup_start.message(record) in capsys.readouterr().out
+    # The first update's rate is the warmup's start; the 4-step warmup then climbs to kη.
+    train = [r for r in records if r["kind"] == "train"]
+    first, second = train[0]["learning_rate"], train[1]["learning_rate"]
+    assert first == pytest.approx(min(edge, peak), rel=1e-6)
+    assert second == pytest.approx(first + (peak - first) / 4, rel=1e-6)
+    sizes = [r[steps.RELATIVE_UPDATE_MAX] for r in train]
+    assert len(sizes) == 8 and all(0 < size < float("inf") for size in sizes)
+
+    # A run that finds λ₀ stored in its work dir, as a resume does, measures nothing and
+    # trains as the run that measured it.
+    stored_dir.mkdir()
+    shutil.copy(measured_dir / warmup_start.START_FILE, stored_dir)
+    monkeypatch.setattr(warmup_start, "_measure", lambda *_: pytest.fail("measured again"))
+    loop.train_and_evaluate(config, str(stored_dir))
+    assert not [r for r in read_metrics(stored_dir) if r["kind"] == warmup_start.KIND]
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        checkpoint_state(stored_dir, 8),
+        checkpoint_state(measured_dir, 8),
+    )

@@ -95,7 +95,7 @@ def inapplicable_fields(values: dict[str, Any]) -> list[str]:
     >>> inapplicable_fields(config)  # doctest: +NORMALIZE_WHITESPACE
     ['bn.ghost_batch_size', 'bn.group_size', 'optimizer.trust_coefficient', 'optimizer.beta2',
      'optimizer.poly_power', 'optimizer.poly_end_lr', 'mixing.switch_prob', 'ema.warmup',
-     'noise_scale.decay', 'sharpness.iterations']
+     'noise_scale.decay', 'sharpness.iterations', 'sharpness.method']
     """
     bn, o, mixing = values["bn"], values["optimizer"], values["mixing"]
     unused = {
@@ -104,6 +104,7 @@ def inapplicable_fields(values: dict[str, Any]) -> list[str]:
         "optimizer.trust_coefficient": o["name"] != "lars",
         "optimizer.beta2": o["name"] != "lamb",
         "optimizer.warmup_epochs": o["warmup"] == "none",
+        "optimizer.warmup_start": o["warmup"] == "none",
         "optimizer.decay_epochs": o["decay"] != "step",
         "optimizer.decay_factor": o["decay"] != "step",
         "optimizer.poly_power": o["decay"] != "poly",
@@ -112,6 +113,7 @@ def inapplicable_fields(values: dict[str, Any]) -> list[str]:
         "ema.warmup": values["ema"]["decay"] == 0,
         "noise_scale.decay": not values["noise_scale"]["enabled"],
         "sharpness.iterations": values["sharpness"]["every_steps"] == 0,
+        "sharpness.method": values["sharpness"]["every_steps"] == 0,
     }
     no_mixing = mixing["mixup_alpha"] == 0 and mixing["cutmix_alpha"] == 0
     for name in ("prob", "per_device", "stop_epoch"):

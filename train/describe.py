@@ -69,7 +69,7 @@ def recipe_text(setup: Setup) -> str:
          f"{config.optimizer.base_batch_size} = {schedule.peak_lr:g} (linear scaling rule)"),
         ("warmup", "none" if schedule.warmup == "none" else
          f"{schedule.warmup}, {schedule.warmup_steps} updates ({config.optimizer.warmup_epochs:g}"
-         f" epochs) from {schedule.warmup_lr:g} to {schedule.peak_lr:g}"),
+         f" epochs) from {_warmup_start_text(setup)} to {schedule.peak_lr:g}"),
         ("decay", _decay_text(setup)),
         ("updates", f"{schedule.total_steps} ({config.num_epochs} epochs × "
          f"{schedule.steps_per_epoch} per epoch)"),
@@ -85,6 +85,7 @@ def recipe_text(setup: Setup) -> str:
         ("mixup / cutmix", _mixing_text(setup)),
         ("weight EMA", _ema_text(setup)),
         ("noise scale", _noise_scale_text(setup)),
+        ("relative update", _relative_update_text(setup)),
         ("sharpness", sharpness.describe(setup)),
         ("runner", _runner_text(setup)),
         ("input", _input_text(setup)),
@@ -98,6 +99,32 @@ def recipe_text(setup: Setup) -> str:
         ("no weight decay on", _group(report.not_decayed, shapes, bn_layers)),
     ]
     return "\n".join(f"{name:<18} {text}" for name, text in lines)
+
+
+def _warmup_start_text(setup: Setup) -> str:
+    schedule = setup.optimizer.schedule
+    if setup.config.optimizer.warmup_start != "stability_edge":
+        return f"{schedule.warmup_lr:g}"
+    threshold = setup.loop.sharpness_threshold
+    return (
+        f"the stability edge measured at start, min({threshold:.4g} / λ₀, {schedule.peak_lr:g}) "
+        f"(λ₀ the sharpness of the initial weights, {setup.loop.sharpness_iterations} "
+        "Hessian-vector products on the first batch)"
+    )
+
+
+def _relative_update_text(setup: Setup) -> str:
+    if not setup.loop.relative_update:
+        return (
+            "not measured (--config.relative_update.enabled=true logs ‖Δw‖/‖w‖ of each "
+            "top-level parameter group at every step)"
+        )
+    groups = len(setup.abstract_variables["params"])
+    return (
+        f"‖Δw‖/‖w‖ of each of the {groups} top-level parameter groups and their largest, at "
+        "every step, logged as train/relative_update/<group> and train/relative_update_max; "
+        "costs two squared norms of the weights per step"
+    )
 
 
 def _runner_text(setup: Setup) -> str:

@@ -28,6 +28,7 @@ from train import (
     runners,
     sharpness,
     steps,
+    warmup_start,
     workdir_lock,
 )
 from train.evaluation import Evaluator
@@ -97,6 +98,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 print(f"note: {note}")
             if kept_layout:
                 print(kept_layout)
+        # Before the first step (or as stored at it): where the warmup starts.
+        setup, warmup_record = warmup_start.at_stability_edge(setup, workdir, train_source)
+        if is_writer and warmup_record is not None:
+            print(warmup_start.message(warmup_record))
         restored = checkpointer.restore(abstract_state, identity)
         if restored is None:
             start_step, last_checkpoint = 0, None
@@ -111,6 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f"training on {subset.text(setup.spec)}")
         writer = MetricsWriter(workdir, enabled=is_writer)
         writer.drop_after(start_step)
+        if warmup_record is not None:
+            writer.write(0, warmup_start.KIND, warmup_record)
         # A skipped update keeps the whole state, its step count too: a checkpoint's count
         # falls short of its step by the updates skipped before it.
         skipped = (
@@ -133,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 noise_scale_ema=setup.noise_scale_ema,
                 normalize=inputs.normalizer(setup),
                 mix=setup.mix,
+                relative_update=options.relative_update,
             ),
             donate_argnums=(0,),
         )
@@ -281,11 +289,17 @@ def _train_record(
     window: list[dict[str, float]], images_per_sec: float, epoch: float
 ) -> dict[str, float]:
     """The training log record of the steps in `window`: their mean, but the latest step's
-    learning rate and noise-scale EMAs (already averages)."""
+    learning rate and noise-scale EMAs (already averages), and the relative update sizes' mean
+    over the steps that moved the weights (under gradient accumulation the micro-steps that
+    only accumulate apply 0: left out)."""
     record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
     for key in ("learning_rate", *steps.NOISE_SCALE_METRICS):
         if key in record:
             record[key] = window[-1][key]
+    for key in record:
+        if key.startswith(steps.RELATIVE_UPDATE):
+            moved = [m[key] for m in window if m[key] != 0]
+            record[key] = float(np.mean(moved)) if moved else 0.0
     record["images_per_sec"] = images_per_sec
     record["epoch"] = epoch
     return record

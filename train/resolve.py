@@ -117,9 +117,12 @@ class LoopOptions:
       progress_bar: show a progress bar (on the first process).
       plot_curves: draw curves.png at the end of the run (on the first process).
       sharpness_every_steps: steps between measurements of the loss's sharpness (0: never).
-      sharpness_iterations: Hessian-vector products per measurement (power iterations).
+      sharpness_iterations: Hessian-vector products per measurement.
+      sharpness_method: 'lanczos' or 'power' (`recipe.sharpness.top_hessian_eigenvalue`).
       sharpness_threshold: the optimizer's stability threshold on η·λ_max
         (`recipe.sharpness.stability_threshold` of its momentum).
+      relative_update: log ‖Δw‖/‖w‖ of each top-level parameter group at every step
+        (`relative_update.enabled`; `steps.train_step`).
     """
 
     label_smoothing: float
@@ -135,7 +138,9 @@ class LoopOptions:
     plot_curves: bool
     sharpness_every_steps: int
     sharpness_iterations: int
+    sharpness_method: str
     sharpness_threshold: float
+    relative_update: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +254,7 @@ def resolve(
     check_fields(config)
     _check_ema(config)
     _check_sharpness(config)
+    _check_warmup_start(config)
     spec = _training_examples(config, _dataset_spec(config))
     layout = _batch_layout(config, spec, device_count, workers)
     size = config.image_size
@@ -262,18 +268,7 @@ def resolve(
         )
     )
     _check_optimizer(config, layout)
-    optimizer = optim.build_optimizer(
-        abstract_variables,
-        **config.optimizer,
-        batch_size=config.batch_size,
-        steps_per_epoch=layout.steps_per_epoch,
-        epochs=config.num_epochs,
-        accumulation_steps=config.accumulation_steps,
-        # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
-        weight_decay_in_loss=config.optimizer.name != "lamb",
-        ema_decay=config.ema.decay,
-        ema_warmup=config.ema.warmup,
-    )
+    optimizer = run_optimizer(config, layout, abstract_variables)
     return Setup(
         config=config,
         spec=spec,
@@ -307,9 +302,11 @@ def resolve(
             plot_curves=config.plot_curves,
             sharpness_every_steps=config.sharpness.every_steps,
             sharpness_iterations=config.sharpness.iterations,
+            sharpness_method=config.sharpness.method,
             sharpness_threshold=sharpness.stability_threshold(
                 config.optimizer.momentum, config.optimizer.nesterov
             ),
+            relative_update=config.relative_update.enabled,
         ),
         runner_name=config.runner,
         bn_group_size=config.bn.group_size if config.bn.scope == "group" else None,
@@ -470,6 +467,47 @@ def _notes(config: ml_collections.ConfigDict, schedule: schedules.GoyalSchedule)
             f"{o.base_lr:g} (peak {schedule.peak_lr:g}); {rates}: set optimizer.base_lr"
         )
     return tuple(notes)
+
+
+def optimizer_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `optimizer` section as `recipe.build_optimizer`'s keyword arguments: all but
+    `warmup_start`, which the trainer turns into `warmup_init_lr` (`run_optimizer`)."""
+    return {k: v for k, v in config.optimizer.items() if k != "warmup_start"}
+
+
+def run_optimizer(
+    config: ml_collections.ConfigDict,
+    layout: BatchLayout,
+    abstract_variables: Any,
+    warmup_init_lr: float | None = None,
+) -> optim.Optimizer:
+    """The run's optimizer; its warmup starts at `warmup_init_lr` (None: at η = base_lr, also
+    where `optimizer.warmup_start='stability_edge'` starts it once the sharpness at
+    initialisation is measured, `train.warmup_start`)."""
+    return optim.build_optimizer(
+        abstract_variables,
+        **optimizer_fields(config),
+        warmup_init_lr=warmup_init_lr,
+        batch_size=config.batch_size,
+        steps_per_epoch=layout.steps_per_epoch,
+        epochs=config.num_epochs,
+        accumulation_steps=config.accumulation_steps,
+        # Same updates as decay in tx, faster (BENCHMARKS.md §1); LAMB's decay is decoupled.
+        weight_decay_in_loss=config.optimizer.name != "lamb",
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+    )
+
+
+def _check_warmup_start(config: ml_collections.ConfigDict) -> None:
+    o = config.optimizer
+    if o.warmup_start == "stability_edge" and (o.name != "sgd" or o.warmup == "none"):
+        raise ConfigError(
+            "optimizer.warmup_start='stability_edge' needs optimizer.name='sgd' (its stability "
+            "threshold is known for SGD with momentum only) and a warmup to start, got "
+            f"optimizer.name={o.name!r} and optimizer.warmup={o.warmup!r}; fix: "
+            "--config.optimizer.warmup_start=base_lr"
+        )
 
 
 def _check_sharpness(config: ml_collections.ConfigDict) -> None:

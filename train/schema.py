@@ -14,13 +14,15 @@ from typing import Any
 
 import ml_collections
 
-from recipe import checks, models, optim, schedules
+from recipe import checks, models, optim, schedules, sharpness
 from recipe.data import datasets, pipeline
 from train import runners
 
 BN_SCOPES = ("device", "global", "group", "ghost")
 DTYPES = ("float32", "bfloat16")
 FLAX_APIS = ("linen", "nnx")
+# Where the warmup starts (`optimizer.warmup_start`): η = base_lr, or the stability edge.
+WARMUP_STARTS = ("base_lr", "stability_edge")
 ON_NONFINITE = ("stop", "skip")
 MAX_SEED = 2**32 - 1
 
@@ -197,6 +199,7 @@ FIELD_RULES: dict[str, Rule] = {
     "optimizer.base_batch_size": _POSITIVE_INT,
     "optimizer.warmup": _choice(schedules.WARMUP_KINDS),
     "optimizer.warmup_epochs": _NON_NEGATIVE,
+    "optimizer.warmup_start": _choice(WARMUP_STARTS),
     "optimizer.decay": _choice(schedules.DECAY_KINDS),
     "optimizer.decay_epochs": _optional(Rule(checks.check_increasing)),
     "optimizer.decay_factor": _interval(0.0, 1.0, low_closed=False),
@@ -208,8 +211,10 @@ FIELD_RULES: dict[str, Rule] = {
     "optimizer.nesterov": _BOOL,
     "noise_scale.enabled": _BOOL,
     "noise_scale.decay": _MOMENTUM,
+    "relative_update.enabled": _BOOL,
     "sharpness.every_steps": _NON_NEGATIVE_INT,
     "sharpness.iterations": _POSITIVE_INT,
+    "sharpness.method": _choice(sharpness.METHODS),
     "runner": _choice(tuple(runners.RUNNERS)),
     "shard_params": _BOOL,
     "distributed.enabled": _BOOL,
@@ -349,6 +354,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.base_batch_size = 32  # n = 32 per worker in the paper; k = 4 here
     config.optimizer.warmup = "gradual"  # "gradual", "constant" or "none"
     config.optimizer.warmup_epochs = 2.0
+    # Where the warmup starts: "base_lr" (η, Goyal's) or "stability_edge" (Kalra & Barkeshli
+    # 2024): min(threshold / λ₀, kη), λ₀ the loss's sharpness at initialisation, measured on the
+    # first batch before the first step (sharpness.iterations products of sharpness.method;
+    # recipe.stability_edge_learning_rate), stored in the work dir so a resume starts the same.
+    config.optimizer.warmup_start = "base_lr"
     config.optimizer.decay = "step"  # "step", "cosine", "linear", "poly" or "constant"
     # Step-decay milestones in epochs; None places Goyal's 30, 60, 80 of 90 on this run's
     # num_epochs (recipe.schedules.paper_decay_epochs), so --config.num_epochs=N keeps the shape.
@@ -368,13 +378,25 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale.enabled = False
     config.noise_scale.decay = 0.99  # EMA of |G|² and tr(Σ) (separately) over ~100 steps
 
+    # The relative update size ‖Δw‖/‖w‖ of each top-level parameter group (a layer or block;
+    # recipe.relative_update_size): how far one step moves the weights, the reason Goyal §2.2
+    # gives for warmup. Logged at every step as train/relative_update/<group> and the largest
+    # as train/relative_update_max (the mean over the logged steps that updated the weights).
+    config.relative_update = ml_collections.ConfigDict()
+    config.relative_update.enabled = False
+
     # The loss's sharpness λ_max (recipe.sharpness; Cohen et al. 2021, Kalra & Barkeshli 2024):
-    # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch by power
-    # iteration, logged with η·λ_max against the optimizer's stability threshold (kind
-    # 'sharpness'). Each measurement costs `iterations` Hessian-vector products (≈ 2 gradients).
+    # every N steps (0: never), the Hessian's top eigenvalue on a fixed training batch, logged
+    # with η·λ_max against the optimizer's stability threshold (kind 'sharpness'). Each
+    # measurement costs `iterations` Hessian-vector products (≈ 2 gradients), logged with the
+    # residual ‖Hv − λv‖/|λ| of its estimate. method: "lanczos" (the Lanczos iteration: from the
+    # same products a far smaller residual than power iteration's few percent, BENCHMARKS.md
+    # §10, when the top eigenvalues lie close together; it holds `iterations` + 1 vectors the
+    # size of the parameters) or "power" (power iteration: two such vectors).
     config.sharpness = ml_collections.ConfigDict()
     config.sharpness.every_steps = 0
     config.sharpness.iterations = 20
+    config.sharpness.method = "lanczos"
 
     # Parallelism: "pmap" (what the notebooks use), "shard_map" (the same per-device step in jit
     # over a 1-D mesh; a 2-D one, groups × devices in a group, for bn.scope="group") or "jit"

@@ -3,10 +3,11 @@
 Every `every_steps` steps the loop calls a `SharpnessProbe` on the current state: the top
 eigenvalue of the Hessian of the training objective (the label-smoothed cross-entropy plus the
 L2 penalty the optimizer is given) on one fixed batch, the first global batch of the run's
-training stream without augmentation, by `recipe.sharpness.top_hessian_eigenvalue`. BN is in
-training mode with that batch's statistics (per device, as in the step); the products are
-averaged over the devices, so λ_max is that of the global loss. It logs, as records of kind
-'sharpness' in metrics.jsonl and TensorBoard:
+training stream without augmentation, by `recipe.sharpness.top_hessian_eigenvalue` with
+`sharpness.method` ('lanczos' by default: from the same products, a residual far below power
+iteration's). BN is in training mode with that batch's statistics (per device, as in the
+step); the products are averaged over the devices, so λ_max is that of the global loss. It
+logs, as records of kind 'sharpness' in metrics.jsonl and TensorBoard:
 
     sharpness              λ_max
     lr_times_sharpness     η·λ_max, η the learning rate of the next update
@@ -37,6 +38,7 @@ def measure_step(
     *,
     setup: Setup,
     iterations: int,
+    method: str,
     axis_name: steps.AxisName,
 ) -> tuple[jax.Array, jax.Array]:
     """(λ_max, last residual) of the global training objective, per device under a runner."""
@@ -54,7 +56,7 @@ def measure_step(
         return loss if penalty is None else loss + penalty(params)
 
     found = sharpness.top_hessian_eigenvalue(
-        loss_fn, state.params, key, iterations=iterations, axis_name=axis_name
+        loss_fn, state.params, key, iterations=iterations, axis_name=axis_name, method=method
     )
     return found.eigenvalue, found.residuals[-1]
 
@@ -96,6 +98,7 @@ class SharpnessProbe:
                 jax.random.wrap_key_data(key_data),
                 setup=setup,
                 iterations=options.sharpness_iterations,
+                method=options.sharpness_method,
                 axis_name=runner.axis_name,
             )
         )
@@ -133,8 +136,9 @@ def describe(setup: Setup) -> str:
         )
     measurements = layout.total_steps // every
     overhead = 2 * iterations * measurements / max(layout.total_steps, 1)
+    method = "Lanczos" if options.sharpness_method == "lanczos" else "power iteration"
     return (
-        f"λ_max of the loss's Hessian (power iteration, {iterations} Hessian-vector products) on "
+        f"λ_max of the loss's Hessian ({method}, {iterations} Hessian-vector products) on "
         f"a fixed batch of {layout.batch_size} every {every} steps ({measurements} "
         f"measurements), logged with η·λ_max against the stability threshold "
         f"{options.sharpness_threshold:.4g}; costs ≈ {2 * iterations} forward+backward passes "

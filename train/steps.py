@@ -50,6 +50,10 @@ def axis_size(axis_name: AxisName | None) -> int:
 
 # The metrics `train_step(noise_scale_ema=...)` adds: B_simple, |G|² and tr(Σ) from the EMAs.
 NOISE_SCALE_METRICS = ("noise_scale", "noise_grad_sq", "noise_trace")
+# The metrics `train_step(relative_update=True)` adds: `relative_update/<group>`, ‖Δw‖/‖w‖ of
+# each top-level parameter group (`recipe.relative_update_size`), and their largest.
+RELATIVE_UPDATE = "relative_update"
+RELATIVE_UPDATE_MAX = "relative_update_max"
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -100,6 +104,7 @@ def train_step(
     noise_scale_ema: NoiseScaleEMA | None = None,
     normalize: Callable[[jax.Array], jax.Array] | None = None,
     mix: Callable[..., tuple[jax.Array, jax.Array]] | None = None,
+    relative_update: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's slice of the global batch (or, with `axis_name=None`,
     on the global batch).
@@ -130,13 +135,16 @@ def train_step(
       mix: Mixup / CutMix of this device's slice of normalised images before the forward pass
         (`mixing_fn`), `mix(step, images, labels, axis_name) -> (images, soft targets)`; the
         targets carry the label smoothing, so the loss adds none.
+      relative_update: measure ‖Δw‖/‖w‖ of each top-level parameter group, Δw the update this
+        step computes (`recipe.relative_update_size`; the same on every device); only read.
 
     Returns:
       The new state and metrics averaged over all devices: loss (the label-smoothed
       cross-entropy, without the penalty), accuracy, learning_rate and `finite` (1.0 if the
       loss, the update and every device's new BN statistics were finite); with
       `noise_scale_ema`, also noise_scale (B_simple), noise_grad_sq (|G|²) and noise_trace
-      (tr(Σ)), from the averaged estimates.
+      (tr(Σ)), from the averaged estimates; with `relative_update`, relative_update/<group>
+      and relative_update_max.
     """
 
     images = batch["image"] if normalize is None else normalize(batch["image"])
@@ -186,6 +194,10 @@ def train_step(
         "accuracy": _pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), axis_name),
         "learning_rate": optim.current_learning_rate(opt_state),
     }
+    if relative_update:
+        sizes = optim.relative_update_size(updates, state.params)
+        metrics.update({f"{RELATIVE_UPDATE}/{group}": size for group, size in sizes.items()})
+        metrics[RELATIVE_UPDATE_MAX] = jnp.max(jnp.stack(list(sizes.values())))
     if noise_scale_ema is not None:
         per_device = batch["label"].shape[0]
         if split_one_device:  # the halves' gradients G_1 and 2·G − G_1, and G
