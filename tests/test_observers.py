@@ -74,6 +74,13 @@ OBSERVERS = [
         id="nnx-all-sharpness-global_bn-mixing-skip",
     ),  # fmt: skip
     pytest.param(1, {"flax_api": "nnx"}, NOISE_SCALE, id="nnx-noise_scale-one_device"),
+    # shard_map's per-device program, BN over groups of 2 devices (a 2 × 2 mesh).
+    pytest.param(
+        4,
+        {"runner": "shard_map", "bn.scope": "group", **MIXING},
+        ALL,
+        id="shard_map-all-group_bn-mixing",
+    ),
     # The jit runner (the step on the global batch), its parameters split over the devices.
     pytest.param(
         4,
