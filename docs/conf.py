@@ -1,7 +1,7 @@
 """Sphinx configuration of the documentation site (`make docs`).
 
-The guides are MyST Markdown, the three notebooks in colab/ are rendered as they are stored (CI
-executes them in the tests, so the build does not), and the API reference is generated from the
+The guides are MyST Markdown, the three notebooks in colab/ are executed at their small size and
+rendered with their outputs, and the API reference is generated from the
 docstrings (autodoc, autosummary; napoleon reads their Google-style sections). Nothing is
 fetched at build time: the site builds offline.
 
@@ -12,9 +12,14 @@ holds under another name (BENCHMARKS.md, the notebooks in colab/), `_site_links`
 link for the site; the site's copy of BENCHMARKS.md is a page generated at build time.
 """
 
+import atexit
+import json
+import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the library of this checkout, not another installed copy
@@ -36,8 +41,45 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 
-# Notebooks are shown as stored: the tests execute them (tests/test_notebooks.py).
-nb_execution_mode = "off"
+# The notebooks are executed at build time, at their small size (RECIPE_SMALL_RUN=1: the MNIST-5k
+# digits embedded in the package, a few dozen updates, no network), so that their pages show the
+# figures and printed results of this checkout's code, as the Flax and optax sites do. Their
+# kernel is a `python3` of this interpreter that starts in the repository's root, where the
+# notebooks find the trainer as in a Colab checkout (myst-nb starts it in docs/notebooks/); it
+# inherits the environment set here: notebook 1 runs its trainer over 4 forced CPU devices, as
+# on a TPU with 4 cores, and TFDS writes the embedded dataset into a temporary directory. A cell
+# that raises fails the build. The tests run them too (tests/test_notebooks.py), offline.
+_KERNELS = pathlib.Path(tempfile.mkdtemp(prefix="recipe-docs-jupyter-"))
+atexit.register(shutil.rmtree, _KERNELS, ignore_errors=True)
+(_KERNELS / "kernels" / "python3").mkdir(parents=True)
+(_KERNELS / "kernels" / "python3" / "kernel.json").write_text(
+    json.dumps(
+        {
+            "argv": [
+                sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                f"--IPKernelApp.exec_lines=import os; os.chdir({str(ROOT)!r})",
+            ],
+            "display_name": "Python 3",
+            "language": "python",
+        }
+    )
+)  # fmt: skip
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+    filter(None, [str(_KERNELS), os.environ.get("JUPYTER_PATH")])
+)
+os.environ["RECIPE_SMALL_RUN"] = "1"
+if "TFDS_DATA_DIR" not in os.environ:
+    os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="recipe-docs-tfds-")
+    atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=4"]
+).strip()
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+nb_execution_mode = "force"
+nb_execution_timeout = 600  # seconds per cell
+nb_execution_raise_on_error = True
+nb_output_stderr = "remove"  # progress bars and library logs, not results
 
 myst_heading_anchors = 3  # links such as ../BENCHMARKS.md#5-goyal-et-al-table-1-...
 
