@@ -331,10 +331,9 @@ def relative_update_size(updates: Any, params: Any) -> dict[str, jax.Array]:
 
 
 def _squared_norm(tree: Any) -> jax.Array:
-    return sum(
-        (jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree)),
-        jnp.zeros((), jnp.float32),
-    )
+    """‖tree‖², summed in float32 whatever the leaves' dtype (optax's sums bfloat16 in bfloat16)."""
+    as_float32 = jax.tree.map(lambda leaf: leaf.astype(jnp.float32), tree)
+    return optax.tree_utils.tree_norm(as_float32, squared=True)
 
 
 def build_optimizer(
