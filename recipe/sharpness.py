@@ -193,6 +193,7 @@ def top_hessian_eigenvalue(
     axis_name: AxisName | None = None,
     init_vector: Any | None = None,
     method: str = "power",
+    unroll: int | bool = 1,
 ) -> Sharpness:
     """λ_max of ∇²L(params) from `iterations` Hessian-vector products (see the module doc).
 
@@ -236,6 +237,12 @@ def top_hessian_eigenvalue(
       axis_name: the mapped axis (or axes) over all devices, for the Hessian of the global loss.
       init_vector: a start vector like `params` (e.g. the last measurement's `eigenvector`).
       method: 'power' or 'lanczos'.
+      unroll: the loop of products' unrolling, as in `lax.scan` (True: all of them, one
+        program with `iterations` products in a row). On XLA:CPU a loop of products runs
+        several times slower than the same products unrolled (20 products of BENCHMARKS.md
+        §10's ResNet-8: about 8× slower), while the unrolled program takes longer to compile
+        (about 4× there); on an accelerator the loop costs little and unrolling only
+        lengthens the compile.
 
     Returns:
       A `Sharpness`: the eigenvalue, each iteration's estimate and residual, the eigenvector.
@@ -264,7 +271,7 @@ def top_hessian_eigenvalue(
     if method == "lanczos":
         state = lax.fori_loop(
             0, iterations, lambda _, state: _lanczos_step(state, product),
-            _lanczos_start(start, iterations),
+            _lanczos_start(start, iterations), unroll=unroll,
         )  # fmt: skip
         return _lanczos_result(state)
 
@@ -279,7 +286,9 @@ def top_hessian_eigenvalue(
             next_vector = _scaled(image, lax.rsqrt(_dot(image, image)))
             return next_vector, (estimate + shift, residual / jnp.abs(estimate + shift))
 
-        eigenvector, (estimates, residuals) = lax.scan(iteration, start, None, length=iterations)
+        eigenvector, (estimates, residuals) = lax.scan(
+            iteration, start, None, length=iterations, unroll=unroll
+        )
         return eigenvector, estimates, residuals
 
     dominant = power_iteration(jnp.zeros((), jnp.float32))

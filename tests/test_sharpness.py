@@ -192,6 +192,25 @@ def test_tiny_mlp_matches_jax_hessian(method, iterations):
         assert float(found.residuals[-1]) < 0.01
 
 
+@pytest.mark.parametrize("method", sharpness.METHODS)
+def test_unrolled_products_give_what_the_loop_gives(method):
+    """`unroll=True` (the trainer's probe on CPU) is one program of the same products."""
+    images, labels = _data()
+    model = _MLP()
+    params = model.init(jax.random.key(2), images)["params"]
+    loss = sharpness.fixed_batch_loss(model.apply, {}, images, _cross_entropy(labels))
+    looped, unrolled = (
+        jax.jit(
+            functools.partial(
+                sharpness.top_hessian_eigenvalue, loss, iterations=4, method=method, unroll=unroll
+            )
+        )(params, jax.random.key(3))
+        for unroll in (1, True)
+    )
+    np.testing.assert_allclose(unrolled.estimates, looped.estimates, rtol=1e-5)
+    np.testing.assert_allclose(unrolled.residuals, looped.residuals, rtol=1e-3, atol=1e-6)
+
+
 def test_batch_norm_model_sees_the_fixed_batch_statistics():
     images, labels = _data()
     model = _MLP(batch_norm=True)

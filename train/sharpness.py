@@ -40,6 +40,7 @@ def measure_step(
     iterations: int,
     method: str,
     axis_name: steps.AxisName,
+    unroll: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """(λ_max, last residual) of the global training objective, per device under a runner."""
     images = inputs.normalizer(setup)(batch["image"])
@@ -56,7 +57,13 @@ def measure_step(
         return loss if penalty is None else loss + penalty(params)
 
     found = sharpness.top_hessian_eigenvalue(
-        loss_fn, state.params, key, iterations=iterations, axis_name=axis_name, method=method
+        loss_fn,
+        state.params,
+        key,
+        iterations=iterations,
+        axis_name=axis_name,
+        method=method,
+        unroll=unroll,
     )
     return found.eigenvalue, found.residuals[-1]
 
@@ -69,9 +76,15 @@ class SharpnessProbe:
       every_steps: steps between measurements.
       threshold: the optimizer's stability threshold on η·λ_max.
       batch: the fixed batch on the devices, {'image': uint8, 'label'}.
+
+    `unroll`: the products in one unrolled program (`top_hessian_eigenvalue`'s `unroll`): on
+    XLA:CPU about 8× faster a measurement for a compile about 4× longer (BENCHMARKS.md §10),
+    which a run measuring often repays (`make_probe`) and a single measurement does not.
     """
 
-    def __init__(self, setup: Setup, runner: runners.Runner, train_source: Any):
+    def __init__(
+        self, setup: Setup, runner: runners.Runner, train_source: Any, *, unroll: bool = False
+    ):
         options, layout = setup.loop, setup.layout
         self.every_steps = options.sharpness_every_steps
         self.threshold = options.sharpness_threshold
@@ -100,6 +113,7 @@ class SharpnessProbe:
                 iterations=options.sharpness_iterations,
                 method=options.sharpness_method,
                 axis_name=runner.axis_name,
+                unroll=unroll,
             )
         )
 
@@ -119,10 +133,12 @@ class SharpnessProbe:
 
 
 def make_probe(setup: Setup, runner: runners.Runner, train_source: Any) -> SharpnessProbe | None:
-    """The run's probe, or None when `sharpness.every_steps` is 0 (nothing built or compiled)."""
+    """The run's probe, or None when `sharpness.every_steps` is 0 (nothing built or compiled).
+    On CPU its products are unrolled (`SharpnessProbe`): a loop of them costs about 8× more a
+    measurement there (BENCHMARKS.md §10), while an accelerator runs the loop at full speed."""
     if not setup.loop.sharpness_every_steps:
         return None
-    return SharpnessProbe(setup, runner, train_source)
+    return SharpnessProbe(setup, runner, train_source, unroll=jax.default_backend() == "cpu")
 
 
 def describe(setup: Setup) -> str:
