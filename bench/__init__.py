@@ -12,6 +12,8 @@ One module per job:
   `reproduce.py` (MNIST-5k; its text `reproduce_section.py`, its figure `reproduce_figure.py`)
   and 8. `reproduce_fashion.py` (its grid `reproduce_fashion_design.py`, then `_analysis`,
   `_figures` and `_section`), sized by `fashion_design.py`;
+* why warmup works, 10. `warmup_reasons.py` (three reasons over seeds, the trainable rates, the
+  warm start);
 * `common.py` (machine facts, timing, workers, BENCHMARKS.md sections) and `trainer_api.py`, the
   only module that imports the trainer (`train/`) and its configs.
 """

@@ -38,6 +38,13 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
             f"{f['wall_ratio'][0]:.3f}× wall, {f['cpu_ratio'][0]:.3f}× CPU",
             "≤ 1.02×",
         ])  # fmt: skip
+        nnx = o["variants"].get("full, Flax NNX")
+        if nnx:
+            rows.append([
+                "1. the full step in Flax NNX / in linen",
+                f"{nnx['wall_ratio_vs_full'][0]:.3f}× wall, {nnx['cpu_ratio_vs_full'][0]:.3f}× CPU",
+                "≤ 1.02×",
+            ])  # fmt: skip
     t = _load("vs_torch")
     if t:
         for model in ("default", "resnet18"):
@@ -78,6 +85,13 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
             a, b = step(f"pmap/{n}"), step(f"shard_map/{n}")
             if a and b:
                 rows.append([f"4. shard_map / pmap step, {n} device(s)", f"{b / a:.2f}×", "–"])
+        jit = [(step(f"jit/{n}"), step(f"pmap/{n}")) for n in (1, 2)]
+        if all(a and b for a, b in jit):
+            rows.append([
+                "4. jit / pmap step, 1 / 2 device(s)",
+                " / ".join(f"{a / b:.2f}×" for a, b in jit),
+                "–",
+            ])  # fmt: skip
     rp = _load("reproduce")
     if rp:
         table = table1.by_name(rp["results"])
@@ -155,6 +169,23 @@ def summary(elapsed: dict[str, float] | None = None) -> str:
             ])  # fmt: skip
         rows.append([
             "8. `make reproduce-fashion` time", f"{fashion['elapsed_s'] / 60:.1f} min", "≤ 45 min"
+        ])  # fmt: skip
+    warmup = _load("warmup_reasons")
+    if warmup:
+        errors, saved = warmup["headline"]["test_error"], warmup["headline"]["edge_saves_steps"]
+        rows.append([
+            "10. test error %, kn = 256, γ = 1, 3 seeds (no / constant / gradual warmup)",
+            " / ".join(f"{errors[w]:.1f}" if w in errors else "–"
+                       for w in ("none", "constant", "gradual")),
+            "–",
+        ])  # fmt: skip
+        rows.append([
+            "10. warmup steps the stability-edge start saves at equal test error",
+            "–" if saved is None else str(saved),
+            "–",
+        ])  # fmt: skip
+        rows.append([
+            "10. `make warmup-reasons` time", f"{warmup['elapsed_s'] / 60:.1f} min", "≤ 45 min"
         ])  # fmt: skip
     footprint = _load("install_footprint")
     if footprint:
