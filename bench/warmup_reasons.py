@@ -602,7 +602,7 @@ def plot_region(out: dict, path: pathlib.Path) -> None:
     image = ax.imshow(grid, cmap="viridis_r", norm=LogNorm(vmin=1, vmax=90), aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         if np.isfinite(value):
-            color = "w" if value < 10 else "k"
+            color = "k" if value < 10 else "w"  # dark cells (high error) get white text
             label = "div." if diverged[i, j] == 1 else f"{value:.1f}"
             ax.text(j, i, label, ha="center", va="center", color=color, fontsize=10)
     ax.set_xticks(range(len(RATE_SCALES)))
