@@ -39,6 +39,8 @@ NOT_TRAINED_HERE = {
     ("data_workers", 1): "starts worker processes: tests/test_imagenet_input.py",
     ("train_examples", None): "the whole split, 500 steps an epoch here: the trainer tests train "
     "on whole splits",
+    ("sharpness.unroll", True): "compiles the default 20 products unrolled, minutes on 2 cores: "
+    "tests/test_sharpness.py trains with it at 2",
 }
 
 

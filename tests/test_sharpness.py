@@ -335,7 +335,10 @@ def test_trainer_logs_sharpness_and_trains_the_same(finished_run, data_dir, tmp_
 
     uninterrupted, _ = finished_run
     config = tiny_config.make_config(  # with curves.png: its sharpness panel is drawn
-        data_dir, plot_curves=True, **{"sharpness.every_steps": 4, "sharpness.iterations": 2}
+        data_dir,
+        plot_curves=True,
+        # Unrolled, as bench/warmup_reasons.py measures: the products in one program.
+        **{"sharpness.every_steps": 4, "sharpness.iterations": 2, "sharpness.unroll": True},
     )
     loop.train_and_evaluate(config, str(tmp_path))
     records = [r for r in read_metrics(tmp_path) if r["kind"] == "sharpness"]

@@ -95,7 +95,7 @@ def inapplicable_fields(values: dict[str, Any]) -> list[str]:
     >>> inapplicable_fields(config)  # doctest: +NORMALIZE_WHITESPACE
     ['bn.ghost_batch_size', 'bn.group_size', 'optimizer.trust_coefficient', 'optimizer.beta2',
      'optimizer.poly_power', 'optimizer.poly_end_lr', 'mixing.switch_prob', 'ema.warmup',
-     'noise_scale.decay', 'sharpness.iterations', 'sharpness.method']
+     'noise_scale.decay', 'sharpness.iterations', 'sharpness.method', 'sharpness.unroll']
     """
     bn, o, mixing = values["bn"], values["optimizer"], values["mixing"]
     unused = {
@@ -114,6 +114,7 @@ def inapplicable_fields(values: dict[str, Any]) -> list[str]:
         "noise_scale.decay": not values["noise_scale"]["enabled"],
         "sharpness.iterations": values["sharpness"]["every_steps"] == 0,
         "sharpness.method": values["sharpness"]["every_steps"] == 0,
+        "sharpness.unroll": values["sharpness"]["every_steps"] == 0,
     }
     no_mixing = mixing["mixup_alpha"] == 0 and mixing["cutmix_alpha"] == 0
     for name in ("prob", "per_device", "stop_epoch"):

@@ -119,6 +119,7 @@ class LoopOptions:
       sharpness_every_steps: steps between measurements of the loss's sharpness (0: never).
       sharpness_iterations: Hessian-vector products per measurement.
       sharpness_method: 'lanczos' or 'power' (`recipe.sharpness.top_hessian_eigenvalue`).
+      sharpness_unroll: the products unrolled into one program rather than a loop.
       sharpness_threshold: the optimizer's stability threshold on η·λ_max
         (`recipe.sharpness.stability_threshold` of its momentum).
       relative_update: log ‖Δw‖/‖w‖ of each top-level parameter group at every step
@@ -139,6 +140,7 @@ class LoopOptions:
     sharpness_every_steps: int
     sharpness_iterations: int
     sharpness_method: str
+    sharpness_unroll: bool
     sharpness_threshold: float
     relative_update: bool
 
@@ -303,6 +305,7 @@ def resolve(
             sharpness_every_steps=config.sharpness.every_steps,
             sharpness_iterations=config.sharpness.iterations,
             sharpness_method=config.sharpness.method,
+            sharpness_unroll=config.sharpness.unroll,
             sharpness_threshold=sharpness.stability_threshold(
                 config.optimizer.momentum, config.optimizer.nesterov
             ),

@@ -79,7 +79,7 @@ class SharpnessProbe:
 
     `unroll`: the products in one unrolled program (`top_hessian_eigenvalue`'s `unroll`): on
     XLA:CPU about 8× faster a measurement for a compile about 4× longer (BENCHMARKS.md §10),
-    which a run measuring often repays (`make_probe`) and a single measurement does not.
+    which a run measuring often repays (`sharpness.unroll`) and a single measurement does not.
     """
 
     def __init__(
@@ -133,12 +133,11 @@ class SharpnessProbe:
 
 
 def make_probe(setup: Setup, runner: runners.Runner, train_source: Any) -> SharpnessProbe | None:
-    """The run's probe, or None when `sharpness.every_steps` is 0 (nothing built or compiled).
-    On CPU its products are unrolled (`SharpnessProbe`): a loop of them costs about 8× more a
-    measurement there (BENCHMARKS.md §10), while an accelerator runs the loop at full speed."""
+    """The run's probe, or None when `sharpness.every_steps` is 0 (nothing built or compiled);
+    its products unrolled with `sharpness.unroll`."""
     if not setup.loop.sharpness_every_steps:
         return None
-    return SharpnessProbe(setup, runner, train_source, unroll=jax.default_backend() == "cpu")
+    return SharpnessProbe(setup, runner, train_source, unroll=setup.loop.sharpness_unroll)
 
 
 def describe(setup: Setup) -> str:
