@@ -426,3 +426,18 @@ def test_warmup_starts_at_the_measured_stability_edge_and_a_resume_reuses_it(
         checkpoint_state(stored_dir, 8),
         checkpoint_state(measured_dir, 8),
     )
+
+
+@pytest.mark.parametrize(
+    "unroll, said", [(False, "products in a loop)"), (True, "products unrolled)")]
+)
+def test_describe_says_whether_the_products_are_unrolled(data_dir, unroll, said):
+    import tiny_config
+
+    from train import resolve
+    from train import sharpness as probe
+
+    config = tiny_config.make_config(
+        data_dir, **{"sharpness.every_steps": 4, "sharpness.unroll": unroll}
+    )
+    assert said in probe.describe(resolve.resolve(config, jax.device_count()))

@@ -152,8 +152,9 @@ def describe(setup: Setup) -> str:
     measurements = layout.total_steps // every
     overhead = 2 * iterations * measurements / max(layout.total_steps, 1)
     method = "Lanczos" if options.sharpness_method == "lanczos" else "power iteration"
+    loop = "unrolled" if options.sharpness_unroll else "in a loop"
     return (
-        f"λ_max of the loss's Hessian ({method}, {iterations} Hessian-vector products) on "
+        f"λ_max of the loss's Hessian ({method}, {iterations} Hessian-vector products {loop}) on "
         f"a fixed batch of {layout.batch_size} every {every} steps ({measurements} "
         f"measurements), logged with η·λ_max against the stability threshold "
         f"{options.sharpness_threshold:.4g}; costs ≈ {2 * iterations} forward+backward passes "
